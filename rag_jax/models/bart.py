@@ -1,0 +1,276 @@
+"""BART (Lewis et al. 2019): the seq2seq generator of RAG, with a key/value cache for decoding.
+
+Matches HF `BartForConditionalGeneration` number for number: learned positions with offset 2,
+`layernorm_embedding`, `scale_embedding`, post-LN layers, shared input/output embeddings (or an
+untied `lm_head`), `final_logits_bias`.
+
+Three entry points (use `Bart.apply(..., method=...)`):
+  `encode(input_ids, attention_mask)` -> encoder states [B, S, D];
+  `decode(decoder_input_ids, encoder_states, encoder_mask)` -> logits [B, T, V], teacher forced;
+  `init_cache(encoder_states, max_length)` + `decode_step(ids, cache, encoder_mask)` ->
+      incremental decoding, one or more new positions per call.
+
+Shapes: B = batch, S = source length, T = target length, D = d_model, V = vocab, H = heads,
+K = head width, L = cache length, N = decoder layers.
+"""
+
+import dataclasses
+from typing import Any, Mapping, Optional, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rag_jax.models import layers
+
+Array = jax.Array
+POSITION_OFFSET = 2  # BART's learned positions start at row 2 (a fairseq legacy).
+
+
+@dataclasses.dataclass(frozen=True)
+class BartConfig:
+  """The numbers of a BART that change its outputs (a subset of HF's BartConfig)."""
+  vocab_size: int = 50265
+  max_position_embeddings: int = 1024
+  d_model: int = 1024
+  encoder_layers: int = 12
+  decoder_layers: int = 12
+  encoder_attention_heads: int = 16
+  decoder_attention_heads: int = 16
+  encoder_ffn_dim: int = 4096
+  decoder_ffn_dim: int = 4096
+  activation_function: str = "gelu"
+  dropout: float = 0.1
+  attention_dropout: float = 0.0
+  activation_dropout: float = 0.0
+  init_std: float = 0.02
+  scale_embedding: bool = False
+  tie_word_embeddings: bool = True
+  pad_token_id: int = 1
+  bos_token_id: int = 0
+  eos_token_id: int = 2
+  decoder_start_token_id: int = 2
+  forced_bos_token_id: Optional[int] = None
+  forced_eos_token_id: Optional[int] = 2
+
+  @classmethod
+  def from_hf(cls, hf: Mapping[str, Any], **overrides) -> "BartConfig":
+    """From an HF `config.json` dict (model_type bart)."""
+    for key in ("normalize_before", "add_final_layer_norm"):
+      if hf.get(key):
+        raise ValueError(f"unsupported BART variant: {key}=true (pre-LN is mBART, not BART)")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in hf.items() if k in fields}
+    kwargs = {k: v for k, v in kwargs.items()
+              if v is not None or k in ("forced_bos_token_id", "forced_eos_token_id")}
+    kwargs.update(overrides)
+    config = cls(**kwargs)
+    for prefix in ("encoder", "decoder"):
+      heads = getattr(config, f"{prefix}_attention_heads")
+      if config.d_model % heads:
+        raise ValueError(f"d_model {config.d_model} is not a multiple of {prefix}_attention_heads "
+                         f"{heads}")
+    return config
+
+
+@flax.struct.dataclass
+class DecoderCache:
+  """Everything incremental decoding carries from step to step."""
+  self_attn: Tuple[layers.KVCache, ...]   # N x [B, L, H, K], filled up to `index`
+  cross_attn: Tuple[layers.KVCache, ...]  # N x [B, S, H, K], the projected encoder states
+  index: Array                            # int32 scalar: the next position to write
+
+
+class BartLayer(nn.Module):
+  """Post-LN BART layer; a decoder layer (`decoder=True`) adds cross-attention."""
+  config: BartConfig
+  decoder: bool
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    c = self.config
+    heads = c.decoder_attention_heads if self.decoder else c.encoder_attention_heads
+    ffn = c.decoder_ffn_dim if self.decoder else c.encoder_ffn_dim
+    attn = lambda name: layers.Attention(heads, c.d_model // heads, dtype=self.dtype,
+                                         dropout_rate=c.attention_dropout, init_std=c.init_std,
+                                         name=name)
+    norm = lambda name: layers.layer_norm(1e-5, self.dtype, name)
+    self.self_attn, self.self_attn_norm = attn("self_attn"), norm("self_attn_norm")
+    if self.decoder:
+      self.cross_attn, self.cross_attn_norm = attn("cross_attn"), norm("cross_attn_norm")
+    self.mlp = layers.MLP(ffn, c.d_model, c.activation_function, dtype=self.dtype,
+                          dropout_rate=c.activation_dropout, init_std=c.init_std, name="mlp")
+    self.mlp_norm = norm("mlp_norm")
+    self.drop = nn.Dropout(c.dropout)
+
+  def _residual(self, x, h, norm, deterministic):
+    x = norm(x + self.drop(h, deterministic=deterministic))
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+  def __call__(self, x: Array, self_bias: Optional[Array], *,
+               cross_kv: Optional[layers.KVCache] = None, cross_bias: Optional[Array] = None,
+               self_cache: Optional[layers.KVCache] = None, index: Optional[Array] = None,
+               deterministic: bool = True) -> Tuple[Array, Optional[layers.KVCache]]:
+    """x [B, T, D] -> [B, T, D], and the updated self-attention cache when one is given."""
+    if self_cache is None:
+      h = self.self_attn(x, bias=self_bias, deterministic=deterministic)
+    else:
+      h, self_cache = self.self_attn.cached_self_attention(x, self_cache, index, bias=self_bias,
+                                                           deterministic=deterministic)
+    x = self._residual(x, h, self.self_attn_norm, deterministic)
+    if self.decoder:
+      h = self.cross_attn(x, bias=cross_bias, kv=cross_kv, deterministic=deterministic)
+      x = self._residual(x, h, self.cross_attn_norm, deterministic)
+    x = self._residual(x, self.mlp(x, deterministic), self.mlp_norm, deterministic)
+    return x, self_cache
+
+  def project_cross_kv(self, encoder_states: Array) -> layers.KVCache:
+    return self.cross_attn.project_kv(encoder_states)
+
+
+class Bart(nn.Module):
+  """BART encoder-decoder with its LM head.
+
+  Attributes:
+    config: the BartConfig.
+    dtype: computation dtype; parameters stay float32 and logits are returned in float32.
+  """
+  config: BartConfig
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    c = self.config
+    self.shared = layers.embed(c.vocab_size, c.d_model, ("vocab", "embed"), self.dtype,
+                               c.init_std, "shared")
+    pos = lambda name: layers.embed(c.max_position_embeddings + POSITION_OFFSET, c.d_model,
+                                    (None, "embed"), self.dtype, c.init_std, name)
+    norm = lambda name: layers.layer_norm(1e-5, self.dtype, name)
+    self.encoder_positions, self.encoder_embed_norm = pos("encoder_positions"), norm(
+        "encoder_embed_norm")
+    self.decoder_positions, self.decoder_embed_norm = pos("decoder_positions"), norm(
+        "decoder_embed_norm")
+    self.encoder_layers = [BartLayer(c, False, self.dtype, name=f"encoder_layers_{i}")
+                           for i in range(c.encoder_layers)]
+    self.decoder_layers = [BartLayer(c, True, self.dtype, name=f"decoder_layers_{i}")
+                           for i in range(c.decoder_layers)]
+    if not c.tie_word_embeddings:
+      self.lm_head = layers.dense(c.vocab_size, ("embed", "vocab"), dtype=self.dtype,
+                                  std=c.init_std, use_bias=False, name="lm_head")
+    self.final_logits_bias = self.param(
+        "final_logits_bias", nn.with_logical_partitioning(nn.initializers.zeros, (None, "vocab")),
+        (1, c.vocab_size), jnp.float32)
+    self.drop = nn.Dropout(c.dropout)
+
+  def _embed(self, ids: Array, positions: Array, pos_embed, norm, deterministic: bool) -> Array:
+    """ids [B, T], positions [T] -> [B, T, D]."""
+    scale = self.config.d_model ** 0.5 if self.config.scale_embedding else 1.0
+    x = self.shared(ids) * jnp.asarray(scale, self.dtype)
+    x = x + pos_embed(positions + POSITION_OFFSET)[None]
+    x = self.drop(norm(x), deterministic=deterministic)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+  def encode(self, input_ids: Array, attention_mask: Optional[Array] = None, *,
+             deterministic: bool = True) -> Array:
+    """input_ids, attention_mask [B, S] -> encoder states [B, S, D] in `dtype`."""
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    x = self._embed(input_ids, jnp.arange(input_ids.shape[1]), self.encoder_positions,
+                    self.encoder_embed_norm, deterministic)
+    bias = layers.padding_bias(attention_mask)
+    for layer in self.encoder_layers:
+      x, _ = layer(x, bias, deterministic=deterministic)
+    return x
+
+  def logits(self, hidden: Array) -> Array:
+    """Decoder states [B, T, D] -> float32 logits [B, T, V]."""
+    if self.config.tie_word_embeddings:
+      out = self.shared.attend(hidden)
+    else:
+      out = self.lm_head(hidden)
+    out = nn.with_logical_constraint(out, ("batch", "length", "vocab"))
+    return out.astype(jnp.float32) + self.final_logits_bias
+
+  def decode(self, decoder_input_ids: Array, encoder_states: Array,
+             encoder_mask: Optional[Array] = None, decoder_mask: Optional[Array] = None, *,
+             deterministic: bool = True, return_hidden: bool = False) -> Array:
+    """Teacher-forced decoding.
+
+    Args:
+      decoder_input_ids: [B, T] (already shifted right: starts with decoder_start_token_id).
+      encoder_states: [B, S, D] from `encode`.
+      encoder_mask: [B, S] source padding mask (1 = real token).
+      decoder_mask: [B, T] target padding mask (default: none padded).
+      return_hidden: return the final decoder states [B, T, D] instead of logits.
+    Returns:
+      float32 logits [B, T, V].
+    """
+    t = decoder_input_ids.shape[1]
+    positions = jnp.arange(t)
+    x = self._embed(decoder_input_ids, positions, self.decoder_positions, self.decoder_embed_norm,
+                    deterministic)
+    self_bias = layers.causal_bias(positions, positions)
+    if decoder_mask is not None:
+      self_bias = self_bias + layers.padding_bias(decoder_mask)
+    cross_bias = None if encoder_mask is None else layers.padding_bias(encoder_mask)
+    for layer in self.decoder_layers:
+      x, _ = layer(x, self_bias, cross_kv=layer.project_cross_kv(encoder_states),
+                   cross_bias=cross_bias, deterministic=deterministic)
+    return x if return_hidden else self.logits(x)
+
+  def init_cache(self, encoder_states: Array, max_length: int) -> DecoderCache:
+    """An empty decoding cache for `max_length` target positions; projects the encoder once.
+
+    Args:
+      encoder_states: [B, S, D] from `encode`.
+      max_length: L, the most target positions that will be decoded (<= max_position_embeddings).
+    """
+    b = encoder_states.shape[0]
+    c = self.config
+    heads = c.decoder_attention_heads
+    zeros = jnp.zeros((b, max_length, heads, c.d_model // heads), self.dtype)
+    return DecoderCache(
+        self_attn=tuple(layers.KVCache(zeros, zeros) for _ in self.decoder_layers),
+        cross_attn=tuple(layer.project_cross_kv(encoder_states) for layer in self.decoder_layers),
+        index=jnp.zeros((), jnp.int32))
+
+  def decode_step(self, decoder_input_ids: Array, cache: DecoderCache,
+                  encoder_mask: Optional[Array] = None, *,
+                  deterministic: bool = True) -> Tuple[Array, DecoderCache]:
+    """Decodes T new target positions against the cache.
+
+    Args:
+      decoder_input_ids: [B, T] the tokens at positions index .. index + T - 1.
+      cache: from `init_cache` or the previous step.
+      encoder_mask: [B, S] source padding mask.
+    Returns:
+      float32 logits [B, T, V] and the advanced cache.
+    """
+    t = decoder_input_ids.shape[1]
+    positions = cache.index + jnp.arange(t)
+    x = self._embed(decoder_input_ids, positions, self.decoder_positions, self.decoder_embed_norm,
+                    deterministic)
+    cross_bias = None if encoder_mask is None else layers.padding_bias(encoder_mask)
+    new_self = []
+    for layer, self_kv, cross_kv in zip(self.decoder_layers, cache.self_attn, cache.cross_attn):
+      x, self_kv = layer(x, None, cross_kv=cross_kv, cross_bias=cross_bias, self_cache=self_kv,
+                         index=cache.index, deterministic=deterministic)
+      new_self.append(self_kv)
+    cache = DecoderCache(self_attn=tuple(new_self), cross_attn=cache.cross_attn,
+                         index=cache.index + t)
+    return self.logits(x), cache
+
+  def __call__(self, input_ids: Array, attention_mask: Optional[Array],
+               decoder_input_ids: Array, decoder_mask: Optional[Array] = None, *,
+               deterministic: bool = True) -> Array:
+    """Full forward: [B, S] source, [B, T] shifted target -> float32 logits [B, T, V]."""
+    states = self.encode(input_ids, attention_mask, deterministic=deterministic)
+    return self.decode(decoder_input_ids, states, attention_mask, decoder_mask,
+                       deterministic=deterministic)
+
+
+def shift_tokens_right(labels: Array, pad_token_id: int, decoder_start_token_id: int) -> Array:
+  """HF's BART shift: [B, T] labels -> decoder inputs, start token first, -100 -> pad."""
+  shifted = jnp.concatenate(
+      [jnp.full_like(labels[:, :1], decoder_start_token_id), labels[:, :-1]], axis=1)
+  return jnp.where(shifted == -100, pad_token_id, shifted)

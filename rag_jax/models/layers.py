@@ -1,0 +1,192 @@
+"""Building blocks shared by the encoders and generators: attention, feed-forward.
+
+Everything here is a pure linen module: no I/O, no mesh. Parameters are created in
+`param_dtype` (float32) and the computation runs in `dtype` (float32 or bfloat16); softmax
+statistics are always taken in float32. Parameters and activations carry logical axis names
+(`batch, length, embed, heads, kv, mlp, vocab`) that `rag_jax.sharding` maps onto a mesh.
+
+Shapes: B = batch, T = query length, S = key length, D = model width, H = heads,
+K = head width, F = feed-forward width.
+"""
+
+from typing import Any, Callable, Optional, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+
+# Added to the attention logits of masked positions. Finite, so a fully masked row gives a
+# uniform distribution (as HF does with finfo.min) instead of NaN.
+MASK_VALUE = -1e30
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unsupported activation function {name!r}; known: {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+def dense_init(std: float):
+  return nn.initializers.normal(stddev=std)
+
+
+def dense(features, axes: Tuple[str, ...], *, in_axis=-1, dtype, std=0.02, use_bias=True,
+          name=None) -> nn.DenseGeneral:
+  """A DenseGeneral whose kernel and bias carry logical axis names."""
+  n_in = 1 if isinstance(in_axis, int) else len(in_axis)
+  out_axes = axes[n_in:]
+  return nn.DenseGeneral(
+      features=features, axis=in_axis, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+      kernel_init=nn.with_logical_partitioning(dense_init(std), axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, out_axes),
+      name=name)
+
+
+def layer_norm(eps: float, dtype, name=None) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+      name=name)
+
+
+def embed(num: int, features: int, axes: Tuple[str, str], dtype, std=0.02, name=None) -> nn.Embed:
+  return nn.Embed(
+      num_embeddings=num, features=features, dtype=dtype, param_dtype=jnp.float32,
+      embedding_init=nn.with_logical_partitioning(dense_init(std), axes), name=name)
+
+
+def padding_bias(mask: Array) -> Array:
+  """Key-padding mask [B, S] (1 = keep) -> additive bias [B, 1, 1, S] in float32."""
+  return jnp.where(mask[:, None, None, :].astype(bool), 0.0, MASK_VALUE).astype(jnp.float32)
+
+
+def causal_bias(q_positions: Array, k_positions: Array) -> Array:
+  """Positions [T], [S] -> additive bias [1, 1, T, S]: key j visible from query i iff j <= i."""
+  visible = k_positions[None, :] <= q_positions[:, None]
+  return jnp.where(visible, 0.0, MASK_VALUE)[None, None].astype(jnp.float32)
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of one attention layer, kept between decoding steps.
+
+  For self-attention the buffers are `max_length` long and filled up to the decoder's
+  `index`; for cross-attention they hold the projected encoder outputs, computed once.
+  """
+  key: Array    # [B, S, H, K]
+  value: Array  # [B, S, H, K]
+
+
+class Attention(nn.Module):
+  """Multi-head dot-product attention (BERT and BART flavour: biased q/k/v/out projections).
+
+  Attributes:
+    num_heads: H.
+    head_dim: K.
+    dtype: computation dtype.
+    dropout_rate: dropout on the attention probabilities.
+    init_std: stddev of the kernel initialiser.
+  """
+  num_heads: int
+  head_dim: int
+  dtype: Dtype = jnp.float32
+  dropout_rate: float = 0.0
+  init_std: float = 0.02
+
+  def setup(self):
+    qkv = lambda name: dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"),
+                             dtype=self.dtype, std=self.init_std, name=name)
+    self.query, self.key, self.value = qkv("query"), qkv("key"), qkv("value")
+    self.out = dense(self.num_heads * self.head_dim, ("heads", "kv", "embed"), in_axis=(-2, -1),
+                     dtype=self.dtype, std=self.init_std, name="out")
+    self.dropout = nn.Dropout(self.dropout_rate)
+
+  def project_kv(self, inputs_kv: Array) -> KVCache:
+    """[B, S, D] -> keys and values [B, S, H, K] (cross-attention's cache)."""
+    return KVCache(key=self.key(inputs_kv), value=self.value(inputs_kv))
+
+  def attend(self, query: Array, key: Array, value: Array, bias: Optional[Array],
+             deterministic: bool) -> Array:
+    """query [B, T, H, K], key/value [B, S, H, K], bias broadcastable to [B, H, T, S] -> [B, T, D]."""
+    query = query * jnp.asarray(self.head_dim ** -0.5, query.dtype)
+    logits = jnp.einsum("bthk,bshk->bhts", query, key).astype(jnp.float32)  # [B, H, T, S]
+    if bias is not None:
+      logits = logits + bias
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    probs = self.dropout(probs, deterministic=deterministic)
+    mixed = jnp.einsum("bhts,bshk->bthk", probs, value)  # [B, T, H, K]
+    mixed = nn.with_logical_constraint(mixed, ("batch", "length", "heads", "kv"))
+    return self.out(mixed)
+
+  def __call__(self, inputs_q: Array, inputs_kv: Optional[Array] = None, *,
+               bias: Optional[Array] = None, kv: Optional[KVCache] = None,
+               deterministic: bool = True) -> Array:
+    """Attention of `inputs_q` [B, T, D] over `inputs_kv` [B, S, D] (self-attention if None).
+
+    `kv`, when given, replaces the keys/values projected from `inputs_kv` (cross-attention
+    with a cache). `bias` is additive, broadcastable to [B, H, T, S].
+    """
+    if kv is None:
+      kv = self.project_kv(inputs_q if inputs_kv is None else inputs_kv)
+    return self.attend(self.query(inputs_q), kv.key, kv.value, bias, deterministic)
+
+  def cached_self_attention(self, inputs: Array, cache: KVCache, index: Array, *,
+                            bias: Optional[Array] = None,
+                            deterministic: bool = True) -> Tuple[Array, KVCache]:
+    """Causal self-attention of T new positions starting at `index`, against a KV cache.
+
+    Args:
+      inputs: [B, T, D] the new positions.
+      cache: buffers [B, L, H, K] holding positions `< index`.
+      index: int32 scalar, the position of `inputs[:, 0]`.
+      bias: optional extra additive bias broadcastable to [B, H, T, L] (key padding).
+    Returns:
+      outputs [B, T, D] and the cache with the new positions written in.
+    """
+    new = self.project_kv(inputs)
+    zero = jnp.zeros((), jnp.int32)
+    key = jax.lax.dynamic_update_slice(cache.key, new.key.astype(cache.key.dtype),
+                                       (zero, index, zero, zero))
+    value = jax.lax.dynamic_update_slice(cache.value, new.value.astype(cache.value.dtype),
+                                         (zero, index, zero, zero))
+    t, length = inputs.shape[1], cache.key.shape[1]
+    causal = causal_bias(index + jnp.arange(t), jnp.arange(length))
+    bias = causal if bias is None else causal + bias
+    out = self.attend(self.query(inputs), key.astype(self.dtype), value.astype(self.dtype), bias,
+                      deterministic)
+    return out, KVCache(key=key, value=value)
+
+
+class MLP(nn.Module):
+  """Position-wise feed-forward: wo(dropout(act(wi(x))))."""
+  hidden_dim: int
+  out_dim: int
+  activation: str = "gelu"
+  dtype: Dtype = jnp.float32
+  dropout_rate: float = 0.0
+  init_std: float = 0.02
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool = True) -> Array:
+    """[B, T, D] -> [B, T, D]."""
+    h = dense(self.hidden_dim, ("embed", "mlp"), dtype=self.dtype, std=self.init_std, name="wi")(x)
+    h = activation(self.activation)(h)
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    return dense(self.out_dim, ("mlp", "embed"), dtype=self.dtype, std=self.init_std, name="wo")(h)

@@ -1,0 +1,33 @@
+"""rag_jax: Retrieval-Augmented Generation (Lewis et al. 2020) in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="rag_jax",
+    version="0.1.0",
+    description="Retrieval-Augmented Generation (RAG) in JAX/Flax for TPUs and GPUs.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["rag_jax", "rag_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.10",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "ml-collections>=1.0",
+        "absl-py>=2.1",
+        "transformers>=4.50",
+        "safetensors>=0.4.3",
+        "scann>=1.4",
+        "tensorflow-datasets>=4.9.9",
+        "grain>=0.2.10",
+        "tqdm>=4.66",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        # torch is pinned: an unpinned torch pulls a CUDA build of several GB.
+        "test": ["pytest>=8", "torch==2.13.0"],
+        "faiss": ["faiss-cpu>=1.8"],
+    },
+)
