@@ -162,6 +162,9 @@ def bart_names(path: Tuple[str, ...]) -> Tuple[str, ...]:
             "model.decoder.embed_tokens.weight")
   if p == "lm_head":
     return ("lm_head.weight",)
+  m = re.fullmatch(r"(encoder|decoder)_embed_tokens", p)
+  if m:  # Untied embeddings; checkpoints written before HF v5 only stored model.shared.
+    return (f"model.{m.group(1)}.embed_tokens.weight", "model.shared.weight")
   m = re.fullmatch(r"(encoder|decoder)_(positions|embed_norm)", p)
   if m:
     side, what = m.groups()
@@ -235,7 +238,10 @@ def convert_state_dict(state: Mapping[str, np.ndarray], abstract_params: Params,
         continue
       raise WeightsError(f"{source}: missing parameter {candidates[0]} (for {'/'.join(path)})")
     used.add(found)
-    out[path] = _convert(found, state[found], target, path)
+    try:
+      out[path] = _convert(found, state[found], target, path)
+    except WeightsError as e:
+      raise WeightsError(f"{source}: {e}") from None
   ignore_re = [re.compile(r) for r in ignore]
   for key in sorted(state):
     if key.startswith(scope) and key not in used:

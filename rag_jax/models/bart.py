@@ -1,8 +1,9 @@
 """BART (Lewis et al. 2019): the seq2seq generator of RAG, with a key/value cache for decoding.
 
 Matches HF `BartForConditionalGeneration` number for number: learned positions with offset 2,
-`layernorm_embedding`, `scale_embedding`, post-LN layers, shared input/output embeddings (or an
-untied `lm_head`), `final_logits_bias`.
+`layernorm_embedding`, `scale_embedding`, post-LN layers, shared input/output embeddings (or, with
+`tie_word_embeddings=False`, separate encoder, decoder and output embeddings as HF v5 has them),
+`final_logits_bias`.
 
 Three entry points (use `Bart.apply(..., method=...)`):
   `encode(input_ids, attention_mask)` -> encoder states [B, S, D];
@@ -141,8 +142,16 @@ class Bart(nn.Module):
 
   def setup(self):
     c = self.config
-    self.shared = layers.embed(c.vocab_size, c.d_model, ("vocab", "embed"), self.dtype,
-                               c.init_std, "shared")
+    tokens = lambda name: layers.embed(c.vocab_size, c.d_model, ("vocab", "embed"), self.dtype,
+                                       c.init_std, name)
+    if c.tie_word_embeddings:
+      # One matrix embeds source and target tokens and is the output projection.
+      self.shared = tokens("shared")
+      self.encoder_tokens = self.decoder_tokens = self.shared
+    else:
+      # HF (v5) unties all three: encoder, decoder and lm_head have their own.
+      self.encoder_tokens = tokens("encoder_embed_tokens")
+      self.decoder_tokens = tokens("decoder_embed_tokens")
     pos = lambda name: layers.embed(c.max_position_embeddings + POSITION_OFFSET, c.d_model,
                                     (None, "embed"), self.dtype, c.init_std, name)
     norm = lambda name: layers.layer_norm(1e-5, self.dtype, name)
@@ -162,10 +171,11 @@ class Bart(nn.Module):
         (1, c.vocab_size), jnp.float32)
     self.drop = nn.Dropout(c.dropout)
 
-  def _embed(self, ids: Array, positions: Array, pos_embed, norm, deterministic: bool) -> Array:
+  def _embed(self, ids: Array, positions: Array, token_embed, pos_embed, norm,
+             deterministic: bool) -> Array:
     """ids [B, T], positions [T] -> [B, T, D]."""
     scale = self.config.d_model ** 0.5 if self.config.scale_embedding else 1.0
-    x = self.shared(ids) * jnp.asarray(scale, self.dtype)
+    x = token_embed(ids) * jnp.asarray(scale, self.dtype)
     x = x + pos_embed(positions + POSITION_OFFSET)[None]
     x = self.drop(norm(x), deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -175,7 +185,8 @@ class Bart(nn.Module):
     """input_ids, attention_mask [B, S] -> encoder states [B, S, D] in `dtype`."""
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
-    x = self._embed(input_ids, jnp.arange(input_ids.shape[1]), self.encoder_positions,
+    x = self._embed(input_ids, jnp.arange(input_ids.shape[1]), self.encoder_tokens,
+                    self.encoder_positions,
                     self.encoder_embed_norm, deterministic)
     bias = layers.padding_bias(attention_mask)
     for layer in self.encoder_layers:
@@ -207,8 +218,8 @@ class Bart(nn.Module):
     """
     t = decoder_input_ids.shape[1]
     positions = jnp.arange(t)
-    x = self._embed(decoder_input_ids, positions, self.decoder_positions, self.decoder_embed_norm,
-                    deterministic)
+    x = self._embed(decoder_input_ids, positions, self.decoder_tokens, self.decoder_positions,
+                    self.decoder_embed_norm, deterministic)
     self_bias = layers.causal_bias(positions, positions)
     if decoder_mask is not None:
       self_bias = self_bias + layers.padding_bias(decoder_mask)
@@ -248,8 +259,8 @@ class Bart(nn.Module):
     """
     t = decoder_input_ids.shape[1]
     positions = cache.index + jnp.arange(t)
-    x = self._embed(decoder_input_ids, positions, self.decoder_positions, self.decoder_embed_norm,
-                    deterministic)
+    x = self._embed(decoder_input_ids, positions, self.decoder_tokens, self.decoder_positions,
+                    self.decoder_embed_norm, deterministic)
     cross_bias = None if encoder_mask is None else layers.padding_bias(encoder_mask)
     new_self = []
     for layer, self_kv, cross_kv in zip(self.decoder_layers, cache.self_attn, cache.cross_attn):

@@ -1,0 +1,113 @@
+"""Text in, vectors out: a BERT-family encoder with its tokenizer, under jit.
+
+    encoder = TextEncoder.from_pretrained(assets.fetch("all-MiniLM-L6-v2"))
+    vectors = encoder.encode(["Who wrote Hamlet?"])   # [1, 384] float32
+
+Batches are padded to a length bucket (a power of two, at most `max_length`) and to a fixed
+batch size, so a stream of texts compiles a handful of programs, not one per batch.
+"""
+
+import dataclasses
+import json
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rag_jax import weights
+from rag_jax.models import bert
+
+
+def length_bucket(n: int, max_length: int, smallest: int = 16) -> int:
+  """The smallest power of two >= n (and >= smallest), capped at max_length."""
+  bucket = smallest
+  while bucket < n:
+    bucket *= 2
+  return min(bucket, max_length)
+
+
+@dataclasses.dataclass
+class TextEncoder:
+  """A BertEncoder, its params and tokenizer.
+
+  Attributes:
+    module: the Flax encoder.
+    params: its parameters.
+    tokenizer: an HF tokenizer.
+    max_length: texts are truncated to this many tokens.
+    batch_size: texts per compiled call.
+  """
+  module: bert.BertEncoder
+  params: Any
+  tokenizer: Any
+  max_length: int = 512
+  batch_size: int = 64
+
+  def __post_init__(self):
+    self._apply: Callable = jax.jit(
+        lambda params, ids, mask: self.module.apply({"params": params}, ids, mask)[1])
+
+  @classmethod
+  def from_pretrained(cls, path_or_name, *, dtype=jnp.float32, max_length: Optional[int] = None,
+                      batch_size: int = 64, **load_kwargs) -> "TextEncoder":
+    """Loads weights and tokenizer from an HF / sentence-transformers directory or hub name."""
+    directory = weights.resolve(path_or_name)
+    module, params = weights.load_bert(directory, dtype=dtype, **load_kwargs)
+    tokenizer = weights.load_tokenizer(directory)
+    if max_length is None:
+      st_config = directory / "sentence_bert_config.json"
+      if st_config.is_file():
+        max_length = int(json.loads(st_config.read_text()).get("max_seq_length", 512))
+      else:
+        max_length = 512
+    max_length = min(max_length, module.config.max_position_embeddings)
+    return cls(module, params, tokenizer, max_length=max_length, batch_size=batch_size)
+
+  @property
+  def dim(self) -> int:
+    return self.module.config.output_dim
+
+  def tokenize(self, texts: Sequence[str], length: Optional[int] = None):
+    """texts -> ids, mask [N, length] int32 numpy (length: bucket of the longest, by default)."""
+    enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                         padding=False)["input_ids"]
+    if length is None:
+      length = length_bucket(max(len(e) for e in enc), self.max_length)
+    pad = self.tokenizer.pad_token_id or 0
+    ids = np.full((len(enc), length), pad, np.int32)
+    mask = np.zeros((len(enc), length), np.int32)
+    for i, e in enumerate(enc):
+      e = e[:length]
+      ids[i, :len(e)] = e
+      mask[i, :len(e)] = 1
+    return ids, mask
+
+  def encode_tokens(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """ids, mask [N, L] -> pooled vectors [N, P] float32, in fixed-size compiled batches."""
+    n, b = ids.shape[0], self.batch_size
+    out = np.empty((n, self.dim), np.float32)
+    for start in range(0, n, b):
+      chunk_ids, chunk_mask = ids[start:start + b], mask[start:start + b]
+      m = chunk_ids.shape[0]
+      if m < b:  # pad the last batch so it reuses the compiled program
+        chunk_ids = np.pad(chunk_ids, ((0, b - m), (0, 0)))
+        chunk_mask = np.pad(chunk_mask, ((0, b - m), (0, 0)))
+      out[start:start + m] = np.asarray(self._apply(self.params, chunk_ids, chunk_mask))[:m]
+    return out
+
+  def encode(self, texts: Sequence[str]) -> np.ndarray:
+    """texts -> [N, P] float32 vectors (normalised if the model says so)."""
+    if isinstance(texts, str):
+      raise TypeError("encode() takes a list of texts, not one string")
+    if not texts:
+      return np.zeros((0, self.dim), np.float32)
+    # Sort by length so that each batch pads to its own bucket; restore order at the end.
+    lengths = [len(t) for t in texts]
+    order = np.argsort(lengths, kind="stable")
+    out = np.empty((len(texts), self.dim), np.float32)
+    for start in range(0, len(texts), self.batch_size):
+      idx = order[start:start + self.batch_size]
+      ids, mask = self.tokenize([texts[i] for i in idx])
+      out[idx] = self.encode_tokens(ids, mask)
+    return out
