@@ -1,0 +1,258 @@
+"""RagModel: question encoder + generator + the RAG input format and loss.
+
+    model = RagModel.from_pretrained("path/to/rag-token-nq")     # HF save_pretrained layout
+    nll = model.loss(context_input_ids, context_attention_mask, doc_scores, labels,
+                     kind="token")                                # [batch], HF's loss
+
+Everything numeric is a pure function of a params pytree `{"question_encoder", "generator"}`
+(`loss_fn`, `doc_scores_fn`), so `jax.jit` and `jax.grad` apply; the methods without `_fn`
+use the model's own params. Layouts follow HF's RAG: contexts are `[batch * docs, length]`,
+the docs of example b in rows `b * docs ... b * docs + docs - 1`; labels are `[batch, T]`,
+padded with the generator's pad id, fed unshifted to the decoder and scored shifted left.
+
+Shapes: B = batch, Z = docs, S = context length, T = target length, D = retrieval dim,
+V = vocabulary.
+"""
+
+import dataclasses
+import pathlib
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rag_jax import marginalize
+from rag_jax import weights
+from rag_jax.models import bart as bart_lib
+from rag_jax.models import bert as bert_lib
+
+Array = jax.Array
+Params = Dict[str, Any]
+KINDS = ("token", "sequence", "soft")
+
+
+@dataclasses.dataclass(frozen=True)
+class RagConfig:
+  """RAG's own settings (HF RagConfig's fields that change results)."""
+  n_docs: int = 5
+  title_sep: str = " / "
+  doc_sep: str = " // "
+  max_combined_length: int = 300
+  prefix: Optional[str] = None
+  label_smoothing: float = 0.0
+  exclude_bos_score: bool = False
+
+  @classmethod
+  def from_hf(cls, hf: Mapping[str, Any], **overrides) -> "RagConfig":
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in hf.items() if k in fields}
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def format_context(title: str, text: str, question: str, config: RagConfig) -> str:
+  """HF RagRetriever's generator input: prefix + title / text // question."""
+  title = title.removeprefix('"').removesuffix('"')
+  return ((config.prefix or "") + title + config.title_sep + text + config.doc_sep +
+          question).replace("  ", " ")
+
+
+def shift_left(labels: Array, pad_token_id: int) -> Array:
+  """HF RAG's targets: labels [B, T] shifted left by one, pad appended."""
+  return jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], pad_token_id)], axis=1)
+
+
+@dataclasses.dataclass
+class RagModel:
+  """A RAG model: DPR-style question encoder, BART generator, and their params.
+
+  Attributes:
+    question_encoder: BertEncoder producing q(x) [B, D].
+    generator: Bart.
+    params: {"question_encoder": ..., "generator": ...}.
+    config: RagConfig.
+    question_tokenizer, generator_tokenizer: HF tokenizers, when the checkpoint has them.
+  """
+  question_encoder: bert_lib.BertEncoder
+  generator: bart_lib.Bart
+  params: Params
+  config: RagConfig = RagConfig()
+  question_tokenizer: Any = None
+  generator_tokenizer: Any = None
+
+  def __post_init__(self):
+    self._loss = jax.jit(self.loss_fn, static_argnames=("kind", "epsilon", "exclude_bos_score"))
+
+  # ----------------------------------------------------------------------------------------
+  # Loading.
+
+  @classmethod
+  def from_pretrained(cls, path_or_name, *, dtype=jnp.float32, **overrides) -> "RagModel":
+    """Loads an HF RAG checkpoint (`RagTokenForGeneration` / `RagSequenceForGeneration`
+    `.save_pretrained` layout: one config.json with `question_encoder` and `generator`
+    sub-configs, weights under `rag.question_encoder.` and `rag.generator.`)."""
+    directory = weights.resolve(path_or_name)
+    hf = weights.read_json(directory / "config.json")
+    if hf.get("model_type") != "rag":
+      raise weights.WeightsError(f"{directory}: unsupported architecture "
+                                 f"{hf.get('model_type')!r} for RagModel (expected rag)")
+    for part in ("question_encoder", "generator"):
+      if not isinstance(hf.get(part), dict):
+        raise weights.WeightsError(f"{directory / 'config.json'}: no {part} config")
+    state = weights.read_state_dict(directory)
+    q_module, q_params = weights.load_bert(
+        directory, config=hf["question_encoder"], state=state, dtype=dtype,
+        prefix="rag.question_encoder.question_encoder.bert_model.")
+    g_module, g_params = weights.load_bart(directory, config=hf["generator"], state=state,
+                                           dtype=dtype, prefix="rag.generator.")
+    known = ("rag.question_encoder.", "rag.generator.")
+    stray = sorted(k for k in state if not k.startswith(known))
+    if stray:
+      raise weights.WeightsError(f"{directory}: unexpected parameter {stray[0]}")
+    tokenizers = [_optional_tokenizer(directory / sub)
+                  for sub in ("question_encoder_tokenizer", "generator_tokenizer")]
+    return cls(q_module, g_module, {"question_encoder": q_params, "generator": g_params},
+               RagConfig.from_hf(hf, **overrides), *tokenizers)
+
+  @classmethod
+  def from_parts(cls, question_encoder, generator, *, dtype=jnp.float32,
+                 **config) -> "RagModel":
+    """Builds a RAG model from a DPR question encoder and a BART checkpoint (paths or hub
+    names), e.g. facebook/dpr-question_encoder-single-nq-base + facebook/bart-large."""
+    q_module, q_params = weights.load_bert(question_encoder, dtype=dtype)
+    g_module, g_params = weights.load_bart(generator, dtype=dtype)
+    return cls(q_module, g_module, {"question_encoder": q_params, "generator": g_params},
+               RagConfig(**config), _optional_tokenizer(question_encoder),
+               _optional_tokenizer(generator))
+
+  # ----------------------------------------------------------------------------------------
+  # Pure functions of params.
+
+  def question_vectors_fn(self, params: Params, input_ids: Array,
+                          attention_mask: Optional[Array] = None) -> Array:
+    """q(x): [B, L] question tokens -> [B, D] float32."""
+    return self.question_encoder.apply({"params": params["question_encoder"]}, input_ids,
+                                       attention_mask)[1]
+
+  def doc_scores_fn(self, params: Params, input_ids: Array, attention_mask: Optional[Array],
+                    doc_embeds: Array) -> Array:
+    """q(x) . d(z) with the document vectors frozen: [B, L], [B, Z, D] -> [B, Z].
+
+    The gradient reaches the question encoder only; the documents receive none.
+    """
+    q = self.question_vectors_fn(params, input_ids, attention_mask)
+    return jnp.einsum("bd,bzd->bz", q, jax.lax.stop_gradient(doc_embeds.astype(jnp.float32)))
+
+  def loss_fn(self, params: Params, context_input_ids: Array, context_attention_mask: Array,
+              doc_scores: Array, labels: Array, *, kind: str = "token", epsilon: float = 0.0,
+              exclude_bos_score: Optional[bool] = None, deterministic: bool = True,
+              rngs: Optional[Dict[str, Array]] = None) -> Array:
+    """Per-example negative log-likelihood [B], as HF RAG's forward `loss` (reduce_loss=False).
+
+    Args:
+      params: {"question_encoder", "generator"}; only the generator's are used here.
+      context_input_ids, context_attention_mask: [B * Z, S] generator inputs.
+      doc_scores: [B, Z] (-inf for a missing document).
+      labels: [B, T], padded with the generator's pad id.
+      kind: "token", "sequence" or "soft" (soft retrieval, see marginalize.soft_retrieval_mix).
+      epsilon: label smoothing, as HF applies it.
+      exclude_bos_score: RAG-Sequence only; default from the config.
+      deterministic, rngs: dropout.
+    """
+    if kind not in KINDS:
+      raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
+    g = self.generator.config
+    if exclude_bos_score is None:
+      exclude_bos_score = self.config.exclude_bos_score
+    b, z = doc_scores.shape
+    t = labels.shape[1]
+    gen = {"params": params["generator"]}
+    call = lambda method, *args, **kw: self.generator.apply(
+        gen, *args, method=method, deterministic=deterministic, rngs=rngs, **kw)
+
+    targets = shift_left(labels, g.pad_token_id)                               # [B, T]
+    pad_mask = (targets != g.pad_token_id).astype(jnp.int32)                   # [B, T]
+    smoothing = epsilon > 0
+    states = call(bart_lib.Bart.encode, context_input_ids, context_attention_mask)  # [BZ, S, D]
+
+    if kind == "soft":
+      mixed, mixed_mask = marginalize.soft_retrieval_mix(
+          states.reshape(b, z, *states.shape[1:]), context_attention_mask.reshape(b, z, -1),
+          doc_scores)
+      logits = call(bart_lib.Bart.decode, labels, mixed.astype(states.dtype), mixed_mask)
+      lp, smooth = marginalize.target_log_probs(logits, targets, with_smoothing=smoothing)
+      scored = pad_mask * jnp.isfinite(doc_scores).any(axis=1, keepdims=True)  # no docs: 0
+      ll = jnp.sum(lp * scored, axis=1)
+      smooth_ll = jnp.sum(smooth * scored, axis=1) if smoothing else None
+    else:
+      dec_in = jnp.repeat(labels, z, axis=0)                                   # [BZ, T]
+      logits = call(bart_lib.Bart.decode, dec_in, states, context_attention_mask)
+      logits = logits.reshape(b, z, t, -1)                                     # [B, Z, T, V]
+      lp, smooth = marginalize.target_log_probs(
+          logits, jnp.broadcast_to(targets[:, None], (b, z, t)), with_smoothing=smoothing)
+      if kind == "sequence":
+        # HF scores the first target position only if it is not a BOS every row starts with.
+        use_bos = jnp.all(targets[:, 0] == g.bos_token_id)
+        drop_first = jnp.logical_and(exclude_bos_score, use_bos)
+        ll_mask = pad_mask.at[:, 0].set(jnp.where(drop_first, 0, pad_mask[:, 0]))
+        ll = marginalize.rag_sequence_log_likelihood(lp, doc_scores, ll_mask)
+        smooth_ll = (marginalize.rag_sequence_log_likelihood(
+            smooth, doc_scores, pad_mask, prior_weight=g.vocab_size) if smoothing else None)
+      else:
+        ll = marginalize.rag_token_log_likelihood(lp, doc_scores, pad_mask)
+        smooth_ll = (marginalize.rag_token_smoothing(logits, doc_scores, pad_mask)
+                     if smoothing else None)
+    if not smoothing:
+      return -ll
+    return (1.0 - epsilon) * -ll + (epsilon / g.vocab_size) * -smooth_ll
+
+  def marginal_log_probs_fn(self, params: Params, context_input_ids: Array,
+                            context_attention_mask: Array, doc_scores: Array,
+                            decoder_input_ids: Array) -> Array:
+    """RAG-Token's marginalised next-token log-probs [B, T, V] (HF's do_marginalize=True)."""
+    b, z = doc_scores.shape
+    logits = self.generator.apply({"params": params["generator"]}, context_input_ids,
+                                  context_attention_mask,
+                                  jnp.repeat(decoder_input_ids, z, axis=0))
+    return marginalize.rag_token_marginal(logits.reshape(b, z, *logits.shape[1:]), doc_scores)
+
+  # ----------------------------------------------------------------------------------------
+  # Conveniences with the model's own params.
+
+  def loss(self, context_input_ids, context_attention_mask, doc_scores, labels, *,
+           kind: str = "token", epsilon: float = 0.0,
+           exclude_bos_score: Optional[bool] = None) -> Array:
+    """`loss_fn` with the model's params, jitted; [B] per-example NLL."""
+    return self._loss(self.params, jnp.asarray(context_input_ids), jnp.asarray(context_attention_mask),
+              jnp.asarray(doc_scores), jnp.asarray(labels), kind=kind, epsilon=epsilon,
+              exclude_bos_score=exclude_bos_score)
+
+  def contextualize(self, questions: Sequence[str], docs: Sequence[Sequence[Mapping[str, str]]],
+                    tokenizer=None):
+    """Generator inputs for retrieved docs, as HF's RagRetriever builds them.
+
+    Args:
+      questions: B question strings.
+      docs: B lists of Z {"title", "text"} passages.
+      tokenizer: the generator's tokenizer (default: the checkpoint's).
+    Returns:
+      context_input_ids, context_attention_mask: [B * Z, max_combined_length] int32 numpy.
+    """
+    tokenizer = tokenizer or self.generator_tokenizer
+    if tokenizer is None:
+      raise ValueError("contextualize needs the generator's tokenizer")
+    strings = [format_context(d["title"], d["text"], q, self.config)
+               for q, row in zip(questions, docs) for d in row]
+    enc = tokenizer(strings, max_length=self.config.max_combined_length, padding="max_length",
+                    truncation=True, return_tensors="np")
+    return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+
+
+def _optional_tokenizer(path):
+  """The tokenizer in a directory, or None when it has none."""
+  path = pathlib.Path(str(path))
+  if not path.is_dir() or not any((path / f).exists() for f in (
+      "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")):
+    return None
+  return weights.load_tokenizer(path)
