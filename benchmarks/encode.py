@@ -18,11 +18,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
-import time
 
 import numpy as np
+
+import common
 
 TUNED_XLA_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
 CONTESTANTS = ("torch", "jax", "jax-tuned")
@@ -61,24 +60,8 @@ def _measure(contestant: str, batch: int, length: int, repeats: int) -> dict:
     info = {"backend": jax.default_backend(), "version": jax.__version__,
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
   out = run()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - start)
-  return {"seconds": statistics.median(times), "checksum": out[:4, :8].tolist(), **info}
-
-
-def _child(contestant: str, args) -> dict:
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  if contestant == "jax-tuned":
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + TUNED_XLA_FLAGS).strip()
-  cmd = [sys.executable, __file__, "--child", contestant, "--batch", str(args.batch),
-         "--length", str(args.length), "--repeats", str(args.repeats)]
-  proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-  if proc.returncode:
-    sys.exit(f"error: {contestant} failed: {proc.stderr.strip().splitlines()[-1:]}")
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  seconds = common.median_seconds(run, repeats, warmup=0)
+  return {"seconds": seconds, "checksum": out[:4, :8].tolist(), **info}
 
 
 def main():
@@ -94,9 +77,13 @@ def main():
     return
 
   runs = {c: [] for c in CONTESTANTS}
+  child_args = ["--batch", str(args.batch), "--length", str(args.length), "--repeats",
+                str(args.repeats)]
   for _ in range(args.rounds):
     for c in CONTESTANTS:
-      runs[c].append(_child(c, args))
+      env = {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + TUNED_XLA_FLAGS).strip()
+             } if c == "jax-tuned" else {}
+      runs[c].append(common.run_child(__file__, ["--child", c, *child_args], env))
   seconds = {c: statistics.median(r["seconds"] for r in runs[c]) for c in CONTESTANTS}
   ref = np.asarray(runs["torch"][0]["checksum"])
   result = {

@@ -130,18 +130,22 @@ class RagModel:
   # Pure functions of params.
 
   def question_vectors_fn(self, params: Params, input_ids: Array,
-                          attention_mask: Optional[Array] = None) -> Array:
+                          attention_mask: Optional[Array] = None, *, deterministic: bool = True,
+                          rngs: Optional[Dict[str, Array]] = None) -> Array:
     """q(x): [B, L] question tokens -> [B, D] float32."""
     return self.question_encoder.apply({"params": params["question_encoder"]}, input_ids,
-                                       attention_mask)[1]
+                                       attention_mask, deterministic=deterministic,
+                                       rngs=rngs)[1]
 
   def doc_scores_fn(self, params: Params, input_ids: Array, attention_mask: Optional[Array],
-                    doc_embeds: Array) -> Array:
+                    doc_embeds: Array, *, deterministic: bool = True,
+                    rngs: Optional[Dict[str, Array]] = None) -> Array:
     """q(x) . d(z) with the document vectors frozen: [B, L], [B, Z, D] -> [B, Z].
 
     The gradient reaches the question encoder only; the documents receive none.
     """
-    q = self.question_vectors_fn(params, input_ids, attention_mask)
+    q = self.question_vectors_fn(params, input_ids, attention_mask,
+                                 deterministic=deterministic, rngs=rngs)
     return jnp.einsum("bd,bzd->bz", q, jax.lax.stop_gradient(doc_embeds.astype(jnp.float32)))
 
   def loss_fn(self, params: Params, context_input_ids: Array, context_attention_mask: Array,

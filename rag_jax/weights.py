@@ -29,7 +29,7 @@ from rag_jax.models import bart as bart_lib
 from rag_jax.models import bert as bert_lib
 
 Params = Dict[str, Any]
-StateDict = Dict[str, np.ndarray]
+StateDict = Mapping[str, np.ndarray]
 
 
 class WeightsError(ValueError):
@@ -69,32 +69,76 @@ def read_json(path: pathlib.Path) -> Dict[str, Any]:
     raise WeightsError(f"{path}: not valid JSON ({e})") from None
 
 
-def read_state_dict(directory: pathlib.Path) -> StateDict:
-  """All tensors of a checkpoint directory as numpy arrays, keyed by their HF names."""
-  from safetensors import SafetensorError  # pylint: disable=import-outside-toplevel
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+class LazySafetensors(Mapping[str, np.ndarray]):
+  """The tensors of safetensors files, read one at a time on access (memory stays at one
+  tensor beyond what the caller keeps)."""
 
+  def __init__(self, files):
+    from safetensors import safe_open  # pylint: disable=import-outside-toplevel
+    self._handles, self._where = [], {}
+    for f in files:
+      try:
+        handle = safe_open(str(f), framework="numpy")
+        keys = list(handle.keys())
+      except Exception as e:  # pylint: disable=broad-except  (SafetensorError, OSError, ...)
+        raise WeightsError(f"{f}: unreadable safetensors file ({e})") from None
+      self._handles.append((f, handle))
+      for k in keys:
+        self._where[k] = len(self._handles) - 1
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    f, handle = self._handles[self._where[key]]
+    try:
+      return handle.get_tensor(key)
+    except Exception as e:  # pylint: disable=broad-except
+      raise WeightsError(f"{f}: unreadable tensor {key} ({e})") from None
+
+  def __iter__(self):
+    return iter(self._where)
+
+  def __len__(self) -> int:
+    return len(self._where)
+
+  def __contains__(self, key) -> bool:
+    return key in self._where
+
+
+class RenamedState(Mapping[str, np.ndarray]):
+  """A state dict seen under other names ({new name: old name}), still read lazily."""
+
+  def __init__(self, state: StateDict, names: Mapping[str, str]):
+    self._state, self._names = state, dict(names)
+
+  def __getitem__(self, key: str) -> np.ndarray:
+    return self._state[self._names[key]]
+
+  def __iter__(self):
+    return iter(self._names)
+
+  def __len__(self) -> int:
+    return len(self._names)
+
+  def __contains__(self, key) -> bool:
+    return key in self._names
+
+
+def read_state_dict(directory: pathlib.Path) -> Mapping[str, np.ndarray]:
+  """All tensors of a checkpoint directory as numpy arrays, keyed by their HF names
+  (safetensors are read lazily, tensor by tensor)."""
   single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
   if single.is_file():
-    files = [single]
-  elif index.is_file():
+    return LazySafetensors([single])
+  if index.is_file():
     shards = sorted(set(read_json(index).get("weight_map", {}).values()))
     files = [directory / s for s in shards]
     for f in files:
       if not f.is_file():
         raise WeightsError(f"{f}: missing file (listed in {index.name})")
-  elif (directory / "pytorch_model.bin").is_file():
+    return LazySafetensors(files)
+  if (directory / "pytorch_model.bin").is_file():
     return _read_torch_bin(directory / "pytorch_model.bin")
-  else:
-    raise WeightsError(f"{directory}: missing file: no model.safetensors, "
-                       "model.safetensors.index.json or pytorch_model.bin")
-  state: StateDict = {}
-  for f in files:
-    try:
-      state.update(load_file(str(f)))
-    except (SafetensorError, OSError, ValueError) as e:
-      raise WeightsError(f"{f}: unreadable safetensors file ({e})") from None
-  return state
+  raise WeightsError(f"{directory}: missing file: no model.safetensors, "
+                     "model.safetensors.index.json or pytorch_model.bin")
 
 
 def _read_torch_bin(path: pathlib.Path) -> StateDict:
@@ -224,7 +268,7 @@ def convert_state_dict(state: Mapping[str, np.ndarray], abstract_params: Params,
     ignore: regexes of names under `scope` (written relative to it) that are known and unused.
     source: the checkpoint's location, for messages.
   Returns:
-    The param tree (numpy float32 leaves).
+    The param tree (float32 jax arrays).
   """
   optional = dict(optional)
   flat = flax.traverse_util.flatten_dict(abstract_params)
@@ -234,12 +278,12 @@ def convert_state_dict(state: Mapping[str, np.ndarray], abstract_params: Params,
     found = next((c for c in candidates if c in state), None)
     if found is None:
       if candidates[0] in optional:
-        out[path] = optional[candidates[0]](tuple(target.shape))
+        out[path] = jnp.asarray(optional[candidates[0]](tuple(target.shape)))
         continue
       raise WeightsError(f"{source}: missing parameter {candidates[0]} (for {'/'.join(path)})")
     used.add(found)
     try:
-      out[path] = _convert(found, state[found], target, path)
+      out[path] = jnp.asarray(_convert(found, state[found], target, path))
     except WeightsError as e:
       raise WeightsError(f"{source}: {e}") from None
   ignore_re = [re.compile(r) for r in ignore]
@@ -349,7 +393,7 @@ def load_bert(path_or_name, *, pooling: Optional[str] = None, normalize: Optiona
     ignore.append(r"(.*\.)?pooler\.dense\.(weight|bias)")
   params = convert_state_dict(state, abstract, names, scope=scope, ignore=ignore,
                               source=str(directory))
-  return module, jax.tree.map(jnp.asarray, params)
+  return module, params
 
 
 def load_bart(path_or_name, *, dtype=jnp.float32, prefix: str = "", config: Optional[dict] = None,
@@ -376,8 +420,8 @@ def load_bart(path_or_name, *, dtype=jnp.float32, prefix: str = "", config: Opti
     state = read_state_dict(directory)
   if not any(k.startswith(prefix + "model.") for k in state):
     # BartModel checkpoints have no "model." level; nest them like the LM.
-    state = {(prefix + "model." + k[len(prefix):] if k.startswith(prefix) else k): v
-             for k, v in state.items()}
+    state = RenamedState(state, {(prefix + "model." + k[len(prefix):]
+                                  if k.startswith(prefix) else k): k for k in state})
   module = bart_lib.Bart(cfg, dtype=dtype)
   ids = jnp.zeros((1, 2), jnp.int32)
   abstract = _abstract_params(module, ids, None, ids)
@@ -388,7 +432,7 @@ def load_bart(path_or_name, *, dtype=jnp.float32, prefix: str = "", config: Opti
       state, abstract, lambda path: tuple(prefix + n for n in bart_names(path)), scope=prefix,
       source=str(directory), ignore=ignore,
       optional={prefix + "final_logits_bias": lambda shape: np.zeros(shape, np.float32)})
-  return module, jax.tree.map(jnp.asarray, params)
+  return module, params
 
 
 def load(path_or_name, **kwargs) -> Tuple[nn.Module, Params]:

@@ -120,3 +120,14 @@ def test_pooling_override_and_pytorch_bin(tmp_path, rng):
   module, params = weights.load_bert(tmp_path, pooling="cls")
   _, pooled = _run(module, params, ids, mask)
   assert max_abs(pooled, ref[:, 0].numpy()) < 1e-4
+
+
+def test_remat_full_changes_no_numbers(tmp_path, rng):
+  randomize_(transformers.BertModel(transformers.BertConfig(**TINY))).save_pretrained(tmp_path)
+  module, params = weights.load_bert(tmp_path)
+  ids, mask, types = _inputs(rng)
+  loss = lambda m: lambda p: m.apply({"params": p}, ids, mask, types)[1].sum()
+  ref = jax.grad(loss(module))(params)
+  out = jax.grad(loss(module.clone(remat="full")))(params)
+  for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):
+    assert max_abs(a, b) < 1e-5 * max(1.0, float(np.abs(b).max()))

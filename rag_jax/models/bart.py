@@ -136,9 +136,12 @@ class Bart(nn.Module):
   Attributes:
     config: the BartConfig.
     dtype: computation dtype; parameters stay float32 and logits are returned in float32.
+    remat: rematerialisation of the layers in training, one of layers.REMAT_POLICIES
+      ("none", "dots", "full"): less activation memory for some recomputation.
   """
   config: BartConfig
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   def setup(self):
     c = self.config
@@ -189,8 +192,10 @@ class Bart(nn.Module):
                     self.encoder_positions,
                     self.encoder_embed_norm, deterministic)
     bias = layers.padding_bias(attention_mask)
+    run = layers.remat(lambda layer, x, bias: layer(x, bias, deterministic=deterministic)[0],
+                       self.remat)
     for layer in self.encoder_layers:
-      x, _ = layer(x, bias, deterministic=deterministic)
+      x = run(layer, x, bias)
     return x
 
   def logits(self, hidden: Array) -> Array:
@@ -224,9 +229,12 @@ class Bart(nn.Module):
     if decoder_mask is not None:
       self_bias = self_bias + layers.padding_bias(decoder_mask)
     cross_bias = None if encoder_mask is None else layers.padding_bias(encoder_mask)
+    run = layers.remat(
+        lambda layer, x, states, self_bias, cross_bias: layer(
+            x, self_bias, cross_kv=layer.project_cross_kv(states), cross_bias=cross_bias,
+            deterministic=deterministic)[0], self.remat)
     for layer in self.decoder_layers:
-      x, _ = layer(x, self_bias, cross_kv=layer.project_cross_kv(encoder_states),
-                   cross_bias=cross_bias, deterministic=deterministic)
+      x = run(layer, x, encoder_states, self_bias, cross_bias)
     return x if return_hidden else self.logits(x)
 
   def init_cache(self, encoder_states: Array, max_length: int) -> DecoderCache:

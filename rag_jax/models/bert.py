@@ -95,9 +95,11 @@ class BertEncoder(nn.Module):
   Attributes:
     config: the BertConfig (pooling and projection included).
     dtype: computation dtype; parameters stay float32 and pooled outputs are float32.
+    remat: rematerialisation of the layers in training (layers.REMAT_POLICIES).
   """
   config: BertConfig
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, input_ids: Array, attention_mask: Optional[Array] = None,
@@ -130,8 +132,9 @@ class BertEncoder(nn.Module):
     x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
 
     bias = layers.padding_bias(attention_mask)
+    run = layers.remat(lambda layer, x, bias: layer(x, bias, deterministic), self.remat)
     for i in range(c.num_hidden_layers):
-      x = BertLayer(c, self.dtype, name=f"layers_{i}")(x, bias, deterministic)
+      x = run(BertLayer(c, self.dtype, name=f"layers_{i}"), x, bias)
 
     # Pooling: [B, L, D] -> [B, P].
     if c.pooling == "mean":

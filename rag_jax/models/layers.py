@@ -35,6 +35,24 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
 }
 
 
+REMAT_POLICIES = {
+    "none": None,
+    # Keep nothing but each layer's inputs; recompute the layer in the backward pass.
+    "full": jax.checkpoint_policies.nothing_saveable,
+    # Keep the matmul outputs, recompute the cheap element-wise work (norms, gelu, softmax).
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat(fn: Callable, policy: str) -> Callable:
+  """`fn(module, *args)` under flax's lifted jax.checkpoint with a named policy."""
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat policy {policy!r}; expected one of {list(REMAT_POLICIES)}")
+  if policy == "none":
+    return fn
+  return nn.checkpoint(fn, policy=REMAT_POLICIES[policy])
+
+
 def activation(name: str) -> Callable[[Array], Array]:
   if name not in ACTIVATIONS:
     raise ValueError(f"unsupported activation function {name!r}; known: {sorted(ACTIVATIONS)}")

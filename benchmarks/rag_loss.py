@@ -1,0 +1,154 @@
+"""RAG-Token training step: rag_jax (jit) vs HF PyTorch RagTokenForGeneration, same run.
+
+One step = question encoder -> doc scores against frozen document vectors -> RAG-Token loss
+-> gradient -> AdamW update of the question encoder and the generator, dropout on, at
+bart-base / dpr-base shapes (d 768, 6+6 BART layers, 12 BERT layers, vocab 50,265), random
+weights (speed does not depend on their values), contexts of 128 tokens, targets of 20.
+Each contestant runs in its own process; reported: median seconds per step and peak RSS
+(GB, the whole process: weights, optimizer state, activations, XLA's compiler), and the
+ratios HF / rag_jax. rag_jax runs twice: with XLA's default flags, and "tuned" with the CPU
+flags below (XLA:CPU's older dot emitter; the memory-first instead of the concurrency-first
+scheduler); neither flag touches accelerators.
+
+    python benchmarks/rag_loss.py                        # batch 4 x 5 docs, then 8 x 10
+    python benchmarks/rag_loss.py --configs 4x5 --steps 3
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+import common
+
+DPR_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                intermediate_size=3072, max_position_embeddings=512, projection_dim=0)
+BART_BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
+                 encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
+                 decoder_ffn_dim=3072, max_position_embeddings=1024, dropout=0.1)
+CONTEXT, TARGET, QUESTION = 128, 20, 32
+LR, WEIGHT_DECAY = 1e-5, 0.01
+TUNED_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type= "
+                   "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+
+
+def _inputs(batch: int, docs: int):
+  rng = np.random.default_rng(0)
+  q_ids = rng.integers(1000, 30000, size=(batch, QUESTION)).astype(np.int32)
+  ctx = rng.integers(3, 50000, size=(batch * docs, CONTEXT)).astype(np.int32)
+  labels = rng.integers(3, 50000, size=(batch, TARGET)).astype(np.int32)
+  labels[:, 0], labels[:, -1] = 2, 2
+  doc_embeds = rng.standard_normal((batch, docs, 768)).astype(np.float32) * 0.1
+  return q_ids, np.ones_like(q_ids), ctx, np.ones_like(ctx), labels, doc_embeds
+
+
+def _hf_model(n_docs: int, path: str):
+  import transformers  # pylint: disable=import-outside-toplevel
+  config = transformers.RagConfig.from_question_encoder_generator_configs(
+      transformers.DPRConfig(**DPR_BASE), transformers.BartConfig(**BART_BASE), n_docs=n_docs)
+  model = transformers.RagTokenForGeneration(config)
+  model.save_pretrained(path)
+  return model
+
+
+def _measure_hf(batch, docs, steps, path):
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  model = _hf_model(docs, path).train()
+  opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+  q_ids, q_mask, ctx, ctx_mask, labels, doc_embeds = (torch.tensor(x) for x in _inputs(batch,
+                                                                                       docs))
+  q_ids, ctx, labels = q_ids.long(), ctx.long(), labels.long()
+  losses = []
+
+  def step():
+    opt.zero_grad()
+    q = model.rag.question_encoder(q_ids, attention_mask=q_mask)[0]
+    scores = torch.bmm(q.unsqueeze(1), doc_embeds.transpose(1, 2)).squeeze(1)
+    loss = model(context_input_ids=ctx, context_attention_mask=ctx_mask, doc_scores=scores,
+                 labels=labels, n_docs=docs, reduce_loss=False).loss.sum()
+    loss.backward()
+    opt.step()
+    losses.append(loss.item())
+  seconds = common.median_seconds(step, steps)
+  return {"seconds": seconds, "peak_rss_gb": common.peak_rss_gb(), "loss": losses[0],
+          "version": torch.__version__}
+
+
+def _measure_jax(batch, docs, steps, path):
+  import jax  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from rag_jax.rag import RagModel  # pylint: disable=import-outside-toplevel
+  model = RagModel.from_pretrained(path)
+  tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
+  params = model.params
+  opt_state = tx.init(params)
+  q_ids, q_mask, ctx, ctx_mask, labels, doc_embeds = _inputs(batch, docs)
+
+  def loss_fn(params, key):
+    kq, kg = jax.random.split(key)
+    scores = model.doc_scores_fn(params, q_ids, q_mask, doc_embeds, deterministic=False,
+                                 rngs={"dropout": kq})
+    return model.loss_fn(params, ctx, ctx_mask, scores, labels, kind="token",
+                         deterministic=False, rngs={"dropout": kg}).sum()
+
+  @jax.jit
+  def train_step(params, opt_state, key):
+    loss, grads = jax.value_and_grad(loss_fn)(params, key)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  train_step = jax.jit(train_step.__wrapped__, donate_argnums=(0, 1))
+  state = {"params": params, "opt": opt_state, "key": jax.random.PRNGKey(0), "losses": []}
+  del params, opt_state
+  model.params = None  # the step owns (and donates) the only copy
+
+  def step():
+    state["key"], key = jax.random.split(state["key"])
+    state["params"], state["opt"], loss = train_step(state["params"], state["opt"], key)
+    state["losses"].append(float(loss))
+  seconds = common.median_seconds(step, steps)
+  return {"seconds": seconds, "peak_rss_gb": common.peak_rss_gb(), "loss": state["losses"][0],
+          "version": jax.__version__}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--configs", default="4x5,8x10", help="BATCHxDOCS,...")
+  parser.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up)")
+  parser.add_argument("--child", choices=("hf", "jax"), help=argparse.SUPPRESS)
+  parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+  parser.add_argument("--docs", type=int, help=argparse.SUPPRESS)
+  parser.add_argument("--path", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    measure = _measure_hf if args.child == "hf" else _measure_jax
+    print(json.dumps(measure(args.batch, args.docs, args.steps, args.path)))
+    return
+
+  import tempfile  # pylint: disable=import-outside-toplevel
+  rows = []
+  for spec in args.configs.split(","):
+    batch, docs = (int(x) for x in spec.split("x"))
+    with tempfile.TemporaryDirectory() as path:
+      child = ["--batch", str(batch), "--docs", str(docs), "--steps", str(args.steps),
+               "--path", path]
+      hf = common.run_child(__file__, ["--child", "hf", *child])   # also writes the weights
+      ours = common.run_child(__file__, ["--child", "jax", *child])
+      tuned = common.run_child(__file__, ["--child", "jax", *child], {
+          "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + TUNED_XLA_FLAGS).strip()})
+    row = {"batch": batch, "docs": docs, "hf_s_per_step": round(hf["seconds"], 2),
+           "hf_peak_rss_gb": round(hf["peak_rss_gb"], 2)}
+    for name, r in (("rag_jax", ours), ("rag_jax_tuned", tuned)):
+      row.update({f"{name}_s_per_step": round(r["seconds"], 2),
+                  f"{name}_speedup": round(hf["seconds"] / r["seconds"], 2),
+                  f"{name}_peak_rss_gb": round(r["peak_rss_gb"], 2),
+                  f"{name}_memory_ratio": round(r["peak_rss_gb"] / hf["peak_rss_gb"], 2)})
+    row["first_step_loss_hf_vs_rag_jax"] = [round(hf["loss"], 2), round(ours["loss"], 2)]
+    rows.append(row)
+    print(json.dumps(rows[-1]), flush=True)
+
+
+if __name__ == "__main__":
+  main()
