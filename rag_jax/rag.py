@@ -42,11 +42,20 @@ class RagConfig:
   prefix: Optional[str] = None
   label_smoothing: float = 0.0
   exclude_bos_score: bool = False
+  bos_token_id: Optional[int] = None  # None: the generator's (as HF's get_nll falls back)
 
   @classmethod
   def from_hf(cls, hf: Mapping[str, Any], **overrides) -> "RagConfig":
+    """From an HF RAG config.json. HF's retriever takes the prefix from the generator's
+    config (`config.generator.prefix`), not from the top level."""
     fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in hf.items() if k in fields}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+      raise ValueError(f"unknown RAG config field {unknown[0]!r}")
+    kwargs = {k: v for k, v in hf.items() if k in fields and v is not None}
+    generator_prefix = (hf.get("generator") or {}).get("prefix")
+    if generator_prefix is not None:
+      kwargs["prefix"] = generator_prefix
     kwargs.update(overrides)
     return cls(**kwargs)
 
@@ -100,31 +109,36 @@ class RagModel:
     for part in ("question_encoder", "generator"):
       if not isinstance(hf.get(part), dict):
         raise weights.WeightsError(f"{directory / 'config.json'}: no {part} config")
+    try:
+      config = RagConfig.from_hf(hf, **overrides)
+    except (TypeError, ValueError) as e:
+      raise weights.WeightsError(f"{directory / 'config.json'}: {e}") from None
     state = weights.read_state_dict(directory)
     q_module, q_params = weights.load_bert(
         directory, config=hf["question_encoder"], state=state, dtype=dtype,
         prefix="rag.question_encoder.question_encoder.bert_model.")
     g_module, g_params = weights.load_bart(directory, config=hf["generator"], state=state,
                                            dtype=dtype, prefix="rag.generator.")
-    known = ("rag.question_encoder.", "rag.generator.")
+    known = ("rag.question_encoder.question_encoder.", "rag.generator.")
     stray = sorted(k for k in state if not k.startswith(known))
     if stray:
       raise weights.WeightsError(f"{directory}: unexpected parameter {stray[0]}")
     tokenizers = [_optional_tokenizer(directory / sub)
                   for sub in ("question_encoder_tokenizer", "generator_tokenizer")]
     return cls(q_module, g_module, {"question_encoder": q_params, "generator": g_params},
-               RagConfig.from_hf(hf, **overrides), *tokenizers)
+               config, *tokenizers)
 
   @classmethod
   def from_parts(cls, question_encoder, generator, *, dtype=jnp.float32,
                  **config) -> "RagModel":
     """Builds a RAG model from a DPR question encoder and a BART checkpoint (paths or hub
     names), e.g. facebook/dpr-question_encoder-single-nq-base + facebook/bart-large."""
+    rag_config = RagConfig(**config)
+    question_encoder, generator = weights.resolve(question_encoder), weights.resolve(generator)
     q_module, q_params = weights.load_bert(question_encoder, dtype=dtype)
     g_module, g_params = weights.load_bart(generator, dtype=dtype)
     return cls(q_module, g_module, {"question_encoder": q_params, "generator": g_params},
-               RagConfig(**config), _optional_tokenizer(question_encoder),
-               _optional_tokenizer(generator))
+               rag_config, _optional_tokenizer(question_encoder), _optional_tokenizer(generator))
 
   # ----------------------------------------------------------------------------------------
   # Pure functions of params.
@@ -149,7 +163,8 @@ class RagModel:
     return jnp.einsum("bd,bzd->bz", q, jax.lax.stop_gradient(doc_embeds.astype(jnp.float32)))
 
   def loss_fn(self, params: Params, context_input_ids: Array, context_attention_mask: Array,
-              doc_scores: Array, labels: Array, *, kind: str = "token", epsilon: float = 0.0,
+              doc_scores: Array, labels: Array, *, kind: str = "token",
+              epsilon: Optional[float] = None,
               exclude_bos_score: Optional[bool] = None, deterministic: bool = True,
               rngs: Optional[Dict[str, Array]] = None) -> Array:
     """Per-example negative log-likelihood [B], as HF RAG's forward `loss` (reduce_loss=False).
@@ -158,9 +173,9 @@ class RagModel:
       params: {"question_encoder", "generator"}; only the generator's are used here.
       context_input_ids, context_attention_mask: [B * Z, S] generator inputs.
       doc_scores: [B, Z] (-inf for a missing document).
-      labels: [B, T], padded with the generator's pad id.
+      labels: [B, T], padded with the generator's pad id (-100 is read as padding too).
       kind: "token", "sequence" or "soft" (soft retrieval, see marginalize.soft_retrieval_mix).
-      epsilon: label smoothing, as HF applies it.
+      epsilon: label smoothing, as HF applies it; default: the config's label_smoothing.
       exclude_bos_score: RAG-Sequence only; default from the config.
       deterministic, rngs: dropout.
     """
@@ -169,6 +184,10 @@ class RagModel:
     g = self.generator.config
     if exclude_bos_score is None:
       exclude_bos_score = self.config.exclude_bos_score
+    if epsilon is None:
+      epsilon = self.config.label_smoothing
+    bos = g.bos_token_id if self.config.bos_token_id is None else self.config.bos_token_id
+    labels = jnp.where(labels < 0, g.pad_token_id, labels)
     b, z = doc_scores.shape
     t = labels.shape[1]
     gen = {"params": params["generator"]}
@@ -197,7 +216,7 @@ class RagModel:
           logits, jnp.broadcast_to(targets[:, None], (b, z, t)), with_smoothing=smoothing)
       if kind == "sequence":
         # HF scores the first target position only if it is not a BOS every row starts with.
-        use_bos = jnp.all(targets[:, 0] == g.bos_token_id)
+        use_bos = jnp.all(targets[:, 0] == bos)
         drop_first = jnp.logical_and(exclude_bos_score, use_bos)
         ll_mask = pad_mask.at[:, 0].set(jnp.where(drop_first, 0, pad_mask[:, 0]))
         ll = marginalize.rag_sequence_log_likelihood(lp, doc_scores, ll_mask)
@@ -225,7 +244,7 @@ class RagModel:
   # Conveniences with the model's own params.
 
   def loss(self, context_input_ids, context_attention_mask, doc_scores, labels, *,
-           kind: str = "token", epsilon: float = 0.0,
+           kind: str = "token", epsilon: Optional[float] = None,
            exclude_bos_score: Optional[bool] = None) -> Array:
     """`loss_fn` with the model's params, jitted; [B] per-example NLL."""
     return self._loss(self.params, jnp.asarray(context_input_ids), jnp.asarray(context_attention_mask),
@@ -246,6 +265,11 @@ class RagModel:
     tokenizer = tokenizer or self.generator_tokenizer
     if tokenizer is None:
       raise ValueError("contextualize needs the generator's tokenizer")
+    if len(questions) != len(docs):
+      raise ValueError(f"{len(questions)} questions but {len(docs)} rows of documents")
+    if len({len(row) for row in docs}) > 1:
+      raise ValueError("every question needs the same number of documents (pad with "
+                       "empty passages and give them a -inf doc score)")
     strings = [format_context(d["title"], d["text"], q, self.config)
                for q, row in zip(questions, docs) for d in row]
     enc = tokenizer(strings, max_length=self.config.max_combined_length, padding="max_length",

@@ -36,6 +36,13 @@ class WeightsError(ValueError):
   """A checkpoint that cannot be loaded; the message says why in one line."""
 
 
+def one_line(e: BaseException) -> str:
+  """The first non-empty line of an exception's message, without terminal colour codes."""
+  text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return lines[0] if lines else type(e).__name__
+
+
 # ------------------------------------------------------------------------------------------
 # Files.
 
@@ -52,12 +59,15 @@ def resolve(path_or_name: str | os.PathLike) -> pathlib.Path:
     raise WeightsError(f"{name}: no such directory")
   try:
     import huggingface_hub  # pylint: disable=import-outside-toplevel
-    return pathlib.Path(huggingface_hub.snapshot_download(
+    local = pathlib.Path(huggingface_hub.snapshot_download(
         name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*/config.json"]))
+    if not any(local.glob("*.safetensors")):  # an older repo: weights only as a torch pickle
+      local = pathlib.Path(huggingface_hub.snapshot_download(
+          name, allow_patterns=["pytorch_model.bin"]))
+    return local
   except Exception as e:  # pylint: disable=broad-except
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise WeightsError(f"{name}: no such directory, and the hub download failed: "
-                       f"{first_line}") from None
+                       f"{one_line(e)}") from None
 
 
 def read_json(path: pathlib.Path) -> Dict[str, Any]:
@@ -90,8 +100,24 @@ class LazySafetensors(Mapping[str, np.ndarray]):
     f, handle = self._handles[self._where[key]]
     try:
       return handle.get_tensor(key)
+    except TypeError:
+      # numpy has no bfloat16: read such a tensor's raw bytes through ml_dtypes instead.
+      return self._read_bfloat16(f, key)
     except Exception as e:  # pylint: disable=broad-except
-      raise WeightsError(f"{f}: unreadable tensor {key} ({e})") from None
+      raise WeightsError(f"{f}: unreadable tensor {key} ({one_line(e)})") from None
+
+  @staticmethod
+  def _read_bfloat16(f, key: str) -> np.ndarray:
+    import ml_dtypes  # pylint: disable=import-outside-toplevel
+    with open(f, "rb") as fh:
+      header_len = int.from_bytes(fh.read(8), "little")
+      entry = json.loads(fh.read(header_len))[key]
+      if entry["dtype"] != "BF16":
+        raise WeightsError(f"{f}: unsupported dtype {entry['dtype']} of tensor {key}")
+      start, end = entry["data_offsets"]
+      fh.seek(8 + header_len + start)
+      raw = fh.read(end - start)
+    return np.frombuffer(raw, ml_dtypes.bfloat16).reshape(entry["shape"]).astype(np.float32)
 
   def __iter__(self):
     return iter(self._where)
@@ -150,9 +176,16 @@ def _read_torch_bin(path: pathlib.Path) -> StateDict:
   try:
     state = torch.load(str(path), map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
-    raise WeightsError(f"{path}: unreadable torch checkpoint ({type(e).__name__}: {e})") from None
-  return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
-          for k, v in state.items()}
+    raise WeightsError(f"{path}: unreadable torch checkpoint ({type(e).__name__}: "
+                       f"{one_line(e)})") from None
+  if not isinstance(state, dict):
+    raise WeightsError(f"{path}: not a state dict (a {type(state).__name__})")
+  out = {}
+  for k, v in state.items():
+    if not isinstance(v, torch.Tensor):
+      raise WeightsError(f"{path}: entry {k} is a {type(v).__name__}, not a tensor")
+    out[k] = v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+  return out
 
 
 # ------------------------------------------------------------------------------------------
@@ -453,6 +486,5 @@ def load_tokenizer(path_or_name):
   import transformers  # pylint: disable=import-outside-toplevel
   try:
     return transformers.AutoTokenizer.from_pretrained(str(directory))
-  except (OSError, ValueError, TypeError) as e:
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise WeightsError(f"{directory}: no usable tokenizer ({first_line})") from None
+  except Exception as e:  # pylint: disable=broad-except  (tokenizers raises plain Exception)
+    raise WeightsError(f"{directory}: no usable tokenizer ({one_line(e)})") from None

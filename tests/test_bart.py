@@ -146,3 +146,32 @@ def test_remat_changes_no_numbers(tmp_path, rng, policy):
   np.testing.assert_allclose(value, ref_value, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
     assert max_abs(a, b) < 1e-5 * max(1.0, float(np.abs(b).max()))  # float32 reassociation
+
+
+def test_too_long_inputs_are_refused(tmp_path, rng):
+  _save(tmp_path, seed=9)
+  module, params = weights.load_bart(tmp_path)
+  long = np.ones((1, TINY["max_position_embeddings"] + 1), np.int32)
+  ok = np.ones((1, 4), np.int32)
+  with pytest.raises(ValueError, match="exceed max_position_embeddings"):
+    module.apply({"params": params}, long, None, ok)
+  with pytest.raises(ValueError, match="exceed max_position_embeddings"):
+    module.apply({"params": params}, ok, None, long)
+  states = module.apply({"params": params}, ok, None, method=Bart.encode)
+  with pytest.raises(ValueError, match="init_cache max_length"):
+    module.apply({"params": params}, states, 65, method=Bart.init_cache)
+
+
+def test_bfloat16_checkpoint_loads(tmp_path, rng):
+  hf = _save(tmp_path, seed=10)
+  hf.to(torch.bfloat16).save_pretrained(tmp_path)
+  module, params = weights.load_bart(tmp_path)
+  ref = hf.float()
+  src, src_mask, dec_in, dec_mask = _batch(rng)
+  with torch.no_grad():
+    expected = ref(input_ids=torch.tensor(src), attention_mask=torch.tensor(src_mask),
+                   decoder_input_ids=torch.tensor(dec_in),
+                   decoder_attention_mask=torch.tensor(dec_mask)).logits.numpy()
+  logits = module.apply({"params": params}, src, src_mask, dec_in, dec_mask)
+  valid = dec_mask.astype(bool)
+  assert max_abs(np.asarray(logits)[valid], expected[valid]) < 1e-4

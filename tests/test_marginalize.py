@@ -29,7 +29,8 @@ def _np_probs(logits, targets, doc_scores):
   p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
   p_target = np.take_along_axis(p, targets[..., None], -1)[..., 0]
   w = np.exp(np.where(np.isfinite(doc_scores), doc_scores, -np.inf))
-  return p, p_target, w / w.sum(-1, keepdims=True)
+  with np.errstate(invalid="ignore"):  # a row without documents has no p(z): NaN, unused
+    return p, p_target, w / w.sum(-1, keepdims=True)
 
 
 @pytest.mark.parametrize("missing", [False, True])
@@ -108,3 +109,12 @@ def test_soft_retrieval_mix_definition(rng):
       np.testing.assert_allclose(mixed[b, s], (w[:, None] * states[b, :, s]).sum(0) / w.sum(),
                                  rtol=1e-5)
   assert mixed_mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
+
+
+def test_nan_is_not_hidden(rng):
+  logits, targets, doc_scores, mask = _setup(rng, missing=False)
+  lp, _ = m.target_log_probs(jnp.asarray(logits, jnp.float32), targets)
+  lp = lp.at[2, 0, 0].set(jnp.nan)
+  for fn in (m.rag_sequence_log_likelihood, m.rag_token_log_likelihood):
+    out = np.asarray(fn(lp, doc_scores, mask))
+    assert np.isnan(out[2]) and np.isfinite(np.delete(out, 2)).all()

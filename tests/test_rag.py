@@ -136,9 +136,19 @@ def test_gradients_match_torch_autograd(tmp_path, rng, kind):
   assert scale > 1e-3  # the gradient does reach the question encoder
   for path, g in flat_ours.items():
     assert max_abs(g, flat_ref[path]) < 1e-4 * max(1.0, scale), path
-  # And the generator gets one too.
-  gen_norm = sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads["generator"]))
-  assert gen_norm > 0
+  # And the generator's gradient matches too.
+  prefix = "rag.generator."
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), grads["generator"])
+  ref = weights.convert_state_dict(
+      hf_grads, abstract, lambda p: tuple(prefix + n for n in weights.bart_names(p)),
+      scope=prefix, ignore=[r".*"], optional={prefix + "final_logits_bias": np.zeros})
+  flat_ours = flax.traverse_util.flatten_dict(grads["generator"])
+  flat_ref = flax.traverse_util.flatten_dict(ref)
+  for path, g in flat_ours.items():
+    if path == ("final_logits_bias",):  # a buffer in torch: no gradient there
+      continue
+    scale = max(1.0, float(np.abs(flat_ref[path]).max()))
+    assert max_abs(g, flat_ref[path]) < 1e-4 * scale, path
 
 
 def test_missing_documents_stay_finite(tmp_path, rng):
@@ -177,6 +187,18 @@ def test_soft_retrieval_gradient_reaches_doc_scores(tmp_path, rng):
   soft = model.loss(ctx, ctx_mask, one, labels, kind="soft")
   token = model.loss(ctx, ctx_mask, one, labels, kind="token")
   np.testing.assert_allclose(soft, token, rtol=1e-4)
+
+
+def test_config_label_smoothing_and_generator_prefix(tmp_path, rng):
+  hf = _save_rag(tmp_path, "token", 3, seed=6)
+  config = __import__("json").loads((tmp_path / "config.json").read_text())
+  config["label_smoothing"] = 0.1
+  config["generator"]["prefix"] = "gen: "
+  (tmp_path / "config.json").write_text(__import__("json").dumps(config))
+  model = RagModel.from_pretrained(tmp_path)
+  assert model.config.prefix == "gen: " and model.config.label_smoothing == 0.1
+  batch = _batch(rng, 3)
+  np.testing.assert_allclose(model.loss(*batch), _hf_loss(hf, *batch, 0.1), rtol=1e-5)
 
 
 def test_format_context_matches_hf_retriever():

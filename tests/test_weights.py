@@ -90,17 +90,36 @@ def test_mbart_style_config_is_refused(tmp_path):
   assert "normalize_before" in _error(weights.load_bart, tmp_path)
 
 
-def test_unreachable_hub_name():
+def test_unreachable_hub_name(monkeypatch):
+  import huggingface_hub
+
+  def offline(*args, **kwargs):
+    raise OSError("We couldn't connect to 'https://huggingface.co'.\nCheck your connection.")
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
   message = _error(weights.load, "no-such-org/no-such-model-rag-jax")
-  assert "no-such-org/no-such-model-rag-jax" in message
+  assert message.startswith("no-such-org/no-such-model-rag-jax: no such directory, and the hub "
+                            "download failed: We couldn't connect")
 
 
-def test_bin_without_safetensors_loads(tmp_path):
-  model = randomize_(transformers.BertModel(transformers.BertConfig(**TINY_BERT)))
+def test_torch_bin_with_a_non_tensor_entry(tmp_path):
+  model = transformers.BertModel(transformers.BertConfig(**TINY_BERT))
   model.config.save_pretrained(tmp_path)
-  torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
-  module, params = weights.load(tmp_path)
-  assert params["layers_1"]["mlp"]["wi"]["kernel"].shape == (32, 37)
+  state = dict(model.state_dict(), extra=3)
+  torch.save(state, tmp_path / "pytorch_model.bin")
+  assert "entry extra is a int, not a tensor" in _error(weights.load, tmp_path)
+
+
+def test_corrupt_torch_bin(tmp_path):
+  transformers.BertModel(transformers.BertConfig(**TINY_BERT)).config.save_pretrained(tmp_path)
+  (tmp_path / "pytorch_model.bin").write_bytes(b"not a pickle at all")
+  assert "unreadable torch checkpoint" in _error(weights.load, tmp_path)
+
+
+def test_unknown_activation_fails_at_load(bert_dir):
+  config = json.loads((bert_dir / "config.json").read_text())
+  config["hidden_act"] = "swiglu_nope"
+  (bert_dir / "config.json").write_text(json.dumps(config))
+  assert "unsupported activation function 'swiglu_nope'" in _error(weights.load_bert, bert_dir)
 
 
 def test_tokenizer_loads_from_the_same_directory(tmp_path):

@@ -18,6 +18,7 @@ K = head width, L = cache length, N = decoder layers.
 import dataclasses
 from typing import Any, Mapping, Optional, Tuple
 
+from absl import logging
 import flax
 import flax.linen as nn
 import jax
@@ -61,6 +62,10 @@ class BartConfig:
     for key in ("normalize_before", "add_final_layer_norm"):
       if hf.get(key):
         raise ValueError(f"unsupported BART variant: {key}=true (pre-LN is mBART, not BART)")
+    layers.activation(hf.get("activation_function", "gelu"))  # fail at load, not at first use
+    for key in ("encoder_layerdrop", "decoder_layerdrop"):
+      if hf.get(key):
+        logging.warning("BART %s=%s is not implemented; training runs every layer", key, hf[key])
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in hf.items() if k in fields}
     kwargs = {k: v for k, v in kwargs.items()
@@ -174,6 +179,12 @@ class Bart(nn.Module):
         (1, c.vocab_size), jnp.float32)
     self.drop = nn.Dropout(c.dropout)
 
+  def _check_length(self, n: int, what: str):
+    # Flax's Embed gives NaN rows for out-of-range ids; a too-long input must fail instead.
+    if n > self.config.max_position_embeddings:
+      raise ValueError(f"{what}: {n} positions exceed max_position_embeddings "
+                       f"{self.config.max_position_embeddings}")
+
   def _embed(self, ids: Array, positions: Array, token_embed, pos_embed, norm,
              deterministic: bool) -> Array:
     """ids [B, T], positions [T] -> [B, T, D]."""
@@ -186,6 +197,7 @@ class Bart(nn.Module):
   def encode(self, input_ids: Array, attention_mask: Optional[Array] = None, *,
              deterministic: bool = True) -> Array:
     """input_ids, attention_mask [B, S] -> encoder states [B, S, D] in `dtype`."""
+    self._check_length(input_ids.shape[1], "encoder input")
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     x = self._embed(input_ids, jnp.arange(input_ids.shape[1]), self.encoder_tokens,
@@ -219,9 +231,10 @@ class Bart(nn.Module):
       decoder_mask: [B, T] target padding mask (default: none padded).
       return_hidden: return the final decoder states [B, T, D] instead of logits.
     Returns:
-      float32 logits [B, T, V].
+      float32 logits [B, T, V], or with `return_hidden` the states [B, T, D] in `dtype`.
     """
     t = decoder_input_ids.shape[1]
+    self._check_length(t, "decoder input")
     positions = jnp.arange(t)
     x = self._embed(decoder_input_ids, positions, self.decoder_tokens, self.decoder_positions,
                     self.decoder_embed_norm, deterministic)
@@ -244,6 +257,7 @@ class Bart(nn.Module):
       encoder_states: [B, S, D] from `encode`.
       max_length: L, the most target positions that will be decoded (<= max_position_embeddings).
     """
+    self._check_length(max_length, "init_cache max_length")
     b = encoder_states.shape[0]
     c = self.config
     heads = c.decoder_attention_heads
@@ -259,7 +273,9 @@ class Bart(nn.Module):
     """Decodes T new target positions against the cache.
 
     Args:
-      decoder_input_ids: [B, T] the tokens at positions index .. index + T - 1.
+      decoder_input_ids: [B, T] the tokens at positions index .. index + T - 1; the caller
+        keeps index + T <= the cache length L (the index is traced, so it is not checked
+        here: past L, writes would land on the last slot).
       cache: from `init_cache` or the previous step.
       encoder_mask: [B, S] source padding mask.
     Returns:

@@ -55,6 +55,7 @@ class BertConfig:
     kwargs = {k: v for k, v in hf.items() if k in fields and v is not None}
     kwargs.update(overrides)
     config = cls(**kwargs)
+    layers.activation(config.hidden_act)  # fail at load, not at first use
     if config.pooling not in POOLINGS:
       raise ValueError(f"unknown pooling {config.pooling!r}; expected one of {POOLINGS}")
     if config.hidden_size % config.num_attention_heads:
@@ -116,6 +117,9 @@ class BertEncoder(nn.Module):
       hidden states [B, L, D] in `dtype`, pooled vectors [B, P] in float32.
     """
     c = self.config
+    if input_ids.shape[1] > c.max_position_embeddings:
+      raise ValueError(f"{input_ids.shape[1]} tokens exceed max_position_embeddings "
+                       f"{c.max_position_embeddings}")
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:

@@ -39,7 +39,8 @@ REMAT_POLICIES = {
     "none": None,
     # Keep nothing but each layer's inputs; recompute the layer in the backward pass.
     "full": jax.checkpoint_policies.nothing_saveable,
-    # Keep the matmul outputs, recompute the cheap element-wise work (norms, gelu, softmax).
+    # Keep the projections' matmul outputs, recompute the rest (norms, gelu, softmax and the
+    # two batched attention matmuls, which have batch dimensions).
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
