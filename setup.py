@@ -27,7 +27,7 @@ setuptools.setup(
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls a CUDA build of several GB.
-        "test": ["pytest>=8", "torch==2.13.0", "sentence-transformers>=5.0"],
+        "test": ["pytest>=8", "torch==2.13.0", "sentence-transformers>=5.0", "faiss-cpu>=1.8"],
         "faiss": ["faiss-cpu>=1.8"],
     },
 )

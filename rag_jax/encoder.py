@@ -37,12 +37,14 @@ class TextEncoder:
     tokenizer: an HF tokenizer.
     max_length: texts are truncated to this many tokens.
     batch_size: texts per compiled call.
+    data_sharding: where each batch goes (e.g. split over devices); None: the default device.
   """
   module: bert.BertEncoder
   params: Any
   tokenizer: Any
   max_length: int = 512
   batch_size: int = 64
+  data_sharding: Optional[jax.sharding.Sharding] = None
 
   def __post_init__(self):
     self._apply: Callable = jax.jit(
@@ -72,6 +74,10 @@ class TextEncoder:
     """texts -> ids, mask [N, length] int32 numpy (length: bucket of the longest, by default)."""
     enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
                          padding=False)["input_ids"]
+    return self.pad(enc, length)
+
+  def pad(self, enc: Sequence[Sequence[int]], length: Optional[int] = None):
+    """Token id lists -> ids, mask [N, length] int32 numpy, right-padded."""
     if length is None:
       length = length_bucket(max(len(e) for e in enc), self.max_length)
     pad = self.tokenizer.pad_token_id or 0
@@ -93,6 +99,8 @@ class TextEncoder:
       if m < b:  # pad the last batch so it reuses the compiled program
         chunk_ids = np.pad(chunk_ids, ((0, b - m), (0, 0)))
         chunk_mask = np.pad(chunk_mask, ((0, b - m), (0, 0)))
+      if self.data_sharding is not None:
+        chunk_ids, chunk_mask = jax.device_put((chunk_ids, chunk_mask), self.data_sharding)
       out[start:start + m] = np.asarray(self._apply(self.params, chunk_ids, chunk_mask))[:m]
     return out
 

@@ -1,0 +1,116 @@
+"""`python -m rag_jax.index build | search | inspect`: build, query and check a saved index.
+
+  build    --passages FILE.tsv | --articles FILE.jsonl --encoder PATH --out DIR
+           [--backend exact|approx|scann|faiss_hnsw] [--batch-size N] [--dtype float16]
+           [--shard-size N] [--skip-malformed] [--overwrite]
+  search   --index DIR --query TEXT [--query TEXT ...] [-k N] [--json] [--encoder PATH]
+  inspect  --index DIR
+
+PATH may be a checkpoint directory, a hub name or `asset:NAME` (rag_jax.assets). The index
+remembers its encoder; `search --encoder` overrides it (and must fit it). Bad input ends with
+`error: <one line>` and a non-zero status.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+from rag_jax import assets
+from rag_jax import weights
+from rag_jax.encoder import TextEncoder
+from rag_jax.index import corpus
+from rag_jax.index import embed
+from rag_jax.index import saved
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m rag_jax.index", description=__doc__.split(
+      "\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+  b = sub.add_parser("build", help="embed a corpus and save an index")
+  src = b.add_mutually_exclusive_group(required=True)
+  src.add_argument("--passages", help="DPR psgs_w100.tsv-style passages")
+  src.add_argument("--articles", help="JSONL articles, split into 100-word passages")
+  b.add_argument("--encoder", required=True, help="document encoder (directory, hub name, asset:)")
+  b.add_argument("--out", required=True, help="index directory to create")
+  b.add_argument("--backend", default="exact", help="exact, approx, scann or faiss_hnsw")
+  b.add_argument("--batch-size", type=int, default=64)
+  b.add_argument("--dtype", default="float16", choices=embed.DTYPES)
+  b.add_argument("--shard-size", type=int, default=65536)
+  b.add_argument("--max-length", type=int, default=None, help="tokens per passage")
+  b.add_argument("--skip-malformed", action="store_true", help="skip and count bad lines")
+  b.add_argument("--overwrite", action="store_true")
+  b.add_argument("--no-progress", action="store_true")
+  s = sub.add_parser("search", help="query an index")
+  s.add_argument("--index", required=True)
+  s.add_argument("--query", action="append", required=True)
+  s.add_argument("-k", type=int, default=5)
+  s.add_argument("--json", action="store_true", help="one JSON object per query")
+  s.add_argument("--encoder", help="query encoder (default: the index's)")
+  i = sub.add_parser("inspect", help="print the manifest and verify checksums")
+  i.add_argument("--index", required=True)
+  return parser
+
+
+def _encoder(spec, **kwargs):
+  directory = weights.resolve(assets.resolve_spec(spec))
+  return TextEncoder.from_pretrained(directory, **kwargs), directory
+
+
+def build(args) -> None:
+  if args.batch_size <= 0 or args.shard_size <= 0:
+    raise saved.IndexError_("--batch-size and --shard-size must be positive")
+  encoder, directory = _encoder(args.encoder, batch_size=args.batch_size,
+                                max_length=args.max_length)
+  manifest = saved.build_index(
+      args.passages or args.articles, encoder, directory, args.out, backend=args.backend,
+      dtype=args.dtype, shard_size=args.shard_size, overwrite=args.overwrite,
+      on_error="skip" if args.skip_malformed else "raise", progress=not args.no_progress,
+      encoder_source=args.encoder, log=lambda m: print(m, file=sys.stderr))
+  print(f"built {args.out}: {manifest['count']} passages, {manifest['dim']}-d "
+        f"{manifest['dtype']}, backend {manifest['backend']['name']}")
+
+
+def search(args) -> None:
+  manifest = saved.read_manifest(args.index)
+  spec = args.encoder or manifest["encoder"].get("source")
+  if spec is None:
+    raise saved.IndexError_(f"{args.index}: the manifest names no encoder; pass --encoder")
+  encoder, directory = _encoder(spec, max_length=manifest["encoder"].get("max_length"))
+  index = saved.load_index(args.index, encoder=encoder, encoder_dir=directory)
+  if args.k <= 0 or args.k > manifest["count"]:
+    raise saved.IndexError_(f"-k must be between 1 and {manifest['count']}")
+  scores, ids = index.search(encoder.encode(args.query), args.k)
+  for query, row_scores, row_ids in zip(args.query, scores, ids):
+    hits = [{"id": index.passages[int(i)]["id"], "row": int(i), "score": float(sc),
+             "title": index.passages[int(i)]["title"], "text": index.passages[int(i)]["text"]}
+            for sc, i in zip(row_scores, row_ids)]
+    if args.json:
+      print(json.dumps({"query": query, "hits": hits}, ensure_ascii=False))
+      continue
+    print(f"Q: {query}")
+    for rank, h in enumerate(hits, 1):
+      text = h["text"] if len(h["text"]) <= 120 else h["text"][:117] + "..."
+      print(f"  {rank:>2}. {h['score']:8.4f}  [{h['id']}] {h['title']}: {text}")
+
+
+def inspect(args) -> None:
+  manifest = saved.read_manifest(args.index)
+  print(json.dumps({k: v for k, v in manifest.items() if k != "files"}, indent=1))
+  saved.verify_files(args.index, manifest, checksums=True)
+  print(f"{len(manifest['files'])} files, checksums ok")
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    {"build": build, "search": search, "inspect": inspect}[args.command](args)
+  except (ValueError, OSError, assets.AssetError) as e:  # Index/Corpus/Weights errors included
+    print(f"error: {weights.one_line(e)}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,619 @@
+"""Search backends of the retrieval index: maximum inner product search over passage embeddings.
+
+Every backend answers the same calls (duck typing, no base class):
+
+  search(queries [B, D], k) -> (scores [B, k] float32, ids [B, k] int64)   numpy, best first
+  params() -> dict                                                          JSON-able settings
+
+`ids` are row numbers into the embedding matrix [N, D] the backend was built from, `scores`
+the inner products q . e (exact for every backend here except ScaNN without rescoring). A k
+larger than N is a ValueError. An approximate backend that finds fewer than k rows for a query
+fills the rest with id -1 and score -inf: -1 is what `PassageStore` refuses as a row, and -inf
+is what `marginalize` reads as a missing document.
+
+  * `ExactSearch`: on-device matmul and `jax.lax.top_k`, chunked over passages so that only a
+    [B, chunk] score block exists at a time; optionally sharded over the devices of a mesh. It
+    is the reference the others are measured against (`measure_recall`).
+  * `ApproxSearch`: the same with `jax.lax.approx_max_k` per chunk (TPU-KNN; exact on CPU).
+  * `ScannSearch`: ScaNN on the host (tree partitioning, anisotropic hashing, exact rescoring),
+    parameters chosen from the data size unless given; saved to and loaded from a directory.
+  * `FaissHnswSearch`: a faiss HNSW graph, when the `faiss` extra is installed.
+
+`BACKENDS` maps a name to its class and `build(name, embeddings, **params)` makes one;
+`build(name, embeddings, **backend.params())` rebuilds the same configuration.
+"""
+
+import functools
+import hashlib
+import json
+import math
+import os
+import pathlib
+import tempfile
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+Array = jax.Array
+Result = Tuple[np.ndarray, np.ndarray]  # scores [B, k] float32, ids [B, k] int64
+
+DTYPES = ("float32", "bfloat16")
+
+try:  # jax >= 0.6 exports shard_map at the top level; older versions keep it experimental.
+  _shard_map = jax.shard_map
+except AttributeError:
+  from jax.experimental.shard_map import shard_map as _shard_map
+
+
+class MissingDependencyError(ImportError):
+  """A backend whose library is not installed; the message says which extra to install."""
+
+
+# ------------------------------------------------------------------------------------------
+# Argument checks shared by the backends.
+
+
+def _check_embeddings(embeddings) -> Tuple[int, int]:
+  shape = tuple(getattr(embeddings, "shape", ()))
+  if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+    raise ValueError(f"embeddings must be a non-empty [N, D] matrix, got shape {list(shape)}")
+  return shape
+
+
+def _check_query(queries, k, num: int, dim: int) -> None:
+  shape = tuple(getattr(queries, "shape", ()))
+  if len(shape) != 2 or shape[1] != dim:
+    raise ValueError(f"queries must be [B, {dim}], got shape {list(shape)}")
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"k must be a positive integer, got {k!r}")
+  if k > num:
+    raise ValueError(f"k={k} exceeds the {num} indexed embeddings")
+
+
+def _check_dtype(dtype) -> str:
+  name = jnp.dtype(dtype).name
+  if name not in DTYPES:
+    raise ValueError(f"dtype must be one of {DTYPES}, got {name}")
+  return name
+
+
+def _to_host(scores: Array, ids: Array) -> Result:
+  return np.asarray(scores, np.float32), np.asarray(ids).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------------------
+# On-device top-k, shared by ExactSearch and ApproxSearch.
+
+# select(scores [B, C], k) -> (values [B, k], column indices [B, k]), best first.
+Select = Callable[[Array, int], Tuple[Array, Array]]
+
+
+def _merge(vals: Array, ids: Array, k: int) -> Tuple[Array, Array]:
+  """The best k of candidate columns: vals, ids [B, M] -> [B, k] each, best first."""
+  top, cols = jax.lax.top_k(vals, k)
+  return top, jnp.take_along_axis(ids, cols, axis=1)
+
+
+def _chunked_top_k(queries: Array, emb: Array, k: int, *, chunk_size: int, select: Select,
+                   precision, row_offset=0, num_valid: Optional[int] = None
+                   ) -> Tuple[Array, Array]:
+  """Top-k of queries . emb^T, scoring `chunk_size` rows at a time.
+
+  Args:
+    queries: [B, D] in the embeddings' dtype.
+    emb: [R, D] (all rows, or one device's shard).
+    k: wanted candidates; min(k, R) come back.
+    chunk_size: rows scored at once; memory is O(B * chunk_size), whatever R is.
+    select: the per-chunk top-k (exact or approximate); chunks are merged exactly.
+    precision: matmul precision.
+    row_offset: global row number of emb's row 0 (a shard's offset; may be traced).
+    num_valid: rows with a global number >= this are padding and score -inf.
+  Returns:
+    scores [B, min(k, R)] float32 and global row ids [B, min(k, R)] int32, best first.
+  """
+  rows = emb.shape[0]
+  k = min(k, rows)
+  chunk = min(max(chunk_size, k), rows)  # A chunk holds at least k rows, so each yields k.
+  num_full, tail = divmod(rows, chunk)
+
+  def score(block, start):
+    s = jnp.einsum("bd,cd->bc", queries, block, precision=precision,
+                   preferred_element_type=jnp.float32)                           # [B, C]
+    ids = row_offset + start + jnp.arange(block.shape[0], dtype=jnp.int32)       # [C]
+    if num_valid is not None:
+      s = jnp.where(ids[None, :] < num_valid, s, -jnp.inf)
+    vals, cols = select(s, min(k, block.shape[0]))
+    return vals, ids[cols]
+
+  def step(best, i):
+    start = i * chunk
+    cand = score(jax.lax.dynamic_slice_in_dim(emb, start, chunk), start)
+    # Running best first: on equal scores top_k keeps the lower row, as a stable sort does.
+    return _merge(*(jnp.concatenate(pair, axis=1) for pair in zip(best, cand)), k), None
+
+  # The first chunk seeds the carry (rather than -inf constants) so that, under shard_map, the
+  # carry is per-device data from the start.
+  best = score(emb[:chunk], 0)
+  best, _ = jax.lax.scan(step, best, jnp.arange(1, num_full))
+  if tail:
+    cand = score(emb[num_full * chunk:], num_full * chunk)
+    best = _merge(*(jnp.concatenate(pair, axis=1) for pair in zip(best, cand)), k)
+  return best
+
+
+class _DeviceIndex:
+  """Embeddings on device (one device, or row-sharded over a mesh axis) and a jitted top-k.
+
+  Not a backend: `ExactSearch` and `ApproxSearch` each hold one and differ only in `select`.
+  """
+
+  def __init__(self, embeddings, *, select: Select, chunk_size: int, dtype: str,
+               mesh: Optional[Mesh], axis_name: str):
+    self.num, self.dim = _check_embeddings(embeddings)
+    if (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+        or chunk_size < 1):
+      raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    self.dtype = jnp.dtype(dtype)
+    # HIGHEST keeps float32 scores float32 on TPU/GPU, where the default rounds to bfloat16
+    # passes; bfloat16 embeddings were rounded on purpose and accumulate in float32 anyway.
+    precision = (jax.lax.Precision.HIGHEST if self.dtype == jnp.float32
+                 else jax.lax.Precision.DEFAULT)
+    top_k = functools.partial(_chunked_top_k, chunk_size=chunk_size, select=select,
+                              precision=precision)
+    if mesh is None:
+      self.num_shards = 1
+      if isinstance(embeddings, jax.Array):
+        self.embeddings = embeddings.astype(self.dtype)
+      else:
+        self.embeddings = jax.device_put(np.asarray(embeddings, self.dtype))
+      fn = top_k
+    else:
+      if axis_name not in mesh.axis_names:
+        raise ValueError(f"axis_name {axis_name!r} is not an axis of the mesh "
+                         f"{tuple(mesh.axis_names)}")
+      self.num_shards = mesh.shape[axis_name]
+      self.embeddings = _place_sharded(embeddings, self.dtype, mesh, axis_name)
+      fn = functools.partial(_sharded_top_k, top_k=top_k, num_valid=self.num, mesh=mesh,
+                             axis_name=axis_name)
+    self._fn = jax.jit(fn, static_argnames="k")
+
+  def search(self, queries, k: int) -> Result:
+    _check_query(queries, k, self.num, self.dim)
+    queries = jnp.asarray(queries).astype(self.dtype)
+    return _to_host(*self._fn(queries, self.embeddings, k=int(k)))
+
+
+def _place_sharded(embeddings, dtype, mesh: Mesh, axis_name: str) -> Array:
+  """embeddings [N, D] as a [N', D] array sharded by rows over `axis_name`.
+
+  N' is N rounded up to a multiple of the shard count; the extra rows are zeros, masked at
+  search time. Each device's block is read and padded on its own, so the host never holds a
+  padded copy of the whole matrix (which may be a memory map).
+  """
+  num, dim = embeddings.shape
+  shards = mesh.shape[axis_name]
+  padded = -(-num // shards) * shards
+
+  def block(index):
+    start, stop, _ = index[0].indices(padded)
+    out = np.zeros((stop - start, dim), dtype)
+    real = np.asarray(embeddings[start:min(stop, num)], dtype)
+    out[:len(real)] = real
+    return out
+
+  sharding = NamedSharding(mesh, P(axis_name, None))
+  return jax.make_array_from_callback((padded, dim), sharding, block)
+
+
+def _sharded_top_k(queries: Array, emb: Array, k: int, *, top_k, num_valid: int, mesh: Mesh,
+                   axis_name: str) -> Tuple[Array, Array]:
+  """Each shard's top-k with global row ids, then the best k of all shards' candidates."""
+
+  def local(queries, emb):
+    offset = jax.lax.axis_index(axis_name) * emb.shape[0]
+    return top_k(queries, emb, k, row_offset=offset, num_valid=num_valid)
+
+  # The candidates come out laid side by side, [B, shards * k'] sharded over columns; the
+  # merge below all-gathers them. (An all_gather inside shard_map would be "varying" to its
+  # replication check, and all_gather_invariant is not in every jax version.)
+  vals, ids = _shard_map(local, mesh=mesh, in_specs=(P(), P(axis_name, None)),
+                         out_specs=(P(None, axis_name), P(None, axis_name)))(queries, emb)
+  vals, ids = _merge(vals, ids, k)
+  # Padding rows score -inf and lose to any of the >= k real ones; kept as -1 all the same.
+  return vals, jnp.where(ids < num_valid, ids, -1)
+
+
+# ------------------------------------------------------------------------------------------
+# Backends.
+
+
+class ExactSearch:
+  """Exact maximum inner product search on device; the reference for the other backends.
+
+  Memory beyond the embeddings is O(B * chunk_size) scores. With a mesh, the embeddings are
+  sharded by rows over `axis_name` (padded to a multiple of its size with rows that never
+  win), each device finds its local top-k under `shard_map`, and the shards' candidates are
+  merged; the answer is the one-device answer. Every search is jitted, once per (B, k).
+  """
+
+  name = "exact"
+
+  def __init__(self, embeddings, *, chunk_size: int = 65536, dtype="float32",
+               mesh: Optional[Mesh] = None, axis_name: str = "data"):
+    """
+    Args:
+      embeddings: [N, D] float (numpy, memory map or jax array); N must stay below 2**31.
+      chunk_size: passages scored at once (per device when sharded).
+      dtype: "float32" or "bfloat16" (jnp dtypes accepted): how the embeddings are stored
+        and multiplied; scores accumulate in float32 either way.
+      mesh: shard the embeddings over this mesh's `axis_name` axis; None for one device.
+      axis_name: the mesh axis the passages are split over.
+    """
+    self.chunk_size, self.dtype, self.axis_name = chunk_size, _check_dtype(dtype), axis_name
+    self._index = _DeviceIndex(embeddings, select=jax.lax.top_k, chunk_size=chunk_size,
+                               dtype=self.dtype, mesh=mesh, axis_name=axis_name)
+    self.num_shards = self._index.num_shards
+
+  def __len__(self) -> int:
+    return self._index.num
+
+  def search(self, queries, k: int) -> Result:
+    """queries [B, D] -> scores [B, k] float32, ids [B, k] int64, best first."""
+    return self._index.search(queries, k)
+
+  def params(self) -> Dict[str, Any]:
+    """The keyword arguments that rebuild this search. The mesh is placement, not a
+    parameter: it does not change the results, and `num_shards` says what it was."""
+    return {"chunk_size": self.chunk_size, "dtype": self.dtype, "axis_name": self.axis_name}
+
+
+class ApproxSearch:
+  """Approximate top-k with `jax.lax.approx_max_k` (TPU-KNN, Chern et al. 2022).
+
+  On TPU the partial reduction fuses with the matmul; on CPU and GPU it is an exact top-k.
+  Chunking and sharding are as in `ExactSearch`; the per-chunk candidates are merged exactly,
+  so the recall is at least about `recall_target` per chunk. `measured_recall` is for the
+  caller to record what `measure_recall` gave against `ExactSearch`; `params()` carries it.
+  """
+
+  name = "approx"
+
+  def __init__(self, embeddings, *, recall_target: float = 0.95, chunk_size: int = 65536,
+               dtype="float32", mesh: Optional[Mesh] = None, axis_name: str = "data",
+               measured_recall: Optional[float] = None):
+    """
+    Args:
+      embeddings, chunk_size, dtype, mesh, axis_name: as for `ExactSearch`.
+      recall_target: the expected recall of `approx_max_k`, in (0, 1].
+      measured_recall: a recall measured earlier for this configuration, kept as a record.
+    """
+    if not 0.0 < recall_target <= 1.0:
+      raise ValueError(f"recall_target must be in (0, 1], got {recall_target}")
+    self.recall_target, self.chunk_size = float(recall_target), chunk_size
+    self.dtype, self.axis_name = _check_dtype(dtype), axis_name
+    self.measured_recall = measured_recall
+    select = functools.partial(_approx_max_k, recall_target=self.recall_target)
+    self._index = _DeviceIndex(embeddings, select=select, chunk_size=chunk_size,
+                               dtype=self.dtype, mesh=mesh, axis_name=axis_name)
+    self.num_shards = self._index.num_shards
+
+  def __len__(self) -> int:
+    return self._index.num
+
+  def search(self, queries, k: int) -> Result:
+    """queries [B, D] -> scores [B, k] float32, ids [B, k] int64, best first."""
+    return self._index.search(queries, k)
+
+  def params(self) -> Dict[str, Any]:
+    return {"recall_target": self.recall_target, "chunk_size": self.chunk_size,
+            "dtype": self.dtype, "axis_name": self.axis_name,
+            "measured_recall": self.measured_recall}
+
+
+def _approx_max_k(scores: Array, k: int, *, recall_target: float) -> Tuple[Array, Array]:
+  return jax.lax.approx_max_k(scores, k, recall_target=recall_target)
+
+
+def measure_recall(backend, reference, queries, k: int) -> float:
+  """recall@k of `backend` against `reference` (usually `ExactSearch`), averaged over queries.
+
+  The fraction of the reference's k ids that the backend also returns; order is ignored and
+  a -1 (no result) never counts.
+  """
+  _, got = backend.search(queries, k)
+  _, want = reference.search(queries, k)
+  found = (want[:, :, None] == got[:, None, :]).any(axis=-1)           # [B, k]
+  return float(found.mean())
+
+
+# ------------------------------------------------------------------------------------------
+# ScaNN.
+
+SCANN_META = "rag_jax_scann.json"
+SCANN_FORMAT = "rag_jax.scann.v1"
+# ScaNN's rules of thumb (scann/docs/algorithms.md): brute force below 20k points, hashing
+# with rescoring below 100k, and a partitioning tree of about sqrt(N) leaves above that.
+SCANN_BRUTE_FORCE_BELOW = 20_000
+SCANN_TREE_FROM = 100_000
+# The anisotropic threshold ScaNN recommends for unit-norm data, as a fraction of the norm.
+SCANN_RELATIVE_THRESHOLD = 0.2
+
+
+def _import_scann():
+  try:
+    import scann  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise MissingDependencyError(f"ScannSearch needs scann ({e}); pip install scann") from None
+  return scann
+
+
+class ScannSearch:
+  """ScaNN (Guo et al. 2020) on the host: partition, score with anisotropic hashing, rescore.
+
+  The embeddings are indexed as they are: normalising them (as ScaNN's angular examples do)
+  would turn the inner product into a cosine and change which passages win.
+
+  Parameters left as None are chosen from N (and k) when the index is built; `params()`
+  returns the resolved values, so `ScannSearch(embeddings, **s.params())` builds the same:
+
+    brute_force      N < 20,000: score every row exactly, no tree and no hashing.
+    num_leaves       round(sqrt(N)) for N >= 100,000, else 0 (no partitioning).
+    num_leaves_to_search
+                     ceil(num_leaves / 10): a tenth of the data is scored per query.
+    reorder          rows rescored exactly after hashing: 0 with brute force (already exact),
+                     else max(100, 10 * k), at most N. A search for a larger k scales it.
+    anisotropic_quantization_threshold
+                     0.2 * the median row norm: ScaNN's 0.2 is for unit-norm data, and the
+                     anisotropic weight depends on threshold / norm. Only used with hashing.
+    training_sample_size
+                     rows sampled to train the tree and the hash codebooks:
+                     min(N, max(100,000, 50 * num_leaves)).
+
+  Search runs on all host cores (`search_batched_parallel`). Rows ScaNN does not reach (a
+  query whose searched leaves hold fewer than k rows) come back as id -1, score -inf.
+  """
+
+  name = "scann"
+
+  def __init__(self, embeddings, *, k: int = 10, brute_force: Optional[bool] = None,
+               num_leaves: Optional[int] = None, num_leaves_to_search: Optional[int] = None,
+               reorder: Optional[int] = None, dimensions_per_block: int = 2,
+               anisotropic_quantization_threshold: Optional[float] = None,
+               training_sample_size: Optional[int] = None,
+               measured_recall: Optional[float] = None):
+    """
+    Args:
+      embeddings: [N, D] float; copied into ScaNN as float32.
+      k: the number of neighbours the searcher is tuned for (sets the default `reorder`).
+      brute_force, num_leaves, num_leaves_to_search, reorder,
+      anisotropic_quantization_threshold, training_sample_size: see the class docstring;
+        None chooses from the data.
+      dimensions_per_block: dimensions per hashing block; 2 is ScaNN's recommendation.
+      measured_recall: a recall measured earlier for this configuration, kept as a record.
+    """
+    scann = _import_scann()
+    self.num, self.dim = _check_embeddings(embeddings)
+    data = np.ascontiguousarray(np.asarray(embeddings, np.float32))
+    self._resolve(data, k=k, brute_force=brute_force, num_leaves=num_leaves,
+                  num_leaves_to_search=num_leaves_to_search, reorder=reorder,
+                  dimensions_per_block=dimensions_per_block,
+                  threshold=anisotropic_quantization_threshold,
+                  training_sample_size=training_sample_size)
+    self.measured_recall = measured_recall
+    self._fingerprint = _fingerprint(data)  # For `save`: which embeddings this indexes.
+
+    builder = scann.scann_ops_pybind.builder(data, self.k, "dot_product")
+    if self.num_leaves:
+      builder = builder.tree(num_leaves=self.num_leaves,
+                             num_leaves_to_search=self.num_leaves_to_search,
+                             training_sample_size=self.training_sample_size)
+    if self.brute_force:
+      builder = builder.score_brute_force()
+    else:
+      builder = builder.score_ah(
+          self.dimensions_per_block,
+          anisotropic_quantization_threshold=self.anisotropic_quantization_threshold,
+          training_sample_size=self.training_sample_size)
+    if self.reorder:
+      builder = builder.reorder(self.reorder)
+    self._searcher = builder.build()
+
+  def _resolve(self, data: np.ndarray, *, k, brute_force, num_leaves, num_leaves_to_search,
+               reorder, dimensions_per_block, threshold, training_sample_size) -> None:
+    """Sets the parameters, choosing the ones left as None (see the class docstring)."""
+    n = self.num
+
+    def check(name, value, low):
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+      return int(value)
+
+    self.k = min(check("k", k, 1), n)
+    self.brute_force = bool(n < SCANN_BRUTE_FORCE_BELOW if brute_force is None
+                            else brute_force)
+    if num_leaves is None:
+      num_leaves = round(math.sqrt(n)) if n >= SCANN_TREE_FROM else 0
+    self.num_leaves = check("num_leaves", num_leaves, 0)
+    if self.num_leaves > n:
+      raise ValueError(f"num_leaves={self.num_leaves} exceeds the {n} embeddings")
+    if num_leaves_to_search is None:
+      num_leaves_to_search = math.ceil(self.num_leaves / 10)
+    self.num_leaves_to_search = min(
+        check("num_leaves_to_search", num_leaves_to_search, 1 if self.num_leaves else 0),
+        self.num_leaves)
+    if reorder is None:
+      reorder = 0 if self.brute_force else max(100, 10 * self.k)
+    self.reorder = min(check("reorder", reorder, 0), n)
+    self.dimensions_per_block = check("dimensions_per_block", dimensions_per_block, 1)
+    if self.brute_force:
+      threshold = None
+    elif threshold is None:
+      sample = data[np.linspace(0, n - 1, min(n, 10_000)).astype(np.int64)]
+      threshold = SCANN_RELATIVE_THRESHOLD * float(np.median(np.linalg.norm(sample, axis=1)))
+    self.anisotropic_quantization_threshold = None if threshold is None else float(threshold)
+    if training_sample_size is None:
+      training_sample_size = min(n, max(100_000, 50 * self.num_leaves))
+    self.training_sample_size = check("training_sample_size", training_sample_size, 1)
+
+  def __len__(self) -> int:
+    return self.num
+
+  def search(self, queries, k: int) -> Result:
+    """queries [B, D] -> scores [B, k] float32, ids [B, k] int64, best first."""
+    _check_query(queries, k, self.num, self.dim)
+    k = int(k)
+    queries = np.ascontiguousarray(np.asarray(queries, np.float32))
+    # ScaNN returns at most the pre-rescoring count. A larger k keeps the candidates per
+    # neighbour the searcher was built with; a smaller one keeps all `reorder` (cheap, and
+    # fewer would cost recall).
+    pre = max(self.reorder, math.ceil(self.reorder * k / self.k)) if self.reorder else None
+    ids, scores = self._searcher.search_batched_parallel(
+        queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre)
+    ids, scores = np.asarray(ids).astype(np.int64), np.asarray(scores, np.float32)
+    # Slots ScaNN could not fill hold id 0 and a NaN distance.
+    missing = np.isnan(scores)
+    return np.where(missing, -np.inf, scores).astype(np.float32), np.where(missing, -1, ids)
+
+  def params(self) -> Dict[str, Any]:
+    return {"k": self.k, "brute_force": self.brute_force, "num_leaves": self.num_leaves,
+            "num_leaves_to_search": self.num_leaves_to_search, "reorder": self.reorder,
+            "dimensions_per_block": self.dimensions_per_block,
+            "anisotropic_quantization_threshold": self.anisotropic_quantization_threshold,
+            "training_sample_size": self.training_sample_size,
+            "measured_recall": self.measured_recall}
+
+  def save(self, directory: str | os.PathLike) -> None:
+    """Writes the searcher to `directory` (created; it must not hold files already).
+
+    ScaNN's own files come first (with paths relative to the directory, so it can be moved),
+    then `rag_jax_scann.json` with the parameters and a fingerprint of the embeddings,
+    written to a temporary name and renamed: without it, `load` sees no index at all.
+    """
+    directory = pathlib.Path(directory)
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+      raise ValueError(f"{directory}: exists and is not an empty directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    self._searcher.serialize(str(directory), relative_path=True)
+    meta = {"format": SCANN_FORMAT, "count": self.num, "dim": self.dim,
+            "fingerprint": self._fingerprint, "params": self.params()}
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{SCANN_META}.", suffix=".tmp")
+    try:
+      with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, directory / SCANN_META)
+    finally:
+      pathlib.Path(tmp).unlink(missing_ok=True)
+
+  @classmethod
+  def load(cls, directory: str | os.PathLike, embeddings) -> "ScannSearch":
+    """The searcher `save` wrote to `directory`, for the embeddings it was built from.
+
+    ScaNN keeps its own copy of the data; `embeddings` [N, D] are only checked against the
+    saved shape and fingerprint, since the ids it returns are rows of that matrix.
+    """
+    scann = _import_scann()
+    directory = pathlib.Path(directory)
+    meta_path = directory / SCANN_META
+    try:
+      meta = json.loads(meta_path.read_text(encoding="utf-8"))
+      count, dim, fingerprint, params = (meta["count"], meta["dim"], meta["fingerprint"],
+                                         meta["params"])
+    except FileNotFoundError:
+      raise ValueError(f"{meta_path}: missing file (not a saved ScaNN index?)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+      raise ValueError(f"{meta_path}: unreadable ({type(e).__name__}: {e})") from None
+    if meta.get("format") != SCANN_FORMAT:
+      raise ValueError(f"{meta_path}: format {meta.get('format')!r}, expected {SCANN_FORMAT!r}")
+    shape = _check_embeddings(embeddings)
+    if shape != (count, dim) or _fingerprint(embeddings) != fingerprint:
+      raise ValueError(f"{directory}: saved for other embeddings ([{count}, {dim}]) than "
+                       f"the {list(shape)} given")
+
+    self = cls.__new__(cls)
+    self.num, self.dim = count, dim
+    for key, value in params.items():
+      setattr(self, key, value)
+    self._searcher = scann.scann_ops_pybind.load_searcher(str(directory))
+    self._fingerprint = fingerprint
+    return self
+
+
+def _fingerprint(embeddings, rows: int = 64) -> str:
+  """sha256 of the shape and of `rows` evenly spaced rows (as float32): cheap on a memory map
+  of 21M rows, and enough to tell one corpus's embeddings from another's."""
+  num, dim = embeddings.shape
+  picked = np.unique(np.linspace(0, num - 1, min(num, rows)).astype(np.int64))
+  digest = hashlib.sha256(f"{num}x{dim}".encode())
+  digest.update(np.ascontiguousarray(np.asarray(embeddings[picked], np.float32)).tobytes())
+  return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------
+# faiss HNSW (optional).
+
+
+class FaissHnswSearch:
+  """A faiss HNSW graph (Malkov & Yashunin 2018) under the inner product, on the host.
+
+  Needs the `faiss` extra (`pip install 'rag_jax[faiss]'`); without it, construction raises
+  `MissingDependencyError`.
+  """
+
+  name = "faiss_hnsw"
+
+  def __init__(self, embeddings, *, m: int = 32, ef_construction: int = 200,
+               ef_search: int = 128, measured_recall: Optional[float] = None):
+    """
+    Args:
+      embeddings: [N, D] float; copied into faiss as float32.
+      m: graph neighbours per node.
+      ef_construction: candidate list size while building.
+      ef_search: candidate list size while searching (raised to k for larger k).
+      measured_recall: a recall measured earlier for this configuration, kept as a record.
+    """
+    try:
+      import faiss  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      raise MissingDependencyError(
+          "FaissHnswSearch needs faiss, which is not installed; install the faiss extra: "
+          "pip install 'rag_jax[faiss]'") from None
+    self.num, self.dim = _check_embeddings(embeddings)
+    self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
+    self.measured_recall = measured_recall
+    self._index = faiss.IndexHNSWFlat(self.dim, m, faiss.METRIC_INNER_PRODUCT)
+    self._index.hnsw.efConstruction = ef_construction
+    self._index.add(np.ascontiguousarray(np.asarray(embeddings, np.float32)))
+
+  def __len__(self) -> int:
+    return self.num
+
+  def search(self, queries, k: int) -> Result:
+    """queries [B, D] -> scores [B, k] float32, ids [B, k] int64, best first."""
+    _check_query(queries, k, self.num, self.dim)
+    self._index.hnsw.efSearch = max(self.ef_search, int(k))
+    scores, ids = self._index.search(np.ascontiguousarray(np.asarray(queries, np.float32)),
+                                     int(k))
+    ids = np.asarray(ids, np.int64)
+    return np.where(ids < 0, -np.inf, scores).astype(np.float32), ids
+
+  def params(self) -> Dict[str, Any]:
+    return {"m": self.m, "ef_construction": self.ef_construction,
+            "ef_search": self.ef_search, "measured_recall": self.measured_recall}
+
+
+# ------------------------------------------------------------------------------------------
+
+BACKENDS = {cls.name: cls for cls in (ExactSearch, ApproxSearch, ScannSearch, FaissHnswSearch)}
+
+
+def build(name: str, embeddings, **params):
+  """The backend `name` (a key of `BACKENDS`) over embeddings [N, D], with its parameters."""
+  if name not in BACKENDS:
+    raise ValueError(f"unknown search backend {name!r} (expected one of {sorted(BACKENDS)})")
+  return BACKENDS[name](embeddings, **params)

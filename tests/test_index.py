@@ -1,0 +1,233 @@
+"""The saved index: resumable embedding, build/load validation, CLI, hot-swapping."""
+
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from conftest import randomize_
+from rag_jax import assets
+from rag_jax.encoder import TextEncoder
+from rag_jax.index import corpus
+from rag_jax.index import embed
+from rag_jax.index import saved
+from rag_jax.retriever import Retriever
+
+WORDS = ("alpha beta gamma delta river mountain city king queen music art science war peace "
+         "planet star ocean forest paper stone").split()
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_dir(tmp_path_factory):
+  """A random 2-layer BERT with mean pooling and its WordPiece vocabulary."""
+  path = tmp_path_factory.mktemp("tiny_encoder")
+  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+  (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+  transformers.BertTokenizerFast(str(path / "vocab.txt")).save_pretrained(path)
+  config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2,
+                                   num_attention_heads=2, intermediate_size=32,
+                                   max_position_embeddings=128)
+  randomize_(transformers.BertModel(config)).save_pretrained(path)
+  return path
+
+
+def _articles(path, n, seed=0):
+  rng = np.random.default_rng(seed)
+  with open(path, "w") as f:
+    for i in range(n):
+      text = " ".join(rng.choice(WORDS, size=int(rng.integers(20, 150))))
+      f.write(json.dumps({"title": f"article {i}", "text": text}) + "\n")
+  return path
+
+
+def _store(tmp_path, n=40):
+  store_dir = tmp_path / "store"
+  corpus.write_passages(corpus.read_jsonl(_articles(tmp_path / "a.jsonl", n)), store_dir)
+  return corpus.PassageStore(store_dir)
+
+
+def test_interrupted_embedding_resumes_to_identical_vectors(tmp_path, tiny_encoder_dir):
+  store = _store(tmp_path)
+  encoder = TextEncoder.from_pretrained(tiny_encoder_dir, batch_size=8)
+  full = embed.embed_store(store, encoder, tmp_path / "full", shard_size=16, progress=False,
+                           dtype="float32")
+  assert full.written == -(-len(store) // 16)
+  part = embed.embed_store(store, encoder, tmp_path / "part", shard_size=16, progress=False,
+                           dtype="float32", max_shards=1)      # "killed" after one shard
+  assert part.written == 1 and not list((tmp_path / "part").glob(".*tmp*"))
+  rest = embed.embed_store(store, encoder, tmp_path / "part", shard_size=16, progress=False,
+                           dtype="float32")
+  assert rest.skipped == 1 and rest.written == full.written - 1
+  a = embed.load_embeddings(tmp_path / "full", len(store), encoder.dim, "float32", 16)
+  b = embed.load_embeddings(tmp_path / "part", len(store), encoder.dim, "float32", 16)
+  np.testing.assert_array_equal(a, b)
+  # And the rows are the encoder's vectors of (title, text).
+  row = store[5]
+  ids = encoder.tokenizer([row["title"]], [row["text"]], truncation="only_second",
+                          max_length=encoder.max_length)["input_ids"]
+  np.testing.assert_allclose(a[5], encoder.encode_tokens(*encoder.pad(ids))[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_storage_dtypes_round_trip(dtype):
+  x = np.random.default_rng(0).standard_normal((5, 7)).astype(np.float32)
+  y = embed.from_storage(embed.to_storage(x, dtype), dtype)
+  np.testing.assert_allclose(y, x, rtol=1e-2, atol=1e-2)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_encoder_dir):
+  root = tmp_path_factory.mktemp("built")
+  encoder = TextEncoder.from_pretrained(tiny_encoder_dir, batch_size=8)
+  manifest = saved.build_index(_articles(root / "a.jsonl", 30), encoder, tiny_encoder_dir,
+                               root / "index", shard_size=16, progress=False, log=lambda m: None)
+  return root / "index", encoder, manifest
+
+
+def test_build_writes_a_complete_manifest(built, tiny_encoder_dir):
+  directory, encoder, manifest = built
+  assert manifest["format_version"] == saved.FORMAT_VERSION
+  assert manifest["dim"] == encoder.dim == 16 and manifest["count"] > 30
+  assert manifest["metric"] == "inner_product" and manifest["backend"]["name"] == "exact"
+  assert manifest["encoder"]["weights_sha256"] == saved.encoder_identity(
+      tiny_encoder_dir)["weights_sha256"]
+  assert not directory.with_name("index.partial").exists()
+  index = saved.load_index(directory, encoder=encoder, encoder_dir=tiny_encoder_dir)
+  vectors = embed.load_embeddings(directory / "embeddings", manifest["count"], 16,
+                                  manifest["dtype"], 16)
+  q = encoder.encode(["river mountain", "king queen war"])
+  scores, ids = index.search(q, 3)
+  np.testing.assert_array_equal(ids, np.argsort(-(q @ vectors.T), axis=1)[:, :3])
+
+
+def _copy(built, tmp_path):
+  import shutil
+  dst = tmp_path / "copy"
+  shutil.copytree(built[0], dst)
+  return dst
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "manifest.json").write_text(json.dumps(
+        {**json.loads((d / "manifest.json").read_text()), "format_version": 99})),
+     "unknown format version 99"),
+    (lambda d: (d / "embeddings" / "shard-00001.npy").write_bytes(
+        (d / "embeddings" / "shard-00001.npy").read_bytes()[:100]), "shard-00001.npy: "),
+    (lambda d: (d / "embeddings" / "shard-00000.npy").unlink(), "shard-00000.npy: missing file"),
+    (lambda d: (d / "passages" / "passages.jsonl").unlink(), "passages.jsonl: missing file"),
+    (lambda d: (d / "manifest.json").unlink(), "missing manifest"),
+])
+def test_damaged_index_fails_naming_the_file(built, tmp_path, damage, message):
+  directory = _copy(built, tmp_path)
+  damage(directory)
+  with pytest.raises(saved.IndexError_, match=message.replace(".", r"\.")) as info:
+    saved.load_index(directory, encoder=built[1])
+  assert "\n" not in str(info.value)
+
+
+def test_flipped_bits_fail_the_checksum(built, tmp_path):
+  directory = _copy(built, tmp_path)
+  path = directory / "embeddings" / "shard-00000.npy"
+  data = bytearray(path.read_bytes())
+  data[-3] ^= 0xFF
+  path.write_bytes(bytes(data))
+  with pytest.raises(saved.IndexError_, match="sha256 does not match"):
+    saved.load_index(directory)
+
+
+def test_encoder_mismatch_is_an_error(built, tmp_path):
+  config = transformers.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1,
+                                   num_attention_heads=2, intermediate_size=16)
+  other = tmp_path / "other"
+  transformers.BertModel(config).save_pretrained(other)
+  (other / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]"] + WORDS))
+  transformers.BertTokenizerFast(str(other / "vocab.txt")).save_pretrained(other)
+  small = TextEncoder.from_pretrained(other)
+  with pytest.raises(saved.IndexError_, match="encoder dimension 8 does not match"):
+    saved.load_index(built[0], encoder=small)
+  # Same dimension, other weights: refused by identity.
+  config.hidden_size = 16
+  transformers.BertModel(config).save_pretrained(other)
+  with pytest.raises(saved.IndexError_, match="is not the one the index was built with"):
+    saved.load_index(built[0], encoder=TextEncoder.from_pretrained(other), encoder_dir=other)
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, "-m", "rag_jax.index", *map(str, args)],
+                        capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_cli_build_search_inspect(tmp_path, tiny_encoder_dir):
+  assets.fetch("all-MiniLM-L6-v2")  # the CLI finds it in the cache
+  tsv = tmp_path / "psgs.tsv"
+  tsv.write_text("id\ttext\ttitle\n"
+                 "p1\tThe Nile flows north through Egypt into the Mediterranean.\tNile\n"
+                 "p2\t\"Henry VIII had six wives, among them Anne Boleyn.\"\tHenry VIII\n"
+                 "p3\tThe cello is a bowed string instrument.\tCello\n")
+  out = tmp_path / "idx"
+  proc = _cli("build", "--passages", tsv, "--encoder", "asset:all-MiniLM-L6-v2", "--out", out,
+              "--no-progress", "--backend", "scann")
+  assert proc.returncode == 0, proc.stderr
+  proc = _cli("search", "--index", out, "--query", "How many wives did Henry VIII have?",
+              "--query", "Which river runs through Egypt?", "-k", "2", "--json")
+  assert proc.returncode == 0, proc.stderr
+  results = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+  assert [r["hits"][0]["id"] for r in results] == ["p2", "p1"]
+  assert results[0]["hits"][0]["title"] == "Henry VIII" and len(results[0]["hits"]) == 2
+  assert set(results[0]["hits"][0]) >= {"id", "score", "title", "text"}
+  proc = _cli("inspect", "--index", out)
+  assert proc.returncode == 0 and "checksums ok" in proc.stdout
+  # Bad input: one line, non-zero.
+  for args in (("search", "--index", tmp_path / "nope", "--query", "x"),
+               ("build", "--passages", tmp_path / "missing.tsv", "--encoder", tiny_encoder_dir,
+                "--out", tmp_path / "idx2"),
+               ("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out", out)):
+    proc = _cli(*args)
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+    assert proc.returncode != 0 and len(errors) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_hot_swap_answers_follow_the_new_index(tmp_path):
+  minilm = assets.fetch("all-MiniLM-L6-v2")
+  encoder = TextEncoder.from_pretrained(minilm, batch_size=8)
+  old_facts = [{"title": "Mars", "text": "Mars is the fourth planet from the Sun."},
+               {"title": "Violin", "text": "The violin is a wooden string instrument."}]
+  new_facts = old_facts + [{"title": "Lunar base",
+                            "text": "In 2031 the first permanent base on the Moon was opened."}]
+  indexes = []
+  for name, facts in (("old", old_facts), ("new", new_facts)):
+    src = tmp_path / f"{name}.jsonl"
+    src.write_text("".join(json.dumps(f) + "\n" for f in facts))
+    saved.build_index(src, encoder, minilm, tmp_path / name, dtype="float32", progress=False,
+                      log=lambda m: None)
+    indexes.append(saved.load_index(tmp_path / name, encoder=encoder, encoder_dir=minilm))
+  retriever = Retriever(encoder, indexes[0])
+  question = ["When was the first permanent base on the Moon opened?"]
+  assert retriever.retrieve(question, k=1)[0]["hits"][0]["title"] != "Lunar base"
+
+  # A search that is running when the swap happens finishes on the old index.
+  started, release = threading.Event(), threading.Event()
+  slow_old = indexes[0]
+  original = slow_old.search
+
+  def slow_search(q, k):
+    started.set()
+    release.wait(10)
+    return original(q, k)
+  slow_old.search = slow_search
+  results = {}
+  worker = threading.Thread(target=lambda: results.update(r=retriever.retrieve(question, k=1)))
+  worker.start()
+  started.wait(10)
+  retriever.swap(indexes[1])
+  release.set()
+  worker.join(10)
+  assert results["r"][0]["index"].endswith("old")
+  answer = retriever.retrieve(question, k=1)[0]
+  assert answer["index"].endswith("new") and answer["hits"][0]["title"] == "Lunar base"

@@ -1,0 +1,278 @@
+"""Search backends: exact against numpy, sharded against one device, approximate by recall."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rag_jax.index import search
+
+
+def exact_reference(queries, embeddings, k):
+  """numpy's answer: scores [B, k] (float64) and ids [B, k], best first, lower id on ties."""
+  scores = queries.astype(np.float64) @ embeddings.astype(np.float64).T
+  ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+  return np.take_along_axis(scores, ids, axis=1), ids
+
+
+def clustered(rng, n, dim, clusters=200, spread=2.0):
+  """Rows around `clusters` random centres, so that partitioning has structure to find."""
+  centres = spread * rng.standard_normal((clusters, dim))
+  return (centres[rng.integers(0, clusters, n)] + rng.standard_normal((n, dim))).astype(
+      np.float32)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+  """A clustered 20,000 x 32 corpus, 200 queries from the same clusters, and ExactSearch."""
+  rng = np.random.default_rng(1)
+  both = clustered(rng, 20_200, 32)
+  embeddings, queries = both[:20_000], both[20_000:]
+  return embeddings, queries, search.ExactSearch(embeddings)
+
+
+# ------------------------------------------------------------------------------------------
+# Exact.
+
+
+@pytest.mark.parametrize("chunk_size", [7, 64, 1000])  # below N and not dividing it; above N
+@pytest.mark.parametrize("k", [1, 10])
+def test_exact_matches_argsort(rng, chunk_size, k):
+  embeddings = rng.standard_normal((250, 16)).astype(np.float32)
+  queries = rng.standard_normal((9, 16)).astype(np.float32)
+  scores, ids = search.ExactSearch(embeddings, chunk_size=chunk_size).search(queries, k)
+  want_scores, want_ids = exact_reference(queries, embeddings, k)
+  assert scores.shape == ids.shape == (9, k)
+  assert scores.dtype == np.float32 and ids.dtype == np.int64
+  np.testing.assert_array_equal(ids, want_ids)
+  np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_exact_takes_jax_arrays(rng):
+  embeddings = rng.standard_normal((100, 8)).astype(np.float32)
+  queries = rng.standard_normal((3, 8)).astype(np.float32)
+  _, ids = search.ExactSearch(jnp.asarray(embeddings), chunk_size=30).search(
+      jnp.asarray(queries), 5)
+  np.testing.assert_array_equal(ids, exact_reference(queries, embeddings, 5)[1])
+
+
+def test_exact_bfloat16_finds_the_clear_winner(rng):
+  embeddings = rng.standard_normal((500, 64)).astype(np.float32)
+  embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+  rows = rng.choice(500, 20, replace=False)
+  queries = embeddings[rows] + 0.01 * rng.standard_normal((20, 64)).astype(np.float32)
+  backend = search.ExactSearch(embeddings, chunk_size=128, dtype=jnp.bfloat16)
+  scores, ids = backend.search(queries, 1)
+  assert backend.params()["dtype"] == "bfloat16"
+  assert scores.dtype == np.float32
+  np.testing.assert_array_equal(ids[:, 0], rows)
+  np.testing.assert_array_equal(ids, exact_reference(queries, embeddings, 1)[1])
+
+
+_SHARDED_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+    from rag_jax.index import search
+
+    mesh = Mesh(np.array(jax.devices()), ("passages",))
+    out = {"devices": len(jax.devices())}
+    for name, (path, chunk_size, k) in json.loads(sys.argv[1]).items():
+      data = np.load(path)
+      for backend in ("exact", "approx"):
+        index = search.build(backend, data["embeddings"], chunk_size=chunk_size, mesh=mesh,
+                             axis_name="passages")
+        scores, ids = index.search(data["queries"], k)
+        out[f"{name}/{backend}"] = {"scores": scores.tolist(), "ids": ids.tolist(),
+                                    "shards": index.num_shards}
+    print(json.dumps(out))
+""")
+
+
+def test_sharded_exact_equals_one_device(rng, tmp_path):
+  # 8 CPU devices must be asked for before jax starts, so this runs in a fresh interpreter.
+  cases = {  # name: (N, D, chunk_size, k)
+      "uneven": (1003, 16, 50, 10),  # N not a multiple of 8; chunks do not divide a shard
+      "tiny": (20, 8, 2, 10),        # shards of 3 rows < k; the last shard is all padding
+      "top1": (1003, 16, 65536, 1),
+  }
+  data, args = {}, {}
+  for name, (n, dim, chunk_size, k) in cases.items():
+    data[name] = (rng.standard_normal((n, dim)).astype(np.float32),
+                  rng.standard_normal((5, dim)).astype(np.float32))
+    path = tmp_path / f"{name}.npz"
+    np.savez(path, embeddings=data[name][0], queries=data[name][1])
+    args[name] = (str(path), chunk_size, k)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo,
+                                                                  os.environ.get("PYTHONPATH")])))
+  proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, json.dumps(args)], env=env,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 8
+
+  for name, (_, _, chunk_size, k) in cases.items():
+    embeddings, queries = data[name]
+    want_scores, want_ids = search.ExactSearch(embeddings, chunk_size=chunk_size).search(
+        queries, k)
+    np.testing.assert_array_equal(want_ids, exact_reference(queries, embeddings, k)[1])
+    for backend in ("exact", "approx"):  # approx_max_k is exact on CPU
+      got = out[f"{name}/{backend}"]
+      assert got["shards"] == 8
+      np.testing.assert_array_equal(np.array(got["ids"]), want_ids, err_msg=f"{name}/{backend}")
+      np.testing.assert_allclose(np.array(got["scores"]), want_scores, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------
+# Recall.
+
+
+def test_measure_recall_counts_shared_ids():
+  class Fixed:
+    def __init__(self, ids):
+      self.ids = np.array(ids)
+
+    def search(self, queries, k):
+      return np.zeros(self.ids.shape, np.float32), self.ids
+
+  reference = Fixed([[0, 1, 2, 3], [4, 5, 6, 7]])
+  backend = Fixed([[3, 2, 9, -1], [4, 5, 6, 7]])  # order ignored, -1 never matches
+  assert search.measure_recall(backend, reference, np.zeros((2, 1)), 4) == pytest.approx(0.75)
+
+
+def test_approx_recall(rng):
+  embeddings = rng.standard_normal((3000, 32)).astype(np.float32)
+  queries = rng.standard_normal((50, 32)).astype(np.float32)
+  approx = search.ApproxSearch(embeddings, recall_target=0.95, chunk_size=1024)
+  approx.measured_recall = search.measure_recall(approx, search.ExactSearch(embeddings),
+                                                 queries, 10)
+  print(f"approx recall@10: {approx.measured_recall:.4f}")
+  assert approx.measured_recall >= 0.9
+  assert json.loads(json.dumps(approx.params()))["measured_recall"] == approx.measured_recall
+
+
+@pytest.mark.parametrize("params", [
+    {},                                             # N = 20,000: hashing + rescoring, no tree
+    {"num_leaves": 141, "num_leaves_to_search": 15},  # the tree used above 100,000 rows
+])
+def test_scann_recall(corpus, params):
+  embeddings, queries, exact = corpus
+  scann = search.ScannSearch(embeddings, **params)
+  resolved = scann.params()
+  assert not resolved["brute_force"] and resolved["reorder"] == 100
+  assert resolved["num_leaves"] == params.get("num_leaves", 0)
+  recall = search.measure_recall(scann, exact, queries, 10)
+  print(f"scann {params or 'defaults'} recall@10: {recall:.4f}")
+  assert recall >= 0.9
+  # Rescored scores are the exact inner products of the returned rows.
+  scores, ids = scann.search(queries, 10)
+  np.testing.assert_allclose(scores, np.einsum("bd,bkd->bk", queries, embeddings[ids]),
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_scann_save_load_round_trip(corpus, tmp_path):
+  embeddings, queries, _ = corpus
+  scann = search.ScannSearch(embeddings, num_leaves=141, num_leaves_to_search=15)
+  scann.save(tmp_path / "index")
+  loaded = search.ScannSearch.load(tmp_path / "index", embeddings)
+  assert loaded.params() == scann.params()
+  for k in (1, 10):
+    want, got = scann.search(queries, k), loaded.search(queries, k)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_array_equal(got[0], want[0])
+
+  with pytest.raises(ValueError, match="other embeddings"):
+    search.ScannSearch.load(tmp_path / "index", embeddings[::-1])
+  with pytest.raises(ValueError, match="not an empty directory"):
+    scann.save(tmp_path / "index")
+  with pytest.raises(ValueError, match="not a saved ScaNN index"):
+    search.ScannSearch.load(tmp_path, embeddings)
+
+
+def test_scann_small_corpus_is_brute_force(rng):
+  embeddings = rng.standard_normal((500, 16)).astype(np.float32)
+  queries = rng.standard_normal((10, 16)).astype(np.float32)
+  scann = search.ScannSearch(embeddings)
+  assert scann.params()["brute_force"] and scann.params()["num_leaves"] == 0
+  scores, ids = scann.search(queries, 10)
+  want_scores, want_ids = exact_reference(queries, embeddings, 10)
+  np.testing.assert_array_equal(ids, want_ids)
+  np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+
+
+def test_scann_unfilled_slots_are_minus_one(rng):
+  # One leaf of 100 searched and k = 200: ScaNN reaches fewer rows than asked for.
+  embeddings = clustered(rng, 3000, 16, clusters=50)
+  scann = search.ScannSearch(embeddings, k=200, num_leaves=100, num_leaves_to_search=1,
+                             reorder=200)
+  scores, ids = scann.search(embeddings[:5], 200)
+  missing = ids == -1
+  assert missing.any() and not missing.all(axis=1).any()
+  np.testing.assert_array_equal(np.isneginf(scores), missing)
+  assert (np.diff(missing.astype(int), axis=1) >= 0).all()  # the unfilled slots are last
+  for row_scores, row_missing in zip(scores, missing):
+    assert (np.diff(row_scores[~row_missing]) <= 0).all()  # found rows come first, best first
+
+
+# ------------------------------------------------------------------------------------------
+# Interface.
+
+
+def test_k_larger_than_n_is_an_error(rng):
+  embeddings = rng.standard_normal((12, 4)).astype(np.float32)
+  queries = rng.standard_normal((2, 4)).astype(np.float32)
+  for backend in (search.ExactSearch(embeddings), search.ApproxSearch(embeddings),
+                  search.ScannSearch(embeddings)):
+    with pytest.raises(ValueError, match="k=13 exceeds the 12 indexed embeddings"):
+      backend.search(queries, 13)
+    assert backend.search(queries, 12)[1].shape == (2, 12)
+
+
+def test_bad_arguments(rng):
+  embeddings = rng.standard_normal((12, 4)).astype(np.float32)
+  exact = search.ExactSearch(embeddings)
+  with pytest.raises(ValueError, match=r"queries must be \[B, 4\]"):
+    exact.search(np.zeros((2, 5), np.float32), 1)
+  with pytest.raises(ValueError, match="k must be a positive integer"):
+    exact.search(np.zeros((2, 4), np.float32), 0)
+  with pytest.raises(ValueError, match="dtype must be one of"):
+    search.ExactSearch(embeddings, dtype=np.float16)
+  with pytest.raises(ValueError, match=r"non-empty \[N, D\]"):
+    search.ExactSearch(np.zeros((0, 4), np.float32))
+
+
+def test_build_round_trips_params(rng):
+  embeddings = rng.standard_normal((40, 4)).astype(np.float32)
+  queries = rng.standard_normal((3, 4)).astype(np.float32)
+  assert set(search.BACKENDS) == {"exact", "approx", "scann", "faiss_hnsw"}
+  for name in ("exact", "approx", "scann"):
+    first = search.build(name, embeddings, chunk_size=16) if name != "scann" else \
+        search.build(name, embeddings)
+    again = search.build(name, embeddings, **json.loads(json.dumps(first.params())))
+    assert again.params() == first.params()
+    np.testing.assert_array_equal(again.search(queries, 5)[1], first.search(queries, 5)[1])
+  with pytest.raises(ValueError, match="unknown search backend 'hnsw'"):
+    search.build("hnsw", embeddings)
+
+
+def test_faiss_missing_is_a_clear_import_error(rng, monkeypatch):
+  monkeypatch.setitem(sys.modules, "faiss", None)  # as if the faiss extra were not installed
+  with pytest.raises(ImportError, match=r"pip install 'rag_jax\[faiss\]'") as info:
+    search.build("faiss_hnsw", rng.standard_normal((10, 4)).astype(np.float32))
+  assert isinstance(info.value, search.MissingDependencyError)
+  assert "\n" not in str(info.value)
+
+
+def test_faiss_hnsw_recall(corpus):  # faiss-cpu is in the test extra
+  embeddings, queries, exact = corpus
+  hnsw = search.FaissHnswSearch(embeddings)
+  assert search.measure_recall(hnsw, exact, queries, 10) >= 0.9
