@@ -231,3 +231,30 @@ def test_hot_swap_answers_follow_the_new_index(tmp_path):
   assert results["r"][0]["index"].endswith("old")
   answer = retriever.retrieve(question, k=1)[0]
   assert answer["index"].endswith("new") and answer["hits"][0]["title"] == "Lunar base"
+
+
+def test_data_parallel_and_multi_process_embedding_match_one_device(tmp_path, tiny_encoder_dir):
+  store = _store(tmp_path, n=25)
+  encoder = TextEncoder.from_pretrained(tiny_encoder_dir, batch_size=8)
+  embed.embed_store(store, encoder, tmp_path / "one", shard_size=16, progress=False,
+                    dtype="float32")
+  reference = embed.load_embeddings(tmp_path / "one", len(store), 16, "float32", 16)
+  # 8 (fake CPU) devices, and two "hosts" each writing their slice of the shards, in a
+  # subprocess: the device count is fixed when jax starts.
+  script = f"""
+import jax
+from rag_jax.encoder import TextEncoder
+from rag_jax.index import corpus, embed
+assert len(jax.local_devices()) == 8
+store = corpus.PassageStore({str(tmp_path / 'store')!r})
+encoder = TextEncoder.from_pretrained({str(tiny_encoder_dir)!r}, batch_size=8)
+for p in (0, 1):
+  embed.embed_store(store, encoder, {str(tmp_path / 'eight')!r}, shard_size=16, progress=False,
+                    dtype="float32", process_index=p, process_count=2)
+"""
+  env = dict(__import__("os").environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr
+  eight = embed.load_embeddings(tmp_path / "eight", len(store), 16, "float32", 16)
+  np.testing.assert_allclose(eight, reference, atol=1e-5)
