@@ -251,6 +251,34 @@ class RagModel:
               jnp.asarray(doc_scores), jnp.asarray(labels), kind=kind, epsilon=epsilon,
               exclude_bos_score=exclude_bos_score)
 
+  def question_text_encoder(self, batch_size: int = 64):
+    """The question encoder as a TextEncoder (for a Retriever), sharing this model's params."""
+    from rag_jax.encoder import TextEncoder  # pylint: disable=import-outside-toplevel
+    if self.question_tokenizer is None:
+      raise ValueError("the model has no question tokenizer")
+    return TextEncoder(self.question_encoder, self.params["question_encoder"],
+                       self.question_tokenizer, batch_size=batch_size,
+                       max_length=self.question_encoder.config.max_position_embeddings)
+
+  def retrieve(self, questions: Sequence[str], retriever, k: Optional[int] = None
+               ) -> Dict[str, Any]:
+    """Retrieves k docs per question through `retriever` (whatever index it holds now) and
+    builds the generator's inputs.
+
+    Returns:
+      {"context_input_ids", "context_attention_mask": [B * k, max_combined_length],
+       "doc_scores": [B, k] (q . d from the index), "doc_embeds": [B, k, D] (the frozen d(z),
+       for `doc_scores_fn` under grad), "hits": the passages, "index": who answered}.
+    """
+    k = k or self.config.n_docs
+    results = retriever.retrieve(list(questions), k)
+    ids, mask = self.contextualize(questions, [r["hits"] for r in results])
+    return {"context_input_ids": ids, "context_attention_mask": mask,
+            "doc_scores": np.array([[h["score"] for h in r["hits"]] for r in results],
+                                   np.float32),
+            "doc_embeds": np.stack([r["vectors"] for r in results]).astype(np.float32),
+            "hits": [r["hits"] for r in results], "index": results[0]["index"]}
+
   def contextualize(self, questions: Sequence[str], docs: Sequence[Sequence[Mapping[str, str]]],
                     tokenizer=None):
     """Generator inputs for retrieved docs, as HF's RagRetriever builds them.

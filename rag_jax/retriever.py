@@ -41,7 +41,7 @@ class Retriever:
 
   def retrieve(self, questions: Sequence[str], k: int = 5) -> List[Dict[str, Any]]:
     """questions -> per question {"question", "hits": [{"id", "score", "title", "text"}],
-    "index": the directory that answered}."""
+    "vectors": the hits' document vectors [k, D], "index": the directory that answered}."""
     index = self.index  # one index for the whole request, whatever swaps happen meanwhile
     scores, ids = index.search(self.encoder.encode(list(questions)), k)
     out = []
@@ -50,5 +50,6 @@ class Retriever:
       for s, i in zip(row_scores, row_ids):
         p = index.passages[int(i)]
         hits.append({"id": p["id"], "score": float(s), "title": p["title"], "text": p["text"]})
-      out.append({"question": q, "hits": hits, "index": str(index.directory)})
+      out.append({"question": q, "hits": hits, "index": str(index.directory),
+                  "vectors": index.embeddings[np.asarray(row_ids, np.int64)]})
     return out

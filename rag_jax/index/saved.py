@@ -143,13 +143,14 @@ def _sample_recall(searcher, vectors: np.ndarray, k: int = 10) -> float:
 
 
 class Index:
-  """A loaded index: `search(query_vectors [B, D], k) -> (scores [B, k], ids [B, k])` and
-  `passages[i]`."""
+  """A loaded index: `search(query_vectors [B, D], k) -> (scores [B, k], ids [B, k])`,
+  `passages[i]` and `embeddings[i]` (the frozen d(z), float32 [N, D])."""
 
   def __init__(self, directory: pathlib.Path, manifest: Dict[str, Any], searcher,
-               passages: corpus.PassageStore):
+               passages: corpus.PassageStore, embeddings: np.ndarray):
     self.directory, self.manifest, self.searcher, self.passages = (directory, manifest, searcher,
                                                                    passages)
+    self.embeddings = embeddings
 
   @property
   def dim(self) -> int:
@@ -231,4 +232,4 @@ def load_index(directory, *, encoder: Optional[TextEncoder] = None, encoder_dir=
     searcher = cls.load(directory / "backend", vectors)
   else:
     searcher = search_lib.build(backend["name"], vectors, **backend["params"])
-  return Index(directory, manifest, searcher, passages)
+  return Index(directory, manifest, searcher, passages, vectors)

@@ -1,0 +1,80 @@
+"""RagModel on a live Retriever: retrieval, doc scores, loss, and a hot-swapped index."""
+
+import json
+
+import jax
+import numpy as np
+import transformers
+
+from conftest import randomize_
+from rag_jax.index import saved
+from rag_jax.rag import RagModel
+from rag_jax.retriever import Retriever
+
+WORDS = ("alpha beta gamma delta river mountain city king queen music art science war peace "
+         "planet star ocean forest paper stone").split()
+
+
+def _tokenizer(path):
+  path.mkdir(parents=True, exist_ok=True)
+  (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] +
+                                            WORDS) + "\n")
+  tok = transformers.BertTokenizerFast(str(path / "vocab.txt"))
+  tok.save_pretrained(path)
+  return tok
+
+
+def test_rag_model_retrieves_scores_and_follows_a_swapped_index(tmp_path):
+  q_config = transformers.DPRConfig(vocab_size=25, hidden_size=16, num_hidden_layers=2,
+                                    num_attention_heads=2, intermediate_size=32,
+                                    max_position_embeddings=64)
+  g_config = transformers.BartConfig(vocab_size=40, d_model=16, encoder_layers=1,
+                                     decoder_layers=1, encoder_attention_heads=2,
+                                     decoder_attention_heads=2, encoder_ffn_dim=32,
+                                     decoder_ffn_dim=32, max_position_embeddings=128)
+  config = transformers.RagConfig.from_question_encoder_generator_configs(
+      q_config, g_config, n_docs=2, max_combined_length=48)
+  hf = randomize_(transformers.RagTokenForGeneration(config))
+  rag_dir, q_dir = tmp_path / "rag", tmp_path / "q"
+  hf.save_pretrained(rag_dir)
+  _tokenizer(rag_dir / "question_encoder_tokenizer")
+  _tokenizer(rag_dir / "generator_tokenizer")
+  hf.rag.question_encoder.save_pretrained(q_dir)  # doubles as the document encoder here
+  _tokenizer(q_dir)
+
+  model = RagModel.from_pretrained(rag_dir)
+  encoder = model.question_text_encoder()
+  indexes = []
+  for name, topic in (("a", WORDS[:10]), ("b", WORDS[10:])):
+    src = tmp_path / f"{name}.jsonl"
+    rng = np.random.default_rng(len(name))
+    src.write_text("".join(json.dumps({"title": f"{name}{i}",
+                                       "text": " ".join(rng.choice(topic, 12))}) + "\n"
+                           for i in range(6)))
+    saved.build_index(src, encoder, q_dir, tmp_path / name, dtype="float32", progress=False,
+                      log=lambda m: None)
+    indexes.append(saved.load_index(tmp_path / name, encoder=encoder))
+
+  retriever = Retriever(encoder, indexes[0])
+  questions = ["river king", "star ocean paper"]
+  batch = model.retrieve(questions, retriever)
+  assert batch["context_input_ids"].shape == (4, 48) and batch["doc_scores"].shape == (2, 2)
+  assert all(h["title"].startswith("a") for row in batch["hits"] for h in row)
+  # The index's scores are q . d(z) of this model's question encoder.
+  q_ids, q_mask = encoder.tokenize(questions)
+  recomputed = model.doc_scores_fn(model.params, q_ids, q_mask, batch["doc_embeds"])
+  np.testing.assert_allclose(recomputed, batch["doc_scores"], rtol=1e-4, atol=1e-4)
+  labels = np.array([[2, 0, 7, 9, 2], [2, 0, 11, 2, 1]], np.int32)
+  loss = model.loss(batch["context_input_ids"], batch["context_attention_mask"],
+                    batch["doc_scores"], labels)
+  assert np.isfinite(loss).all()
+  grads = jax.grad(lambda p: model.loss_fn(
+      p, batch["context_input_ids"], batch["context_attention_mask"],
+      model.doc_scores_fn(p, q_ids, q_mask, batch["doc_embeds"]), labels).sum())(model.params)
+  assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads["question_encoder"]))
+
+  retriever.swap(indexes[1])  # new knowledge, same model
+  after = model.retrieve(questions, retriever)
+  assert all(h["title"].startswith("b") for row in after["hits"] for h in row)
+  assert after["index"].endswith("b")
+  assert not np.array_equal(after["context_input_ids"], batch["context_input_ids"])
