@@ -233,12 +233,13 @@ def summary(name: str, rows: list) -> dict:
 
 
 def _print_table(rows: list, summaries: list) -> None:
-  header = (f"{'dataset':<7} {'N x D':>12} {'backend':<11} {'setting':<28} {'build s':>8} "
+  header = (f"{'dataset':<7} {'N x D':>12}  {'backend':<11} {'setting':<28} {'build s':>8} "
             f"{'QPS':>9} {'recall@10':>9}")
   print(header)
   print("-" * len(header))
   for r in rows:
-    print(f"{r['dataset']:<7} {r['num']:>8} x {r['dim']:<3}{r['backend']:<11} "
+    shape = f"{r['num']} x {r['dim']}"
+    print(f"{r['dataset']:<7} {shape:>12}  {r['backend']:<11} "
           f"{r['setting']:<28} {r['build_s']:>8.1f} {r['qps']:>9,.0f} "
           f"{r['recall_at_10']:>9.4f}")
   print()
