@@ -251,6 +251,35 @@ class RagModel:
               jnp.asarray(doc_scores), jnp.asarray(labels), kind=kind, epsilon=epsilon,
               exclude_bos_score=exclude_bos_score)
 
+  def generate(self, context_input_ids, context_attention_mask, doc_scores, *,
+               kind: str = "token", decoding: str = "greedy", max_length: int = 20,
+               min_length: int = 0, no_repeat_ngram_size: int = 0) -> np.ndarray:
+    """Generates from precomputed contexts, as HF's RAG `generate` does given
+    `context_input_ids`, `context_attention_mask` and `doc_scores`.
+
+    Implemented so far: kind="token" with decoding="greedy" (beam search and RAG-Sequence
+    thorough / fast decoding are the next steps of the decoding issue). Forced BOS / EOS come
+    from the generator's config, as HF takes them from its generation config.
+
+    Returns:
+      [B, T] int32 token ids, start token first, padded after EOS, T <= max_length.
+    """
+    from rag_jax import decoding as decoding_lib  # pylint: disable=import-outside-toplevel
+    if (kind, decoding) != ("token", "greedy"):
+      raise ValueError(f"generate supports kind='token' with decoding='greedy' so far, not "
+                       f"kind={kind!r} decoding={decoding!r}")
+    g = self.generator.config
+    processors = decoding_lib.Processors(
+        eos_token_id=g.eos_token_id, max_length=max_length, min_length=min_length,
+        no_repeat_ngram_size=no_repeat_ngram_size, forced_bos_token_id=g.forced_bos_token_id,
+        forced_eos_token_id=g.forced_eos_token_id)
+    sequences, length = decoding_lib.rag_token_greedy(
+        self.generator, self.params["generator"], jnp.asarray(context_input_ids),
+        jnp.asarray(context_attention_mask), jnp.asarray(doc_scores, jnp.float32),
+        processors=processors, start_token_id=g.decoder_start_token_id,
+        pad_token_id=g.pad_token_id)
+    return np.asarray(sequences)[:, :int(length)]
+
   def question_text_encoder(self, batch_size: int = 64):
     """The question encoder as a TextEncoder (for a Retriever), sharing this model's params."""
     from rag_jax.encoder import TextEncoder  # pylint: disable=import-outside-toplevel
