@@ -148,3 +148,134 @@ def rag_token_greedy(generator: bart_lib.Bart, params, context_input_ids: Array,
   step = rag_token_step(generator, params, context_attention_mask, doc_scores)
   return greedy_search(step, cache, batch=doc_scores.shape[0], start_token_id=start_token_id,
                        pad_token_id=pad_token_id, processors=processors)
+
+
+@flax.struct.dataclass
+class BeamState:
+  """HF's vectorised beam search state. B = batch, K = beams, L = max_length."""
+  cur_len: Array          # int32 scalar
+  running_seqs: Array     # [B, K, L] live hypotheses
+  running_scores: Array   # [B, K] their summed log-probs (sorted, best first)
+  seqs: Array             # [B, K, L] finished hypotheses
+  scores: Array           # [B, K] their length-penalised scores
+  finished: Array         # [B, K] a slot holds a finished hypothesis
+  gen_len: Array          # [B, K] generated tokens of each finished hypothesis
+  improvable: Array       # [B, 1] HF's early-stop heuristic is not yet satisfied
+  all_hit: Array          # bool scalar: every candidate of the last step ended
+  cache: Any
+
+
+def beam_search(step: Callable, cache: Any, *, batch: int, num_beams: int,
+                start_token_id: int, pad_token_id: int, processors: Processors,
+                length_penalty: float = 1.0, early_stopping: Any = False,
+                reorder_cache: Callable[[Any, Array], Any]) -> Tuple[Array, Array, Array]:
+  """Beam search exactly as HF's `GenerationMixin._beam_search` (v5), under `lax.while_loop`.
+
+  Args:
+    step: (tokens [B * K], cache, cur_len) -> (log-probs [B * K, V], cache).
+    cache: the step's state for B * K rows (beam-major within each example).
+    reorder_cache: (cache, rows [B * K]) -> the cache with row i taken from rows[i].
+    length_penalty, early_stopping: as HF's generation config (early_stopping True, False or
+      "never").
+  Returns:
+    sequences [B, K, L] best first, their scores [B, K], and the generated length of each.
+  """
+  k, length, eos = num_beams, processors.max_length, processors.eos_token_id
+  keep = 2 * k  # HF keeps (1 + #eos tokens) * beams candidates so that K can continue
+  fill = pad_token_id if pad_token_id else eos  # HF: `pad_token_id or eos_token_id`
+  seqs = jnp.full((batch, k, length), fill, jnp.int32).at[:, :, 0].set(start_token_id)
+  big = jnp.float32(1e9)
+  state = BeamState(
+      cur_len=jnp.ones((), jnp.int32), running_seqs=seqs,
+      running_scores=jnp.zeros((batch, k)).at[:, 1:].set(-big), seqs=seqs,
+      scores=jnp.full((batch, k), -big), finished=jnp.zeros((batch, k), bool),
+      gen_len=jnp.zeros((batch, k), jnp.int32), improvable=jnp.ones((batch, 1), bool),
+      all_hit=jnp.zeros((), bool), cache=cache)
+  top_mask = jnp.arange(keep) < k
+
+  def cond(s: BeamState):
+    open_beam = ~(jnp.all(s.finished) & (early_stopping is True))
+    return jnp.any(s.improvable) & open_beam & ~s.all_hit
+
+  def body(s: BeamState):
+    tokens = s.running_seqs[:, :, s.cur_len - 1].reshape(-1)                   # [B*K]
+    logprobs, cache = step(tokens, s.cache, s.cur_len)
+    logprobs = jax.nn.log_softmax(logprobs.astype(jnp.float32), axis=-1)
+    logprobs = processors(logprobs, s.running_seqs.reshape(batch * k, length), s.cur_len)
+    v = logprobs.shape[-1]
+    acc = (logprobs.reshape(batch, k, v) + s.running_scores[:, :, None]).reshape(batch, k * v)
+    top_lp, top_idx = jax.lax.top_k(acc, keep)                                 # [B, 2K]
+    src_beam, token = top_idx // v, (top_idx % v).astype(jnp.int32)
+    top_seqs = jnp.take_along_axis(s.running_seqs, src_beam[:, :, None], axis=1)
+    top_seqs = jax.lax.dynamic_update_index_in_dim(top_seqs, token, s.cur_len, 2)
+    hits = (token == eos) | (s.cur_len + 1 >= length)                          # [B, 2K]
+
+    # The K best candidates that did not end continue.
+    live_lp = top_lp - hits * big
+    live_lp, nxt = jax.lax.top_k(live_lp, k)
+    running_seqs = jnp.take_along_axis(top_seqs, nxt[:, :, None], axis=1)
+    parent = jnp.take_along_axis(src_beam, nxt, axis=1)                        # [B, K]
+
+    # Ended candidates among the top K join the finished ones if they are better.
+    gen = (s.cur_len + 1 - 1).astype(jnp.float32)
+    final = top_lp / gen ** length_penalty
+    full = jnp.all(s.finished, axis=-1, keepdims=True) & (early_stopping is True)
+    final = final - full * big - (~s.improvable) * big - (~(hits & top_mask)) * big
+    merged_scores = jnp.concatenate([s.scores, final], axis=1)
+    best = jax.lax.top_k(merged_scores, k)[1]
+    pick = lambda a, b: jnp.take_along_axis(jnp.concatenate([a, b], axis=1),
+                                            best if a.ndim == 2 else best[:, :, None], axis=1)
+    seqs_out = pick(s.seqs, top_seqs)
+    scores = jnp.take_along_axis(merged_scores, best, axis=1)
+    finished = pick(s.finished, hits & top_mask)
+    gen_len = pick(s.gen_len, jnp.full((batch, keep), s.cur_len, jnp.int32))
+
+    rows = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)
+    cache = reorder_cache(cache, rows)
+    cur_len = s.cur_len + 1
+    if early_stopping == "never" and length_penalty > 0.0:
+      hyp_len = jnp.float32(length - 1)
+    else:
+      hyp_len = (cur_len - 1).astype(jnp.float32)
+    best_running = live_lp[:, :1] / hyp_len ** length_penalty
+    worst_done = jnp.where(finished, jnp.min(scores, axis=1, keepdims=True), -big)
+    improvable = s.improvable & jnp.any(best_running > worst_done, axis=-1, keepdims=True)
+    return BeamState(cur_len, running_seqs, live_lp, seqs_out, scores, finished, gen_len,
+                     improvable, jnp.all(hits), cache)
+
+  final = jax.lax.while_loop(cond, body, state)
+  return final.seqs, final.scores, final.gen_len
+
+
+def reorder_rows(cache: Any, rows: Array, group: int = 1) -> Any:
+  """Gathers cache rows: row i of the result is `rows[i]`, each row spanning `group` rows of
+  every leaf with a leading batch axis (the Z documents of a beam, for RAG-Token)."""
+  idx = (rows[:, None] * group + jnp.arange(group)[None, :]).reshape(-1)
+
+  def take(x):
+    return x[idx] if x.ndim > 0 else x
+  return jax.tree.map(take, cache)
+
+
+@functools.partial(jax.jit, static_argnames=("generator", "processors", "start_token_id",
+                                             "pad_token_id", "num_beams", "length_penalty",
+                                             "early_stopping"))
+def rag_token_beam(generator: bart_lib.Bart, params, context_input_ids: Array,
+                   context_attention_mask: Array, doc_scores: Array, *, num_beams: int,
+                   processors: Processors, start_token_id: int, pad_token_id: int,
+                   length_penalty: float = 1.0, early_stopping: Any = False):
+  """RAG-Token beam search: each beam keeps one cache per document; the encoder runs once per
+  document. [B * Z, S] contexts, [B, Z] doc scores -> (sequences [B, K, L], scores, lengths)."""
+  b, z = doc_scores.shape
+  states = generator.apply({"params": params}, context_input_ids, context_attention_mask,
+                           method=bart_lib.Bart.encode)                        # [B*Z, S, D]
+  expand = lambda x: jnp.repeat(x.reshape(b, 1, z, *x.shape[1:]), num_beams, axis=1).reshape(
+      b * num_beams * z, *x.shape[1:])
+  states, mask = expand(states), expand(context_attention_mask)
+  cache = generator.apply({"params": params}, states, processors.max_length - 1,
+                          method=bart_lib.Bart.init_cache)
+  step = rag_token_step(generator, params, mask, jnp.repeat(doc_scores, num_beams, axis=0))
+  return beam_search(step, cache, batch=b, num_beams=num_beams, start_token_id=start_token_id,
+                     pad_token_id=pad_token_id, processors=processors,
+                     length_penalty=length_penalty, early_stopping=early_stopping,
+                     reorder_cache=functools.partial(reorder_rows, group=z))

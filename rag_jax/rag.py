@@ -252,33 +252,48 @@ class RagModel:
               exclude_bos_score=exclude_bos_score)
 
   def generate(self, context_input_ids, context_attention_mask, doc_scores, *,
-               kind: str = "token", decoding: str = "greedy", max_length: int = 20,
-               min_length: int = 0, no_repeat_ngram_size: int = 0) -> np.ndarray:
+               kind: str = "token", decoding: str = "greedy", num_beams: int = 1,
+               num_return_sequences: int = 1, max_length: int = 20, min_length: int = 0,
+               no_repeat_ngram_size: int = 0, length_penalty: float = 1.0,
+               early_stopping=False) -> np.ndarray:
     """Generates from precomputed contexts, as HF's RAG `generate` does given
     `context_input_ids`, `context_attention_mask` and `doc_scores`.
 
-    Implemented so far: kind="token" with decoding="greedy" (beam search and RAG-Sequence
-    thorough / fast decoding are the next steps of the decoding issue). Forced BOS / EOS come
-    from the generator's config, as HF takes them from its generation config.
+    Implemented so far: kind="token" with decoding="greedy" or "beam" (RAG-Sequence thorough
+    and fast decoding are the next step of the decoding issue). Forced BOS / EOS come from
+    the generator's config, as HF takes them from its generation config.
 
     Returns:
-      [B, T] int32 token ids, start token first, padded after EOS, T <= max_length.
+      [B * num_return_sequences, T] int32 token ids (HF's layout: the returns of example b in
+      consecutive rows), start token first, padded after EOS, T <= max_length.
     """
     from rag_jax import decoding as decoding_lib  # pylint: disable=import-outside-toplevel
-    if (kind, decoding) != ("token", "greedy"):
-      raise ValueError(f"generate supports kind='token' with decoding='greedy' so far, not "
-                       f"kind={kind!r} decoding={decoding!r}")
+    if kind != "token" or decoding not in ("greedy", "beam"):
+      raise ValueError(f"generate supports kind='token' with decoding 'greedy' or 'beam' so "
+                       f"far, not kind={kind!r} decoding={decoding!r}")
+    if decoding == "greedy" and (num_beams != 1 or num_return_sequences != 1):
+      raise ValueError("greedy decoding returns one sequence per input; use decoding='beam'")
+    if not 1 <= num_return_sequences <= num_beams:
+      raise ValueError(f"num_return_sequences {num_return_sequences} must be in 1..num_beams "
+                       f"({num_beams})")
     g = self.generator.config
     processors = decoding_lib.Processors(
         eos_token_id=g.eos_token_id, max_length=max_length, min_length=min_length,
         no_repeat_ngram_size=no_repeat_ngram_size, forced_bos_token_id=g.forced_bos_token_id,
         forced_eos_token_id=g.forced_eos_token_id)
-    sequences, length = decoding_lib.rag_token_greedy(
-        self.generator, self.params["generator"], jnp.asarray(context_input_ids),
-        jnp.asarray(context_attention_mask), jnp.asarray(doc_scores, jnp.float32),
-        processors=processors, start_token_id=g.decoder_start_token_id,
-        pad_token_id=g.pad_token_id)
-    return np.asarray(sequences)[:, :int(length)]
+    args = (self.generator, self.params["generator"], jnp.asarray(context_input_ids),
+            jnp.asarray(context_attention_mask), jnp.asarray(doc_scores, jnp.float32))
+    common = dict(processors=processors, start_token_id=g.decoder_start_token_id,
+                  pad_token_id=g.pad_token_id)
+    if decoding == "greedy":
+      sequences, length = decoding_lib.rag_token_greedy(*args, **common)
+      return np.asarray(sequences)[:, :int(length)]
+    sequences, _, gen_len = decoding_lib.rag_token_beam(
+        *args, num_beams=num_beams, length_penalty=length_penalty,
+        early_stopping=early_stopping, **common)
+    sequences = np.asarray(sequences)[:, :num_return_sequences]
+    length = 1 + int(np.asarray(gen_len)[:, :num_return_sequences].max())
+    return sequences.reshape(-1, sequences.shape[-1])[:, :length]
 
   def question_text_encoder(self, batch_size: int = 64):
     """The question encoder as a TextEncoder (for a Retriever), sharing this model's params."""
