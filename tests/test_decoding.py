@@ -11,21 +11,26 @@ from rag_jax.rag import RagModel
 from test_rag import G, PAD, _save_rag
 
 
-@pytest.mark.parametrize("n_docs", [1, 3, 5])
-@pytest.mark.parametrize("max_length", [6, 12])
-def test_rag_token_greedy_matches_hf_generate(tmp_path, rng, n_docs, max_length):
-  hf = _save_rag(tmp_path, "token", n_docs, seed=n_docs)
+def _compare_with_hf(tmp_path, rng, n_docs, seed, batch=3, **options):
+  """Generates with HF and with rag_jax from the same random contexts; asserts equal ids."""
+  hf = _save_rag(tmp_path, "token", n_docs, seed=seed)
   model = RagModel.from_pretrained(tmp_path)
-  b = 3
-  ctx, ctx_mask = padded_batch(rng, rng.integers(4, 15, size=b * n_docs), G["vocab_size"], PAD)
-  doc_scores = (rng.standard_normal((b, n_docs)) * 2).astype(np.float32)
+  ctx, ctx_mask = padded_batch(rng, rng.integers(4, 15, size=batch * n_docs), G["vocab_size"],
+                               PAD)
+  doc_scores = (rng.standard_normal((batch, n_docs)) * 2).astype(np.float32)
   with torch.no_grad():
     ref = hf.generate(context_input_ids=torch.tensor(ctx, dtype=torch.long),
                       context_attention_mask=torch.tensor(ctx_mask),
-                      doc_scores=torch.tensor(doc_scores), n_docs=n_docs, num_beams=1,
-                      max_length=max_length).numpy()
-  ours = model.generate(ctx, ctx_mask, doc_scores, max_length=max_length)
+                      doc_scores=torch.tensor(doc_scores), n_docs=n_docs, **options).numpy()
+  decoding_kind = "beam" if options.get("num_beams", 1) > 1 else "greedy"
+  ours = model.generate(ctx, ctx_mask, doc_scores, decoding=decoding_kind, **options)
   np.testing.assert_array_equal(ours, ref)
+
+
+@pytest.mark.parametrize("n_docs", [1, 3, 5])
+@pytest.mark.parametrize("max_length", [6, 12])
+def test_rag_token_greedy_matches_hf_generate(tmp_path, rng, n_docs, max_length):
+  _compare_with_hf(tmp_path, rng, n_docs, seed=n_docs, num_beams=1, max_length=max_length)
 
 
 def test_processors_follow_their_definitions():
@@ -81,19 +86,8 @@ def test_processors_match_hf_logits_processors(rng, cur_len):
 @pytest.mark.parametrize("num_beams, n_docs, num_return", [(2, 1, 1), (2, 3, 2), (4, 5, 1),
                                                            (4, 2, 3)])
 def test_rag_token_beam_matches_hf_generate(tmp_path, rng, num_beams, n_docs, num_return):
-  hf = _save_rag(tmp_path, "token", n_docs, seed=10 + n_docs)
-  model = RagModel.from_pretrained(tmp_path)
-  b = 3
-  ctx, ctx_mask = padded_batch(rng, rng.integers(4, 15, size=b * n_docs), G["vocab_size"], PAD)
-  doc_scores = (rng.standard_normal((b, n_docs)) * 2).astype(np.float32)
-  with torch.no_grad():
-    ref = hf.generate(context_input_ids=torch.tensor(ctx, dtype=torch.long),
-                      context_attention_mask=torch.tensor(ctx_mask),
-                      doc_scores=torch.tensor(doc_scores), n_docs=n_docs, num_beams=num_beams,
-                      num_return_sequences=num_return, max_length=9).numpy()
-  ours = model.generate(ctx, ctx_mask, doc_scores, decoding="beam", num_beams=num_beams,
-                        num_return_sequences=num_return, max_length=9)
-  np.testing.assert_array_equal(ours, ref)
+  _compare_with_hf(tmp_path, rng, n_docs, seed=10 + n_docs, num_beams=num_beams,
+                   num_return_sequences=num_return, max_length=9)
 
 
 @pytest.mark.parametrize("options", [
@@ -102,18 +96,8 @@ def test_rag_token_beam_matches_hf_generate(tmp_path, rng, num_beams, n_docs, nu
     dict(no_repeat_ngram_size=2, length_penalty=-1.0),
 ], ids=["early-lp2", "never-min5", "ngram2-lp-1"])
 def test_beam_options_match_hf(tmp_path, rng, options):
-  hf = _save_rag(tmp_path, "token", 3, seed=21)
-  model = RagModel.from_pretrained(tmp_path)
-  ctx, ctx_mask = padded_batch(rng, rng.integers(4, 15, size=6), G["vocab_size"], PAD)
-  doc_scores = (rng.standard_normal((2, 3)) * 2).astype(np.float32)
-  with torch.no_grad():
-    ref = hf.generate(context_input_ids=torch.tensor(ctx, dtype=torch.long),
-                      context_attention_mask=torch.tensor(ctx_mask),
-                      doc_scores=torch.tensor(doc_scores), n_docs=3, num_beams=3,
-                      num_return_sequences=3, max_length=10, **options).numpy()
-  ours = model.generate(ctx, ctx_mask, doc_scores, decoding="beam", num_beams=3,
-                        num_return_sequences=3, max_length=10, **options)
-  np.testing.assert_array_equal(ours, ref)
+  _compare_with_hf(tmp_path, rng, 3, seed=21, batch=2, num_beams=3, num_return_sequences=3,
+                   max_length=10, **options)
 
 
 def test_beam_search_finds_the_best_path_greedy_misses():
