@@ -279,3 +279,34 @@ def rag_token_beam(generator: bart_lib.Bart, params, context_input_ids: Array,
                      pad_token_id=pad_token_id, processors=processors,
                      length_penalty=length_penalty, early_stopping=early_stopping,
                      reorder_cache=functools.partial(reorder_rows, group=z))
+
+
+def bart_step(generator: bart_lib.Bart, params, encoder_mask: Optional[Array]):
+  """The plain generator step: (tokens [N], cache, cur_len) -> (log-probs [N, V], cache)."""
+  def step(tokens, cache, cur_len):
+    del cur_len
+    logits, cache = generator.apply({"params": params}, tokens[:, None], cache, encoder_mask,
+                                    method=bart_lib.Bart.decode_step)
+    return jax.nn.log_softmax(logits[:, 0], axis=-1), cache
+  return step
+
+
+@functools.partial(jax.jit, static_argnames=("generator", "processors", "start_token_id",
+                                             "pad_token_id", "num_beams", "length_penalty",
+                                             "early_stopping"))
+def bart_beam(generator: bart_lib.Bart, params, input_ids: Array,
+              attention_mask: Optional[Array], *, num_beams: int, processors: Processors,
+              start_token_id: int, pad_token_id: int, length_penalty: float = 1.0,
+              early_stopping: Any = False):
+  """Beam search with the generator alone: [N, S] inputs -> ([N, K, L], scores, lengths)."""
+  n = input_ids.shape[0]
+  states = generator.apply({"params": params}, input_ids, attention_mask,
+                           method=bart_lib.Bart.encode)
+  states = jnp.repeat(states, num_beams, axis=0)                               # [N*K, S, D]
+  mask = None if attention_mask is None else jnp.repeat(attention_mask, num_beams, axis=0)
+  cache = generator.apply({"params": params}, states, processors.max_length - 1,
+                          method=bart_lib.Bart.init_cache)
+  return beam_search(bart_step(generator, params, mask), cache, batch=n, num_beams=num_beams,
+                     start_token_id=start_token_id, pad_token_id=pad_token_id,
+                     processors=processors, length_penalty=length_penalty,
+                     early_stopping=early_stopping, reorder_cache=reorder_rows)

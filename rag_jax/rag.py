@@ -166,7 +166,8 @@ class RagModel:
               doc_scores: Array, labels: Array, *, kind: str = "token",
               epsilon: Optional[float] = None,
               exclude_bos_score: Optional[bool] = None, deterministic: bool = True,
-              rngs: Optional[Dict[str, Array]] = None) -> Array:
+              rngs: Optional[Dict[str, Array]] = None,
+              drop_first: Optional[Array] = None) -> Array:
     """Per-example negative log-likelihood [B], as HF RAG's forward `loss` (reduce_loss=False).
 
     Args:
@@ -178,6 +179,9 @@ class RagModel:
       epsilon: label smoothing, as HF applies it; default: the config's label_smoothing.
       exclude_bos_score: RAG-Sequence only; default from the config.
       deterministic, rngs: dropout.
+      drop_first: RAG-Sequence only: [B] bool, rows whose first target position is not
+        scored, replacing HF's batch-wide BOS rule (thorough decoding scores the candidates
+        of each example as HF does, one example per call).
     """
     if kind not in KINDS:
       raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
@@ -216,8 +220,9 @@ class RagModel:
           logits, jnp.broadcast_to(targets[:, None], (b, z, t)), with_smoothing=smoothing)
       if kind == "sequence":
         # HF scores the first target position only if it is not a BOS every row starts with.
-        use_bos = jnp.all(targets[:, 0] == bos)
-        drop_first = jnp.logical_and(exclude_bos_score, use_bos)
+        if drop_first is None:
+          use_bos = jnp.all(targets[:, 0] == bos)
+          drop_first = jnp.logical_and(exclude_bos_score, use_bos)
         ll_mask = pad_mask.at[:, 0].set(jnp.where(drop_first, 0, pad_mask[:, 0]))
         ll = marginalize.rag_sequence_log_likelihood(lp, doc_scores, ll_mask)
         smooth_ll = (marginalize.rag_sequence_log_likelihood(
@@ -268,9 +273,10 @@ class RagModel:
       consecutive rows), start token first, padded after EOS, T <= max_length.
     """
     from rag_jax import decoding as decoding_lib  # pylint: disable=import-outside-toplevel
-    if kind != "token" or decoding not in ("greedy", "beam"):
-      raise ValueError(f"generate supports kind='token' with decoding 'greedy' or 'beam' so "
-                       f"far, not kind={kind!r} decoding={decoding!r}")
+    supported = {("token", "greedy"), ("token", "beam"), ("sequence", "thorough")}
+    if (kind, decoding) not in supported:
+      raise ValueError(f"generate supports {sorted(supported)} so far, not "
+                       f"kind={kind!r} decoding={decoding!r}")
     if decoding == "greedy" and (num_beams != 1 or num_return_sequences != 1):
       raise ValueError("greedy decoding returns one sequence per input; use decoding='beam'")
     if not 1 <= num_return_sequences <= num_beams:
@@ -288,12 +294,62 @@ class RagModel:
     if decoding == "greedy":
       sequences, length = decoding_lib.rag_token_greedy(*args, **common)
       return np.asarray(sequences)[:, :int(length)]
+    if decoding == "thorough":
+      return self._thorough(context_input_ids, context_attention_mask, doc_scores,
+                            num_beams=num_beams, num_return_sequences=num_return_sequences,
+                            length_penalty=length_penalty, early_stopping=early_stopping,
+                            **common)
     sequences, _, gen_len = decoding_lib.rag_token_beam(
         *args, num_beams=num_beams, length_penalty=length_penalty,
         early_stopping=early_stopping, **common)
     sequences = np.asarray(sequences)[:, :num_return_sequences]
     length = 1 + int(np.asarray(gen_len)[:, :num_return_sequences].max())
     return sequences.reshape(-1, sequences.shape[-1])[:, :length]
+
+  def _thorough(self, context_input_ids, context_attention_mask, doc_scores, *, num_beams,
+                num_return_sequences, processors, start_token_id, pad_token_id, length_penalty,
+                early_stopping) -> np.ndarray:
+    """RAG-Sequence thorough decoding, batched: beam search under every document, the
+    candidates of each example deduplicated, each scored under all its documents in one
+    forced-decoding pass (RAG-Sequence likelihood), the best kept.
+
+    As HF, the per-document beam search runs the encoder without the contexts' attention mask
+    (HF passes attention_mask=None to it), and the scoring pass with it.
+    """
+    from rag_jax import decoding as decoding_lib  # pylint: disable=import-outside-toplevel
+    g = self.generator.config
+    b, z = np.shape(doc_scores)
+    ctx = jnp.asarray(context_input_ids)
+    seqs, _, gen_len = decoding_lib.bart_beam(
+        self.generator, self.params["generator"], ctx, None, num_beams=num_beams,
+        processors=processors, start_token_id=start_token_id, pad_token_id=pad_token_id,
+        length_penalty=length_penalty, early_stopping=early_stopping)
+    seqs = np.asarray(seqs).reshape(b, z * num_beams, -1)         # [B, C, L], doc-major
+    gen_len = np.asarray(gen_len).reshape(b, z * num_beams)
+    c, length = seqs.shape[1], 1 + int(gen_len.max())
+    labels = seqs[:, :, :length].reshape(b * c, length)
+    bos = g.bos_token_id if self.config.bos_token_id is None else self.config.bos_token_id
+    drop_first = np.repeat([np.all(seqs[i, :, 1] == bos) for i in range(b)], c)
+    rep = lambda x: np.repeat(np.asarray(x).reshape(b, 1, z, -1), c, axis=1).reshape(b * c * z,
+                                                                                     -1)
+    nll = np.asarray(self._loss(
+        self.params, jnp.asarray(rep(context_input_ids)), jnp.asarray(rep(context_attention_mask)),
+        jnp.asarray(np.repeat(np.asarray(doc_scores, np.float32), c, axis=0)),
+        jnp.asarray(labels), kind="sequence", epsilon=self.config.label_smoothing,
+        exclude_bos_score=True, drop_first=jnp.asarray(drop_first))).reshape(b, c)
+    hypos = []
+    for i in range(b):
+      # HF's per-example truncation, then deduplication keeping first occurrences.
+      rows = seqs[i, :, :1 + int(gen_len[i].max())]
+      first = {}
+      for j, r in enumerate(rows):
+        first.setdefault(tuple(r), j)
+      order = sorted(first.values(), key=lambda j: nll[i, j])[:num_return_sequences]
+      hypos.extend(rows[j] for j in order)
+    out = np.full((len(hypos), max(len(h) for h in hypos)), g.pad_token_id, np.int32)
+    for i, h in enumerate(hypos):
+      out[i, :len(h)] = h
+    return out
 
   def question_text_encoder(self, batch_size: int = 64):
     """The question encoder as a TextEncoder (for a Retriever), sharing this model's params."""

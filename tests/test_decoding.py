@@ -125,3 +125,21 @@ def test_beam_search_finds_the_best_path_greedy_misses():
   t = np.asarray(table)
   np.testing.assert_allclose(scores[0, 0], t[1, 3] + t[3, 4] + t[4, eos], rtol=1e-5)
   assert t[1, 3] + t[3, 4] + t[4, eos] > t[1, 2] + t[2, 4] + t[4, eos]  # the greedy path loses
+
+
+@pytest.mark.parametrize("num_beams, n_docs, num_return", [(2, 3, 1), (3, 2, 2), (4, 5, 3)])
+def test_rag_sequence_thorough_matches_hf_generate(tmp_path, rng, num_beams, n_docs,
+                                                   num_return):
+  hf = _save_rag(tmp_path, "sequence", n_docs, seed=30 + n_docs)
+  model = RagModel.from_pretrained(tmp_path)
+  b = 3
+  ctx, ctx_mask = padded_batch(rng, rng.integers(4, 15, size=b * n_docs), G["vocab_size"], PAD)
+  doc_scores = (rng.standard_normal((b, n_docs)) * 2).astype(np.float32)
+  with torch.no_grad():
+    ref = hf.generate(context_input_ids=torch.tensor(ctx, dtype=torch.long),
+                      context_attention_mask=torch.tensor(ctx_mask),
+                      doc_scores=torch.tensor(doc_scores), n_docs=n_docs, num_beams=num_beams,
+                      num_return_sequences=num_return, max_length=8).numpy()
+  ours = model.generate(ctx, ctx_mask, doc_scores, kind="sequence", decoding="thorough",
+                        num_beams=num_beams, num_return_sequences=num_return, max_length=8)
+  np.testing.assert_array_equal(ours, ref)
