@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Tuple
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rag_jax import marginalize
 from rag_jax.models import bart as bart_lib
@@ -310,3 +311,32 @@ def bart_beam(generator: bart_lib.Bart, params, input_ids: Array,
                      start_token_id=start_token_id, pad_token_id=pad_token_id,
                      processors=processors, length_penalty=length_penalty,
                      early_stopping=early_stopping, reorder_cache=reorder_rows)
+
+
+def fast_select(sequences, log_probs, doc_log_probs, lengths, num_return: int):
+  """RAG-Sequence *fast* decoding's choice, given the beams of every document.
+
+  p(y|x) ~ sum_z p(z|x) p(y|x,z), where p(y|x,z) is the probability of y in document z's
+  beam, and 0 where z's beam did not produce y (the paper's approximation: no extra forward
+  passes).
+
+  Args:
+    sequences: [B, Z, K, L] the beams of every (example, document), padded.
+    log_probs: [B, Z, K] log p(y|x,z) of each beam (summed token log-probs).
+    doc_log_probs: [B, Z] log p(z|x).
+    lengths: [B, Z, K] tokens of each beam (start token included).
+    num_return: hypotheses kept per example.
+  Returns:
+    B lists of (tokens, log p(y|x)) pairs, best first.
+  """
+  out = []
+  for b in range(sequences.shape[0]):
+    scores = {}
+    for z in range(sequences.shape[1]):
+      for k in range(sequences.shape[2]):
+        y = tuple(int(t) for t in sequences[b, z, k, :lengths[b, z, k]])
+        term = float(doc_log_probs[b, z]) + float(log_probs[b, z, k])
+        scores[y] = np.logaddexp(scores[y], term) if y in scores else term
+    ranked = sorted(scores.items(), key=lambda item: -item[1])[:num_return]
+    out.append(ranked)
+  return out

@@ -273,7 +273,8 @@ class RagModel:
       consecutive rows), start token first, padded after EOS, T <= max_length.
     """
     from rag_jax import decoding as decoding_lib  # pylint: disable=import-outside-toplevel
-    supported = {("token", "greedy"), ("token", "beam"), ("sequence", "thorough")}
+    supported = {("token", "greedy"), ("token", "beam"), ("sequence", "thorough"),
+                 ("sequence", "fast")}
     if (kind, decoding) not in supported:
       raise ValueError(f"generate supports {sorted(supported)} so far, not "
                        f"kind={kind!r} decoding={decoding!r}")
@@ -294,6 +295,10 @@ class RagModel:
     if decoding == "greedy":
       sequences, length = decoding_lib.rag_token_greedy(*args, **common)
       return np.asarray(sequences)[:, :int(length)]
+    if decoding == "fast":
+      return self._fast(context_input_ids, context_attention_mask, doc_scores,
+                        num_beams=num_beams, num_return_sequences=num_return_sequences,
+                        length_penalty=length_penalty, early_stopping=early_stopping, **common)
     if decoding == "thorough":
       return self._thorough(context_input_ids, context_attention_mask, doc_scores,
                             num_beams=num_beams, num_return_sequences=num_return_sequences,
@@ -305,6 +310,32 @@ class RagModel:
     sequences = np.asarray(sequences)[:, :num_return_sequences]
     length = 1 + int(np.asarray(gen_len)[:, :num_return_sequences].max())
     return sequences.reshape(-1, sequences.shape[-1])[:, :length]
+
+  def _fast(self, context_input_ids, context_attention_mask, doc_scores, *, num_beams,
+            num_return_sequences, processors, start_token_id, pad_token_id, length_penalty,
+            early_stopping) -> np.ndarray:
+    """RAG-Sequence fast decoding: beam search under every document (with the contexts'
+    masks), then decoding.fast_select: no forced-decoding pass."""
+    from rag_jax import decoding as decoding_lib  # pylint: disable=import-outside-toplevel
+    b, z = np.shape(doc_scores)
+    seqs, scores, gen_len = decoding_lib.bart_beam(
+        self.generator, self.params["generator"], jnp.asarray(context_input_ids),
+        jnp.asarray(context_attention_mask), num_beams=num_beams, processors=processors,
+        start_token_id=start_token_id, pad_token_id=pad_token_id,
+        length_penalty=length_penalty, early_stopping=early_stopping)
+    gen_len = np.asarray(gen_len)
+    # Undo the length penalty: the beam's score is sum(log p) / generated ** penalty.
+    log_probs = np.asarray(scores, np.float64) * np.maximum(gen_len, 1) ** length_penalty
+    doc_lp = np.asarray(marginalize.doc_log_probs(jnp.asarray(doc_scores, jnp.float32)))
+    shape = (b, z, num_beams)
+    picks = decoding_lib.fast_select(np.asarray(seqs).reshape(*shape, -1),
+                                     log_probs.reshape(shape), doc_lp,
+                                     (gen_len + 1).reshape(shape), num_return_sequences)
+    hypos = [np.asarray(y) for row in picks for y, _ in row]
+    out = np.full((len(hypos), max(len(h) for h in hypos)), pad_token_id, np.int32)
+    for i, h in enumerate(hypos):
+      out[i, :len(h)] = h
+    return out
 
   def _thorough(self, context_input_ids, context_attention_mask, doc_scores, *, num_beams,
                 num_return_sequences, processors, start_token_id, pad_token_id, length_penalty,

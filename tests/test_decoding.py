@@ -143,3 +143,44 @@ def test_rag_sequence_thorough_matches_hf_generate(tmp_path, rng, num_beams, n_d
   ours = model.generate(ctx, ctx_mask, doc_scores, kind="sequence", decoding="thorough",
                         num_beams=num_beams, num_return_sequences=num_return, max_length=8)
   np.testing.assert_array_equal(ours, ref)
+
+
+def test_fast_select_against_brute_force(rng):
+  b, z, k, length = 2, 3, 4, 5
+  vocab = 3  # a tiny alphabet: the documents' beams share candidates
+  seqs = rng.integers(0, vocab, size=(b, z, k, length))
+  lengths = np.full((b, z, k), length)
+  log_probs = -rng.random((b, z, k)) * 3
+  doc_lp = np.log(rng.dirichlet(np.ones(z), size=b))
+  seqs[0, 1, 2] = seqs[0, 0, 0]  # the same candidate from two documents
+  picks = decoding.fast_select(seqs, log_probs, doc_lp, lengths, num_return=3)
+  for i in range(b):
+    candidates = {tuple(seqs[i, zz, kk]) for zz in range(z) for kk in range(k)}
+    brute = {}
+    for y in candidates:  # sum over documents of p(z) p(y|z), p(y|z) = 0 outside z's beam
+      p = sum(np.exp(doc_lp[i, zz] + log_probs[i, zz, kk]) for zz in range(z)
+              for kk in range(k) if tuple(seqs[i, zz, kk]) == y)
+      brute[y] = np.log(p)
+    best = sorted(brute.items(), key=lambda item: -item[1])[:3]
+    assert [y for y, _ in picks[i]] == [y for y, _ in best]
+    np.testing.assert_allclose([s for _, s in picks[i]], [s for _, s in best], rtol=1e-9)
+
+
+def test_fast_decoding_end_to_end(tmp_path, rng):
+  _save_rag(tmp_path, "sequence", 3, seed=40)
+  model = RagModel.from_pretrained(tmp_path)
+  ctx, ctx_mask = padded_batch(rng, rng.integers(4, 15, size=6), G["vocab_size"], PAD)
+  doc_scores = (rng.standard_normal((2, 3)) * 2).astype(np.float32)
+  out = model.generate(ctx, ctx_mask, doc_scores, kind="sequence", decoding="fast",
+                       num_beams=3, num_return_sequences=2, max_length=8)
+  assert out.shape[0] == 4 and np.all(out[:, 0] == G["decoder_start_token_id"])
+  # Each answer is one of the beams under some document of its example.
+  seqs, _, lengths = decoding.bart_beam(
+      model.generator, model.params["generator"], ctx, ctx_mask, num_beams=3,
+      processors=decoding.Processors(eos_token_id=2, max_length=8, forced_eos_token_id=2),
+      start_token_id=2, pad_token_id=PAD)
+  seqs = np.asarray(seqs).reshape(2, 3 * 3, -1)
+  for row, example in zip(out, (0, 0, 1, 1)):
+    trimmed = row[:np.max(np.nonzero(row != PAD)) + 1]
+    assert any(np.array_equal(trimmed, s[:len(trimmed)]) and
+               np.all(s[len(trimmed):] == PAD) for s in seqs[example])
