@@ -24,6 +24,7 @@ setuptools.setup(
         "grain>=0.2.10",
         "tqdm>=4.66",
         "numpy>=1.26",
+        "matplotlib>=3.8",  # rag_jax.viz: document-posterior heatmaps
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls a CUDA build of several GB.

@@ -92,6 +92,7 @@ class RagModel:
 
   def __post_init__(self):
     self._loss = jax.jit(self.loss_fn, static_argnames=("kind", "epsilon", "exclude_bos_score"))
+    self._posteriors = jax.jit(self._posteriors_fn)
 
   # ----------------------------------------------------------------------------------------
   # Loading.
@@ -381,6 +382,35 @@ class RagModel:
     for i, h in enumerate(hypos):
       out[i, :len(h)] = h
     return out
+
+  def doc_posteriors(self, context_input_ids, context_attention_mask, doc_scores,
+                     sequences) -> np.ndarray:
+    """Per generated token, the posterior over the retrieved documents (paper, Figure 2).
+
+    For RAG-Token each token has its own latent document, so the posterior of token i is
+        p(z | x, y_i, y_<i) = p(z|x) p(y_i | x, z, y_<i) / sum_z' p(z'|x) p(y_i | x, z', y_<i).
+
+    Args:
+      context_input_ids, context_attention_mask: [B * Z, S]; doc_scores: [B, Z].
+      sequences: [B, T] generated ids, start token first (as `generate` returns them).
+    Returns:
+      [B, Z, T - 1] float32: column i is the posterior of token sequences[:, i + 1].
+    """
+    return np.asarray(self._posteriors(self.params, jnp.asarray(context_input_ids),
+                                       jnp.asarray(context_attention_mask),
+                                       jnp.asarray(doc_scores, jnp.float32),
+                                       jnp.asarray(sequences)))
+
+  def _posteriors_fn(self, params, context_input_ids, context_attention_mask, doc_scores,
+                  sequences):
+    b, z = doc_scores.shape
+    dec_in, targets = sequences[:, :-1], sequences[:, 1:]
+    logits = self.generator.apply({"params": params["generator"]}, context_input_ids,
+                                  context_attention_mask, jnp.repeat(dec_in, z, axis=0))
+    lp, _ = marginalize.target_log_probs(logits.reshape(b, z, *logits.shape[1:]),
+                                         jnp.repeat(targets[:, None], z, axis=1))
+    joint = lp + marginalize.doc_log_probs(doc_scores)[:, :, None]               # [B, Z, T-1]
+    return jax.nn.softmax(joint, axis=1)
 
   def question_text_encoder(self, batch_size: int = 64):
     """The question encoder as a TextEncoder (for a Retriever), sharing this model's params."""

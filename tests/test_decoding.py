@@ -1,5 +1,6 @@
 """Decoding against HF generate and against the definition of the processors."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -184,3 +185,29 @@ def test_fast_decoding_end_to_end(tmp_path, rng):
     trimmed = row[:np.max(np.nonzero(row != PAD)) + 1]
     assert any(np.array_equal(trimmed, s[:len(trimmed)]) and
                np.all(s[len(trimmed):] == PAD) for s in seqs[example])
+
+
+def test_doc_posteriors_and_heatmap(tmp_path, rng):
+  from rag_jax import viz
+  _save_rag(tmp_path / "m", "token", 4, seed=50)
+  model = RagModel.from_pretrained(tmp_path / "m")
+  ctx, ctx_mask = padded_batch(rng, rng.integers(4, 15, size=8), G["vocab_size"], PAD)
+  doc_scores = np.array([[3.0, 0.5, 0.0, -1.0], [0.0, 0.0, 0.0, 0.0]], np.float32)
+  seqs = model.generate(ctx, ctx_mask, doc_scores, decoding="beam", num_beams=2, max_length=10)
+  post = model.doc_posteriors(ctx, ctx_mask, doc_scores, seqs)
+  assert post.shape == (2, 4, seqs.shape[1] - 1)
+  np.testing.assert_allclose(post.sum(axis=1), 1.0, rtol=1e-5)
+  # Against the definition, from full forward passes per document.
+  g = model.generator
+  for z in range(4):
+    logits = g.apply({"params": model.params["generator"]}, ctx[z:z + 1], ctx_mask[z:z + 1],
+                     seqs[:1, :-1])
+    lp = jax.nn.log_softmax(logits[0], -1)[np.arange(seqs.shape[1] - 1), seqs[0, 1:]]
+    if z == 0:
+      joint = np.zeros((4, seqs.shape[1] - 1))
+    joint[z] = np.asarray(lp) + np.log(np.exp(doc_scores[0, z]) / np.exp(doc_scores[0]).sum())
+  expected = np.exp(joint - np.log(np.exp(joint).sum(0, keepdims=True)))
+  np.testing.assert_allclose(post[0], expected, rtol=1e-4, atol=1e-6)
+  out = tmp_path / "posteriors.png"
+  viz.posterior_heatmap(post[0], [str(t) for t in seqs[0, 1:]], out)
+  assert out.stat().st_size > 5000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
