@@ -190,7 +190,7 @@ def main():
         f"{' (--quick shapes)' if args.quick else ''}")
   print(f"{'contestant':<18}{'s/batch':>10}{'questions/s':>13}{'first call s':>14}")
   for name, r in results.items():
-    print(f"{name:<18}{r['seconds']:>10.2f}{QUESTIONS / r['seconds']:>13.3f}"
+    print(f"{name:<18}{r['seconds']:>10.3f}{QUESTIONS / r['seconds']:>13.3f}"
           f"{r['first_call_s']:>14.2f}")
   print(f"RAG-Token speedup (HF / rag_jax): {summary['speedup_token']}x "
         f"(same sequences: {summary['token_equals_hf']})")

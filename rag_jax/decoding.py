@@ -39,6 +39,7 @@ class Processors:
   no_repeat_ngram_size: int = 0
   forced_bos_token_id: Optional[int] = None
   forced_eos_token_id: Optional[int] = None
+  bad_words_ids: Tuple[Tuple[int, ...], ...] = ()  # token sequences never to complete
 
   def __call__(self, scores: Array, sequences: Array, cur_len: Array) -> Array:
     """scores [N, V] log-probs, sequences [N, L] (valid up to cur_len) -> processed scores."""
@@ -46,6 +47,16 @@ class Processors:
     if self.no_repeat_ngram_size > 0:
       scores = jnp.where(_banned_ngram_tokens(sequences, cur_len, self.no_repeat_ngram_size, v),
                          NEG_INF, scores)
+    for word in self.bad_words_ids:
+      if tuple(word) == (self.eos_token_id,):
+        continue  # HF never bans EOS as a bad word
+      *prefix, last = word
+      hit = cur_len >= len(prefix)
+      if prefix:
+        tail = jax.lax.dynamic_slice_in_dim(sequences, jnp.maximum(cur_len - len(prefix), 0),
+                                            len(prefix), 1)
+        hit = hit & jnp.all(tail == jnp.asarray(prefix), axis=1, keepdims=True)
+      scores = jnp.where(hit & (jnp.arange(v) == last), NEG_INF, scores)
     if self.min_length > 0:
       eos = jnp.arange(v) == self.eos_token_id
       scores = jnp.where(jnp.logical_and(cur_len < self.min_length, eos), NEG_INF, scores)

@@ -30,6 +30,11 @@ from rag_jax.models import bert as bert_lib
 Array = jax.Array
 Params = Dict[str, Any]
 KINDS = ("token", "sequence", "soft")
+# Generation settings a checkpoint may carry (generation_config.json, or the generator's
+# config.json as older checkpoints do), and HF's defaults for them.
+GENERATION_DEFAULTS = {"max_length": 20, "min_length": 0, "num_beams": 1,
+                       "num_return_sequences": 1, "no_repeat_ngram_size": 0,
+                       "bad_words_ids": None, "length_penalty": 1.0, "early_stopping": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +94,7 @@ class RagModel:
   config: RagConfig = RagConfig()
   question_tokenizer: Any = None
   generator_tokenizer: Any = None
+  generation_defaults: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     self._loss = jax.jit(self.loss_fn, static_argnames=("kind", "epsilon", "exclude_bos_score"))
@@ -126,8 +132,12 @@ class RagModel:
       raise weights.WeightsError(f"{directory}: unexpected parameter {stray[0]}")
     tokenizers = [_optional_tokenizer(directory / sub)
                   for sub in ("question_encoder_tokenizer", "generator_tokenizer")]
+    generation = dict(hf["generator"])
+    if (directory / "generation_config.json").is_file():
+      generation.update(weights.read_json(directory / "generation_config.json"))
+    defaults = {k: generation[k] for k in GENERATION_DEFAULTS if generation.get(k) is not None}
     return cls(q_module, g_module, {"question_encoder": q_params, "generator": g_params},
-               config, *tokenizers)
+               config, *tokenizers, generation_defaults=defaults)
 
   @classmethod
   def from_parts(cls, question_encoder, generator, *, dtype=jnp.float32,
@@ -258,21 +268,35 @@ class RagModel:
               exclude_bos_score=exclude_bos_score)
 
   def generate(self, context_input_ids, context_attention_mask, doc_scores, *,
-               kind: str = "token", decoding: str = "greedy", num_beams: int = 1,
-               num_return_sequences: int = 1, max_length: int = 20, min_length: int = 0,
-               no_repeat_ngram_size: int = 0, length_penalty: float = 1.0,
-               early_stopping=False) -> np.ndarray:
+               kind: str = "token", decoding: Optional[str] = None, **options) -> np.ndarray:
     """Generates from precomputed contexts, as HF's RAG `generate` does given
     `context_input_ids`, `context_attention_mask` and `doc_scores`.
 
-    Implemented so far: kind="token" with decoding="greedy" or "beam" (RAG-Sequence thorough
-    and fast decoding are the next step of the decoding issue). Forced BOS / EOS come from
-    the generator's config, as HF takes them from its generation config.
-
+    Args:
+      context_input_ids, context_attention_mask: [B * Z, S]; doc_scores: [B, Z].
+      kind: "token" (RAG-Token) or "sequence" (RAG-Sequence).
+      decoding: "greedy" or "beam" for RAG-Token, "thorough" or "fast" for RAG-Sequence;
+        default: beam (token, if num_beams > 1, else greedy) and thorough (sequence).
+      **options: num_beams, num_return_sequences, max_length, min_length,
+        no_repeat_ngram_size, bad_words_ids, length_penalty, early_stopping; defaults from
+        the checkpoint's generation settings, then HF's. Forced BOS / EOS come from the
+        generator's config, as HF takes them.
     Returns:
       [B * num_return_sequences, T] int32 token ids (HF's layout: the returns of example b in
       consecutive rows), start token first, padded after EOS, T <= max_length.
     """
+    unknown = sorted(set(options) - set(GENERATION_DEFAULTS))
+    if unknown:
+      raise TypeError(f"generate() got an unexpected option {unknown[0]!r}")
+    o = {**GENERATION_DEFAULTS, **self.generation_defaults, **options}
+    if decoding is None:
+      decoding = ("beam" if o["num_beams"] > 1 else "greedy") if kind == "token" else "thorough"
+    return self._generate(context_input_ids, context_attention_mask, doc_scores, kind=kind,
+                          decoding=decoding, **o)
+
+  def _generate(self, context_input_ids, context_attention_mask, doc_scores, *, kind, decoding,
+                num_beams, num_return_sequences, max_length, min_length, no_repeat_ngram_size,
+                bad_words_ids, length_penalty, early_stopping) -> np.ndarray:
     from rag_jax import decoding as decoding_lib  # pylint: disable=import-outside-toplevel
     supported = {("token", "greedy"), ("token", "beam"), ("sequence", "thorough"),
                  ("sequence", "fast")}
@@ -288,7 +312,8 @@ class RagModel:
     processors = decoding_lib.Processors(
         eos_token_id=g.eos_token_id, max_length=max_length, min_length=min_length,
         no_repeat_ngram_size=no_repeat_ngram_size, forced_bos_token_id=g.forced_bos_token_id,
-        forced_eos_token_id=g.forced_eos_token_id)
+        forced_eos_token_id=g.forced_eos_token_id,
+        bad_words_ids=tuple(tuple(w) for w in bad_words_ids or ()))
     args = (self.generator, self.params["generator"], jnp.asarray(context_input_ids),
             jnp.asarray(context_attention_mask), jnp.asarray(doc_scores, jnp.float32))
     common = dict(processors=processors, start_token_id=g.decoder_start_token_id,

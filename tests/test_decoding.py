@@ -71,13 +71,15 @@ def test_processors_match_hf_logits_processors(rng, cur_len):
   max_length, v = 8, 7
   seq = rng.integers(0, 4, size=(4, cur_len))  # a small alphabet: n-grams repeat
   scores = rng.standard_normal((4, v)).astype(np.float32)
+  bad = [[3], [0, 1], [2]]  # [2] is EOS: HF drops it
   hf = lp.LogitsProcessorList([
-      lp.NoRepeatNGramLogitsProcessor(2), lp.MinLengthLogitsProcessor(4, 2),
+      lp.NoRepeatNGramLogitsProcessor(2), lp.NoBadWordsLogitsProcessor(bad, eos_token_id=2),
+      lp.MinLengthLogitsProcessor(4, 2),
       lp.ForcedBOSTokenLogitsProcessor(0), lp.ForcedEOSTokenLogitsProcessor(max_length, 2)])
   expected = hf(torch.tensor(seq), torch.tensor(scores)).numpy()
   ours = decoding.Processors(eos_token_id=2, max_length=max_length, min_length=4,
                              no_repeat_ngram_size=2, forced_bos_token_id=0,
-                             forced_eos_token_id=2)
+                             forced_eos_token_id=2, bad_words_ids=tuple(map(tuple, bad)))
   padded = np.pad(seq, ((0, 0), (0, max_length - cur_len)), constant_values=1)
   out = np.asarray(ours(jnp.asarray(scores), jnp.asarray(padded), jnp.int32(cur_len)))
   np.testing.assert_array_equal(np.isinf(out), np.isinf(expected))
@@ -211,3 +213,22 @@ def test_doc_posteriors_and_heatmap(tmp_path, rng):
   out = tmp_path / "posteriors.png"
   viz.posterior_heatmap(post[0], [str(t) for t in seqs[0, 1:]], out)
   assert out.stat().st_size > 5000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_generation_defaults_come_from_the_checkpoint(tmp_path, rng):
+  import json
+  hf = _save_rag(tmp_path, "token", 2, seed=60)
+  (tmp_path / "generation_config.json").write_text(json.dumps(
+      {"num_beams": 3, "max_length": 7, "no_repeat_ngram_size": 2, "bad_words_ids": [[5]]}))
+  model = RagModel.from_pretrained(tmp_path)
+  assert model.generation_defaults["num_beams"] == 3
+  ctx, ctx_mask = padded_batch(rng, rng.integers(4, 15, size=4), G["vocab_size"], PAD)
+  doc_scores = rng.standard_normal((2, 2)).astype(np.float32)
+  with torch.no_grad():
+    ref = hf.generate(context_input_ids=torch.tensor(ctx, dtype=torch.long),
+                      context_attention_mask=torch.tensor(ctx_mask),
+                      doc_scores=torch.tensor(doc_scores), n_docs=2, num_beams=3, max_length=7,
+                      no_repeat_ngram_size=2, bad_words_ids=[[5]]).numpy()
+  np.testing.assert_array_equal(model.generate(ctx, ctx_mask, doc_scores), ref)
+  with pytest.raises(TypeError, match="unexpected option 'beams'"):
+    model.generate(ctx, ctx_mask, doc_scores, beams=2)
