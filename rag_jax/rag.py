@@ -99,6 +99,8 @@ class RagModel:
   def __post_init__(self):
     self._loss = jax.jit(self.loss_fn, static_argnames=("kind", "epsilon", "exclude_bos_score"))
     self._posteriors = jax.jit(self._posteriors_fn)
+    self._encode = jax.jit(lambda params, ids, mask: self.generator.apply(
+        {"params": params}, ids, mask, method=bart_lib.Bart.encode))
 
   # ----------------------------------------------------------------------------------------
   # Loading.
@@ -178,7 +180,8 @@ class RagModel:
               epsilon: Optional[float] = None,
               exclude_bos_score: Optional[bool] = None, deterministic: bool = True,
               rngs: Optional[Dict[str, Array]] = None,
-              drop_first: Optional[Array] = None) -> Array:
+              drop_first: Optional[Array] = None,
+              encoder_states: Optional[Array] = None) -> Array:
     """Per-example negative log-likelihood [B], as HF RAG's forward `loss` (reduce_loss=False).
 
     Args:
@@ -193,6 +196,8 @@ class RagModel:
       drop_first: RAG-Sequence only: [B] bool, rows whose first target position is not
         scored, replacing HF's batch-wide BOS rule (thorough decoding scores the candidates
         of each example as HF does, one example per call).
+      encoder_states: [B * Z, S, D] the generator's encoding of the contexts, if already
+        computed (then context_input_ids is not read).
     """
     if kind not in KINDS:
       raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
@@ -212,7 +217,8 @@ class RagModel:
     targets = shift_left(labels, g.pad_token_id)                               # [B, T]
     pad_mask = (targets != g.pad_token_id).astype(jnp.int32)                   # [B, T]
     smoothing = epsilon > 0
-    states = call(bart_lib.Bart.encode, context_input_ids, context_attention_mask)  # [BZ, S, D]
+    states = (call(bart_lib.Bart.encode, context_input_ids, context_attention_mask)
+              if encoder_states is None else encoder_states)                   # [BZ, S, D]
 
     if kind == "soft":
       mixed, mixed_mask = marginalize.soft_retrieval_mix(
@@ -387,13 +393,16 @@ class RagModel:
     labels = seqs[:, :, :length].reshape(b * c, length)
     bos = g.bos_token_id if self.config.bos_token_id is None else self.config.bos_token_id
     drop_first = np.repeat([np.all(seqs[i, :, 1] == bos) for i in range(b)], c)
-    rep = lambda x: np.repeat(np.asarray(x).reshape(b, 1, z, -1), c, axis=1).reshape(b * c * z,
-                                                                                     -1)
+    # One encoder pass over the B * Z contexts; every candidate reuses its example's states.
+    states = self._encode(self.params["generator"], ctx, jnp.asarray(context_attention_mask))
+    rep = lambda x: jnp.repeat(x.reshape(b, 1, z, *x.shape[1:]), c, axis=1).reshape(
+        b * c * z, *x.shape[1:])
     nll = np.asarray(self._loss(
-        self.params, jnp.asarray(rep(context_input_ids)), jnp.asarray(rep(context_attention_mask)),
+        self.params, None, rep(jnp.asarray(context_attention_mask)),
         jnp.asarray(np.repeat(np.asarray(doc_scores, np.float32), c, axis=0)),
         jnp.asarray(labels), kind="sequence", epsilon=self.config.label_smoothing,
-        exclude_bos_score=True, drop_first=jnp.asarray(drop_first))).reshape(b, c)
+        exclude_bos_score=True, drop_first=jnp.asarray(drop_first),
+        encoder_states=rep(states))).reshape(b, c)
     hypos = []
     for i in range(b):
       # HF's per-example truncation, then deduplication keeping first occurrences.
