@@ -259,6 +259,14 @@ def beam_search(step: Callable, cache: Any, *, batch: int, num_beams: int,
   return final.seqs, final.scores, final.gen_len
 
 
+def reorder_decoder_cache(cache: bart_lib.DecoderCache, rows: Array,
+                          group: int = 1) -> bart_lib.DecoderCache:
+  """Beam reordering of a BART cache: only the self-attention buffers move. The projected
+  encoder states are the same for every beam of an example (beams never change example), so
+  gathering them each step would only cost memory traffic."""
+  return cache.replace(self_attn=reorder_rows(cache.self_attn, rows, group))
+
+
 def reorder_rows(cache: Any, rows: Array, group: int = 1) -> Any:
   """Gathers cache rows: row i of the result is `rows[i]`, each row spanning `group` rows of
   every leaf with a leading batch axis (the Z documents of a beam, for RAG-Token)."""
@@ -290,7 +298,7 @@ def rag_token_beam(generator: bart_lib.Bart, params, context_input_ids: Array,
   return beam_search(step, cache, batch=b, num_beams=num_beams, start_token_id=start_token_id,
                      pad_token_id=pad_token_id, processors=processors,
                      length_penalty=length_penalty, early_stopping=early_stopping,
-                     reorder_cache=functools.partial(reorder_rows, group=z))
+                     reorder_cache=functools.partial(reorder_decoder_cache, group=z))
 
 
 def bart_step(generator: bart_lib.Bart, params, encoder_mask: Optional[Array]):
@@ -321,7 +329,7 @@ def bart_beam(generator: bart_lib.Bart, params, input_ids: Array,
   return beam_search(bart_step(generator, params, mask), cache, batch=n, num_beams=num_beams,
                      start_token_id=start_token_id, pad_token_id=pad_token_id,
                      processors=processors, length_penalty=length_penalty,
-                     early_stopping=early_stopping, reorder_cache=reorder_rows)
+                     early_stopping=early_stopping, reorder_cache=reorder_decoder_cache)
 
 
 def fast_select(sequences, log_probs, doc_log_probs, lengths, num_return: int):
