@@ -99,8 +99,7 @@ class RagModel:
   def __post_init__(self):
     self._loss = jax.jit(self.loss_fn, static_argnames=("kind", "epsilon", "exclude_bos_score"))
     self._posteriors = jax.jit(self._posteriors_fn)
-    self._encode = jax.jit(lambda params, ids, mask: self.generator.apply(
-        {"params": params}, ids, mask, method=bart_lib.Bart.encode))
+    self._score_cache = jax.jit(self._score_cache_fn, static_argnums=(3, 4, 5))
 
   # ----------------------------------------------------------------------------------------
   # Loading.
@@ -181,7 +180,7 @@ class RagModel:
               exclude_bos_score: Optional[bool] = None, deterministic: bool = True,
               rngs: Optional[Dict[str, Array]] = None,
               drop_first: Optional[Array] = None,
-              encoder_states: Optional[Array] = None) -> Array:
+              decoder_cache: Optional[bart_lib.DecoderCache] = None) -> Array:
     """Per-example negative log-likelihood [B], as HF RAG's forward `loss` (reduce_loss=False).
 
     Args:
@@ -196,8 +195,10 @@ class RagModel:
       drop_first: RAG-Sequence only: [B] bool, rows whose first target position is not
         scored, replacing HF's batch-wide BOS rule (thorough decoding scores the candidates
         of each example as HF does, one example per call).
-      encoder_states: [B * Z, S, D] the generator's encoding of the contexts, if already
-        computed (then context_input_ids is not read).
+      decoder_cache: token / sequence only: an empty decoding cache of B * Z rows holding the
+        contexts' projected encoder states (then context_input_ids is not read, and the
+        labels are decoded in one cached pass: scoring many candidates on the same contexts
+        projects them once).
     """
     if kind not in KINDS:
       raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
@@ -217,10 +218,8 @@ class RagModel:
     targets = shift_left(labels, g.pad_token_id)                               # [B, T]
     pad_mask = (targets != g.pad_token_id).astype(jnp.int32)                   # [B, T]
     smoothing = epsilon > 0
-    states = (call(bart_lib.Bart.encode, context_input_ids, context_attention_mask)
-              if encoder_states is None else encoder_states)                   # [BZ, S, D]
-
     if kind == "soft":
+      states = call(bart_lib.Bart.encode, context_input_ids, context_attention_mask)
       mixed, mixed_mask = marginalize.soft_retrieval_mix(
           states.reshape(b, z, *states.shape[1:]), context_attention_mask.reshape(b, z, -1),
           doc_scores)
@@ -231,7 +230,12 @@ class RagModel:
       smooth_ll = jnp.sum(smooth * scored, axis=1) if smoothing else None
     else:
       dec_in = jnp.repeat(labels, z, axis=0)                                   # [BZ, T]
-      logits = call(bart_lib.Bart.decode, dec_in, states, context_attention_mask)
+      if decoder_cache is None:
+        states = call(bart_lib.Bart.encode, context_input_ids, context_attention_mask)
+        logits = call(bart_lib.Bart.decode, dec_in, states, context_attention_mask)
+      else:
+        logits, _ = call(bart_lib.Bart.decode_step, dec_in, decoder_cache,
+                         context_attention_mask)
       logits = logits.reshape(b, z, t, -1)                                     # [B, Z, T, V]
       lp, smooth = marginalize.target_log_probs(
           logits, jnp.broadcast_to(targets[:, None], (b, z, t)), with_smoothing=smoothing)
@@ -369,6 +373,23 @@ class RagModel:
       out[i, :len(h)] = h
     return out
 
+  def _score_cache_fn(self, params, context_input_ids, context_attention_mask, length: int,
+                      copies: int, z: int) -> bart_lib.DecoderCache:
+    """An empty decoding cache for `length` positions over [B * Z] contexts, each example's Z
+    rows repeated `copies` times (rows ordered example, copy, document)."""
+    g = {"params": params}
+    states = self.generator.apply(g, context_input_ids, context_attention_mask,
+                                  method=bart_lib.Bart.encode)
+    cache = self.generator.apply(g, states, length, method=bart_lib.Bart.init_cache)
+    b = context_input_ids.shape[0] // z
+
+    def rep(x):
+      if x.ndim == 0:
+        return x
+      x = jnp.repeat(x.reshape(b, 1, z, *x.shape[1:]), copies, axis=1)
+      return x.reshape(b * copies * z, *x.shape[3:])
+    return jax.tree.map(rep, cache)
+
   def _thorough(self, context_input_ids, context_attention_mask, doc_scores, *, num_beams,
                 num_return_sequences, processors, start_token_id, pad_token_id, length_penalty,
                 early_stopping) -> np.ndarray:
@@ -393,8 +414,10 @@ class RagModel:
     labels = seqs[:, :, :length].reshape(b * c, length)
     bos = g.bos_token_id if self.config.bos_token_id is None else self.config.bos_token_id
     drop_first = np.repeat([np.all(seqs[i, :, 1] == bos) for i in range(b)], c)
-    # One encoder pass over the B * Z contexts; every candidate reuses its example's states.
-    states = self._encode(self.params["generator"], ctx, jnp.asarray(context_attention_mask))
+    # One encoder pass and one cross-attention projection over the B * Z contexts; every
+    # candidate reuses its example's (a cache of C * Z rows per example, self-attention empty).
+    cache = self._score_cache(self.params["generator"], ctx, jnp.asarray(context_attention_mask),
+                              length, c, z)
     rep = lambda x: jnp.repeat(x.reshape(b, 1, z, *x.shape[1:]), c, axis=1).reshape(
         b * c * z, *x.shape[1:])
     nll = np.asarray(self._loss(
@@ -402,7 +425,7 @@ class RagModel:
         jnp.asarray(np.repeat(np.asarray(doc_scores, np.float32), c, axis=0)),
         jnp.asarray(labels), kind="sequence", epsilon=self.config.label_smoothing,
         exclude_bos_score=True, drop_first=jnp.asarray(drop_first),
-        encoder_states=rep(states))).reshape(b, c)
+        decoder_cache=cache)).reshape(b, c)
     hypos = []
     for i in range(b):
       # HF's per-example truncation, then deduplication keeping first occurrences.
