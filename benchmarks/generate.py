@@ -23,7 +23,7 @@ Each times one untimed warm-up call (for rag_jax: tracing and XLA compilation, r
 and questions/s. The summary gives the speedups HF / rag_jax and whether rag_jax's sequences
 equal HF's (token vs token, thorough vs thorough).
 
-    python benchmarks/generate.py                 # bart-base shapes, 3 repeats (~10 min)
+    python benchmarks/generate.py                 # bart-base shapes, 3 repeats (~13 min)
     python benchmarks/generate.py --repeats 1
     python benchmarks/generate.py --quick         # tiny shapes: a smoke test, seconds
 """
