@@ -79,13 +79,28 @@ def read_json(path: pathlib.Path) -> Dict[str, Any]:
     raise WeightsError(f"{path}: not valid JSON ({e})") from None
 
 
-class LazySafetensors(Mapping[str, np.ndarray]):
+class _KeyedState(Mapping[str, np.ndarray]):
+  """A read-only state dict whose keys are those of `self._index`; subclasses say how a
+  tensor is read."""
+  _index: Dict[str, Any]
+
+  def __iter__(self):
+    return iter(self._index)
+
+  def __len__(self) -> int:
+    return len(self._index)
+
+  def __contains__(self, key) -> bool:
+    return key in self._index
+
+
+class LazySafetensors(_KeyedState):
   """The tensors of safetensors files, read one at a time on access (memory stays at one
   tensor beyond what the caller keeps)."""
 
   def __init__(self, files):
     from safetensors import safe_open  # pylint: disable=import-outside-toplevel
-    self._handles, self._where = [], {}
+    self._handles, self._index = [], {}
     for f in files:
       try:
         handle = safe_open(str(f), framework="numpy")
@@ -94,10 +109,10 @@ class LazySafetensors(Mapping[str, np.ndarray]):
         raise WeightsError(f"{f}: unreadable safetensors file ({e})") from None
       self._handles.append((f, handle))
       for k in keys:
-        self._where[k] = len(self._handles) - 1
+        self._index[k] = len(self._handles) - 1
 
   def __getitem__(self, key: str) -> np.ndarray:
-    f, handle = self._handles[self._where[key]]
+    f, handle = self._handles[self._index[key]]
     try:
       return handle.get_tensor(key)
     except TypeError:
@@ -119,33 +134,15 @@ class LazySafetensors(Mapping[str, np.ndarray]):
       raw = fh.read(end - start)
     return np.frombuffer(raw, ml_dtypes.bfloat16).reshape(entry["shape"]).astype(np.float32)
 
-  def __iter__(self):
-    return iter(self._where)
 
-  def __len__(self) -> int:
-    return len(self._where)
-
-  def __contains__(self, key) -> bool:
-    return key in self._where
-
-
-class RenamedState(Mapping[str, np.ndarray]):
+class RenamedState(_KeyedState):
   """A state dict seen under other names ({new name: old name}), still read lazily."""
 
   def __init__(self, state: StateDict, names: Mapping[str, str]):
-    self._state, self._names = state, dict(names)
+    self._state, self._index = state, dict(names)
 
   def __getitem__(self, key: str) -> np.ndarray:
-    return self._state[self._names[key]]
-
-  def __iter__(self):
-    return iter(self._names)
-
-  def __len__(self) -> int:
-    return len(self._names)
-
-  def __contains__(self, key) -> bool:
-    return key in self._names
+    return self._state[self._index[key]]
 
 
 def read_state_dict(directory: pathlib.Path) -> Mapping[str, np.ndarray]:

@@ -230,7 +230,19 @@ def _sharded_top_k(queries: Array, emb: Array, k: int, *, top_k, num_valid: int,
 # Backends.
 
 
-class ExactSearch:
+class _OnDevice:
+  """What the two on-device backends share: they search through a `_DeviceIndex`."""
+  _index: _DeviceIndex
+
+  def __len__(self) -> int:
+    return self._index.num
+
+  def search(self, queries, k: int) -> Result:
+    """queries [B, D] -> scores [B, k] float32, ids [B, k] int64, best first."""
+    return self._index.search(queries, k)
+
+
+class ExactSearch(_OnDevice):
   """Exact maximum inner product search on device; the reference for the other backends.
 
   Memory beyond the embeddings is O(B * chunk_size) scores. With a mesh, the embeddings are
@@ -257,20 +269,13 @@ class ExactSearch:
                                dtype=self.dtype, mesh=mesh, axis_name=axis_name)
     self.num_shards = self._index.num_shards
 
-  def __len__(self) -> int:
-    return self._index.num
-
-  def search(self, queries, k: int) -> Result:
-    """queries [B, D] -> scores [B, k] float32, ids [B, k] int64, best first."""
-    return self._index.search(queries, k)
-
   def params(self) -> Dict[str, Any]:
     """The keyword arguments that rebuild this search. The mesh is placement, not a
     parameter: it does not change the results, and `num_shards` says what it was."""
     return {"chunk_size": self.chunk_size, "dtype": self.dtype, "axis_name": self.axis_name}
 
 
-class ApproxSearch:
+class ApproxSearch(_OnDevice):
   """Approximate top-k with `jax.lax.approx_max_k` (TPU-KNN, Chern et al. 2022).
 
   On TPU the partial reduction fuses with the matmul; on CPU and GPU it is an exact top-k.
@@ -299,13 +304,6 @@ class ApproxSearch:
     self._index = _DeviceIndex(embeddings, select=select, chunk_size=chunk_size,
                                dtype=self.dtype, mesh=mesh, axis_name=axis_name)
     self.num_shards = self._index.num_shards
-
-  def __len__(self) -> int:
-    return self._index.num
-
-  def search(self, queries, k: int) -> Result:
-    """queries [B, D] -> scores [B, k] float32, ids [B, k] int64, best first."""
-    return self._index.search(queries, k)
 
   def params(self) -> Dict[str, Any]:
     return {"recall_target": self.recall_target, "chunk_size": self.chunk_size,
