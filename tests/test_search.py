@@ -1,6 +1,7 @@
 """Search backends: exact against numpy, sharded against one device, approximate by recall."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -161,15 +162,16 @@ def test_approx_recall(rng):
 
 
 @pytest.mark.parametrize("params", [
-    {},                                             # N = 20,000: hashing + rescoring, no tree
-    {"num_leaves": 141, "num_leaves_to_search": 15},  # the tree used above 100,000 rows
+    {},                                    # N = 20,000: a tree of 226 leaves, tuned to 0.95
+    {"num_leaves": 141, "num_leaves_to_search": 15},  # a tree searched as told
+    {"num_leaves": 0},                                # hashing + rescoring, no tree
 ])
 def test_scann_recall(corpus, params):
   embeddings, queries, exact = corpus
   scann = search.ScannSearch(embeddings, **params)
   resolved = scann.params()
   assert not resolved["brute_force"] and resolved["reorder"] == 100
-  assert resolved["num_leaves"] == params.get("num_leaves", 0)
+  assert resolved["num_leaves"] == params.get("num_leaves", 226)
   recall = search.measure_recall(scann, exact, queries, 10)
   print(f"scann {params or 'defaults'} recall@10: {recall:.4f}")
   assert recall >= 0.9
@@ -196,6 +198,49 @@ def test_scann_save_load_round_trip(corpus, tmp_path):
     scann.save(tmp_path / "index")
   with pytest.raises(ValueError, match="not a saved ScaNN index"):
     search.ScannSearch.load(tmp_path, embeddings)
+
+
+def test_scann_tunes_leaves_to_a_recall_target(rng, caplog):
+  # Unclustered data, so that the leaves searched matter (clustered data needs one or two).
+  both = rng.standard_normal((20_200, 16)).astype(np.float32)
+  embeddings, queries = both[:20_000], both[20_000:]
+  exact = search.ExactSearch(embeddings)
+  rows = np.sort(np.random.default_rng(0).choice(len(embeddings), 1000, replace=False))
+  want = search._drop_self(exact.search(embeddings[rows], 11)[1], rows, 10)
+
+  def tuning_recall(scann):
+    got = search._drop_self(scann.search(embeddings[rows], 11)[1], rows, 10)
+    return (want[:, :, None] == got[:, None, :]).any(-1).mean()
+
+  scann = search.ScannSearch(embeddings, num_leaves=200, recall_target=0.9)
+  params = scann.params()
+  leaves = params["num_leaves_to_search"]
+  assert 1 < leaves < 200 and params["recall_target"] == 0.9
+  assert params["tuned_recall"] >= 0.9
+  assert tuning_recall(scann) == pytest.approx(params["tuned_recall"], abs=1e-4)
+  scann.num_leaves_to_search = leaves - 1  # the fewest: one leaf fewer misses the target
+  assert tuning_recall(scann) < 0.9
+  scann.num_leaves_to_search = leaves
+  # Held-out queries get about the recall it was tuned to.
+  recall = search.measure_recall(scann, exact, queries, 10)
+  print(f"scann tuned to 0.9: {leaves} of 200 leaves, tuned recall "
+        f"{params['tuned_recall']:.4f}, held-out recall@10 {recall:.4f}")
+  assert recall >= 0.87
+  # Rebuilding from params() keeps the tuned count instead of tuning again.
+  assert search.ScannSearch(embeddings, **params).params() == params
+
+  # Out of reach (hashing + 100 rescored rows stop short of it): every leaf, and a warning.
+  with caplog.at_level(logging.WARNING):
+    assert scann.tune(embeddings, 0.999) < 0.999
+  assert scann.num_leaves_to_search == 200 and "not reached" in caplog.text
+  with pytest.raises(ValueError, match="recall_target must be in"):
+    scann.tune(embeddings, 1.5)
+
+
+def test_drop_self_removes_the_query_row_or_the_last_id():
+  ids = np.array([[5, 7, 9], [1, 2, 3], [4, 8, 0]])
+  np.testing.assert_array_equal(search._drop_self(ids, np.array([7, 6, 0]), 2),
+                                [[5, 9], [1, 2], [4, 8]])
 
 
 def test_scann_small_corpus_is_brute_force(rng):

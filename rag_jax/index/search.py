@@ -26,6 +26,7 @@ is what `marginalize` reads as a missing document.
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import pathlib
@@ -331,13 +332,19 @@ def measure_recall(backend, reference, queries, k: int) -> float:
 # ScaNN.
 
 SCANN_META = "rag_jax_scann.json"
-SCANN_FORMAT = "rag_jax.scann.v1"
-# ScaNN's rules of thumb (scann/docs/algorithms.md): brute force below 20k points, hashing
-# with rescoring below 100k, and a partitioning tree of about sqrt(N) leaves above that.
-SCANN_BRUTE_FORCE_BELOW = 20_000
-SCANN_TREE_FROM = 100_000
+SCANN_FORMAT = "rag_jax.scann.v2"  # v2: spherical, training_iterations, tuning
+# ScaNN's rules of thumb (scann/docs/algorithms.md) are brute force below 20k points,
+# hashing with rescoring below 100k and a tree of about sqrt(N) leaves above. Since the
+# leaves searched are tuned to a recall target here, the tree already pays from a few
+# thousand rows (9k MiniLM vectors: 3x the QPS of brute force); below, brute force is exact.
+SCANN_TREE_FROM = 5_000
+# Leaves per sqrt(N). On GloVe-400k, 1.6 sqrt(N) leaves reached recall@10 0.95 at the highest
+# QPS of the 1-3 sqrt(N) tried (benchmarks/ann.py); more leaves also cost build time.
+SCANN_LEAVES_PER_SQRT_N = 1.6
 # The anisotropic threshold ScaNN recommends for unit-norm data, as a fraction of the norm.
 SCANN_RELATIVE_THRESHOLD = 0.2
+# Rows used as queries when `num_leaves_to_search` is tuned to a recall target.
+SCANN_TUNING_QUERIES = 1000
 
 
 def _import_scann():
@@ -346,6 +353,14 @@ def _import_scann():
   except ImportError as e:
     raise MissingDependencyError(f"ScannSearch needs scann ({e}); pip install scann") from None
   return scann
+
+
+def _drop_self(ids: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+  """ids [B, k + 1] -> [B, k]: each query row's own id removed (or else its last id), so that
+  rows of the index can stand in for held-out queries."""
+  own = ids == rows[:, None]
+  own[:, -1] |= ~own.any(axis=1)
+  return ids[~own].reshape(len(ids), k)
 
 
 class ScannSearch:
@@ -357,10 +372,13 @@ class ScannSearch:
   Parameters left as None are chosen from N (and k) when the index is built; `params()`
   returns the resolved values, so `ScannSearch(embeddings, **s.params())` builds the same:
 
-    brute_force      N < 20,000: score every row exactly, no tree and no hashing.
-    num_leaves       round(sqrt(N)) for N >= 100,000, else 0 (no partitioning).
+    brute_force      N < 5,000: score every row exactly, no tree and no hashing.
+    num_leaves       round(1.6 sqrt(N)) unless brute force, else 0 (no partitioning).
+    spherical        a spherical k-means tree when the rows have unit norm (within 1e-3),
+                     a Euclidean one otherwise.
     num_leaves_to_search
-                     ceil(num_leaves / 10): a tenth of the data is scored per query.
+                     tuned when the index is built: the fewest leaves whose recall@k reaches
+                     `recall_target` (see `tune`). The recall it measured is `tuned_recall`.
     reorder          rows rescored exactly after hashing: 0 with brute force (already exact),
                      else max(100, 10 * k), at most N. A search for a larger k scales it.
     anisotropic_quantization_threshold
@@ -368,7 +386,8 @@ class ScannSearch:
                      anisotropic weight depends on threshold / norm. Only used with hashing.
     training_sample_size
                      rows sampled to train the tree and the hash codebooks:
-                     min(N, max(100,000, 50 * num_leaves)).
+                     min(N, max(250,000, 100 * num_leaves)); the tree runs
+                     `training_iterations` (20) rounds of k-means.
 
   Search runs on all host cores (`search_batched_parallel`). Rows ScaNN does not reach (a
   query whose searched leaves hold fewer than k rows) come back as id -1, score -inf.
@@ -378,18 +397,23 @@ class ScannSearch:
 
   def __init__(self, embeddings, *, k: int = 10, brute_force: Optional[bool] = None,
                num_leaves: Optional[int] = None, num_leaves_to_search: Optional[int] = None,
-               reorder: Optional[int] = None, dimensions_per_block: int = 2,
+               recall_target: float = 0.95, reorder: Optional[int] = None,
+               dimensions_per_block: int = 2, spherical: Optional[bool] = None,
                anisotropic_quantization_threshold: Optional[float] = None,
-               training_sample_size: Optional[int] = None,
-               measured_recall: Optional[float] = None):
+               training_sample_size: Optional[int] = None, training_iterations: int = 20,
+               tuned_recall: Optional[float] = None, measured_recall: Optional[float] = None):
     """
     Args:
       embeddings: [N, D] float; copied into ScaNN as float32.
       k: the number of neighbours the searcher is tuned for (sets the default `reorder`).
-      brute_force, num_leaves, num_leaves_to_search, reorder,
+      brute_force, num_leaves, num_leaves_to_search, reorder, spherical,
       anisotropic_quantization_threshold, training_sample_size: see the class docstring;
         None chooses from the data.
+      recall_target: the recall@k that the tuned `num_leaves_to_search` reaches on the
+        tuning queries; only used when there is a tree and `num_leaves_to_search` is None.
       dimensions_per_block: dimensions per hashing block; 2 is ScaNN's recommendation.
+      training_iterations: k-means rounds for the tree.
+      tuned_recall: the recall the tuning measured (kept as a record when rebuilding).
       measured_recall: a recall measured earlier for this configuration, kept as a record.
     """
     scann = _import_scann()
@@ -397,17 +421,25 @@ class ScannSearch:
     data = np.ascontiguousarray(np.asarray(embeddings, np.float32))
     self._resolve(data, k=k, brute_force=brute_force, num_leaves=num_leaves,
                   num_leaves_to_search=num_leaves_to_search, reorder=reorder,
-                  dimensions_per_block=dimensions_per_block,
+                  dimensions_per_block=dimensions_per_block, spherical=spherical,
                   threshold=anisotropic_quantization_threshold,
-                  training_sample_size=training_sample_size)
+                  training_sample_size=training_sample_size,
+                  training_iterations=training_iterations)
+    if not 0.0 < recall_target <= 1.0:
+      raise ValueError(f"recall_target must be in (0, 1], got {recall_target!r}")
+    self.recall_target = float(recall_target)
+    self.tuned_recall = tuned_recall
     self.measured_recall = measured_recall
     self._fingerprint = _fingerprint(data)  # For `save`: which embeddings this indexes.
 
     builder = scann.scann_ops_pybind.builder(data, self.k, "dot_product")
     if self.num_leaves:
       builder = builder.tree(num_leaves=self.num_leaves,
-                             num_leaves_to_search=self.num_leaves_to_search,
-                             training_sample_size=self.training_sample_size)
+                             # A placeholder when tuning follows: searches pass their own.
+                             num_leaves_to_search=self.num_leaves_to_search or 1,
+                             training_sample_size=self.training_sample_size,
+                             training_iterations=self.training_iterations,
+                             spherical=self.spherical)
     if self.brute_force:
       builder = builder.score_brute_force()
     else:
@@ -418,10 +450,58 @@ class ScannSearch:
     if self.reorder:
       builder = builder.reorder(self.reorder)
     self._searcher = builder.build()
+    if self.num_leaves and not self.num_leaves_to_search:
+      self.tune(data, self.recall_target)
+
+  def tune(self, embeddings, recall_target: float) -> float:
+    """Sets `num_leaves_to_search` to the fewest leaves whose recall@k reaches `recall_target`
+    (all leaves if none does) and returns the recall measured there (also `tuned_recall`).
+
+    The tuning queries are `SCANN_TUNING_QUERIES` rows of `embeddings` (the matrix this was
+    built from) taken as held-out queries: each row's own id is dropped from both its exact
+    and its ScaNN neighbours before comparing the top k. Recall grows with the leaves
+    searched, so a bisection over [1, num_leaves] finds the count in about log2(L) passes.
+    """
+    if not self.num_leaves:
+      raise ValueError("tune needs a tree (num_leaves > 0); this searcher has none")
+    if not 0.0 < recall_target <= 1.0:
+      raise ValueError(f"recall_target must be in (0, 1], got {recall_target!r}")
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.choice(self.num, min(SCANN_TUNING_QUERIES, self.num), replace=False))
+    queries = np.ascontiguousarray(np.asarray(embeddings[rows], np.float32))
+    k = min(self.k, self.num - 1)
+    want = _drop_self(ExactSearch(embeddings).search(queries, k + 1)[1], rows, k)
+
+    def recall(leaves: int) -> float:
+      self.num_leaves_to_search = leaves
+      got = _drop_self(self.search(queries, k + 1)[1], rows, k)
+      return float((want[:, :, None] == got[:, None, :]).any(-1).mean())
+
+    low, high = 1, self.num_leaves
+    measured = {high: recall(high)}
+    if measured[high] >= recall_target:
+      while low < high:  # Invariant: `high` reaches the target.
+        mid = (low + high) // 2
+        measured[mid] = recall(mid)
+        if measured[mid] >= recall_target:
+          high = mid
+        else:
+          low = mid + 1
+    self.num_leaves_to_search, self.recall_target = high, float(recall_target)
+    self.tuned_recall = round(measured[high], 4)
+    if self.tuned_recall < recall_target:
+      logging.warning("scann: recall@%d target %.3f not reached with all %d leaves (%.4f); "
+                      "a larger `reorder` or `dimensions_per_block=1` rescores more exactly",
+                      k, recall_target, self.num_leaves, self.tuned_recall)
+    return self.tuned_recall
 
   def _resolve(self, data: np.ndarray, *, k, brute_force, num_leaves, num_leaves_to_search,
-               reorder, dimensions_per_block, threshold, training_sample_size) -> None:
-    """Sets the parameters, choosing the ones left as None (see the class docstring)."""
+               reorder, dimensions_per_block, spherical, threshold, training_sample_size,
+               training_iterations) -> None:
+    """Sets the parameters, choosing the ones left as None (see the class docstring).
+
+    `num_leaves_to_search` stays None when it is to be tuned after the build.
+    """
     n = self.num
 
     def check(name, value, low):
@@ -430,31 +510,35 @@ class ScannSearch:
       return int(value)
 
     self.k = min(check("k", k, 1), n)
-    self.brute_force = bool(n < SCANN_BRUTE_FORCE_BELOW if brute_force is None
-                            else brute_force)
+    self.brute_force = bool(n < SCANN_TREE_FROM if brute_force is None else brute_force)
     if num_leaves is None:
-      num_leaves = round(math.sqrt(n)) if n >= SCANN_TREE_FROM else 0
+      num_leaves = 0 if self.brute_force else round(SCANN_LEAVES_PER_SQRT_N * math.sqrt(n))
     self.num_leaves = check("num_leaves", num_leaves, 0)
     if self.num_leaves > n:
       raise ValueError(f"num_leaves={self.num_leaves} exceeds the {n} embeddings")
-    if num_leaves_to_search is None:
-      num_leaves_to_search = math.ceil(self.num_leaves / 10)
-    self.num_leaves_to_search = min(
-        check("num_leaves_to_search", num_leaves_to_search, 1 if self.num_leaves else 0),
-        self.num_leaves)
+    if not self.num_leaves:
+      num_leaves_to_search = 0
+    elif num_leaves_to_search is not None:
+      num_leaves_to_search = min(check("num_leaves_to_search", num_leaves_to_search, 1),
+                                 self.num_leaves)
+    self.num_leaves_to_search = num_leaves_to_search
     if reorder is None:
       reorder = 0 if self.brute_force else max(100, 10 * self.k)
     self.reorder = min(check("reorder", reorder, 0), n)
     self.dimensions_per_block = check("dimensions_per_block", dimensions_per_block, 1)
+    sample = data[np.linspace(0, n - 1, min(n, 10_000)).astype(np.int64)]
+    norms = np.linalg.norm(sample, axis=1)
+    self.spherical = bool(np.all(np.abs(norms - 1.0) < 1e-3) if spherical is None
+                          else spherical)
     if self.brute_force:
       threshold = None
     elif threshold is None:
-      sample = data[np.linspace(0, n - 1, min(n, 10_000)).astype(np.int64)]
-      threshold = SCANN_RELATIVE_THRESHOLD * float(np.median(np.linalg.norm(sample, axis=1)))
+      threshold = SCANN_RELATIVE_THRESHOLD * float(np.median(norms))
     self.anisotropic_quantization_threshold = None if threshold is None else float(threshold)
     if training_sample_size is None:
-      training_sample_size = min(n, max(100_000, 50 * self.num_leaves))
+      training_sample_size = min(n, max(250_000, 100 * self.num_leaves))
     self.training_sample_size = check("training_sample_size", training_sample_size, 1)
+    self.training_iterations = check("training_iterations", training_iterations, 1)
 
   def __len__(self) -> int:
     return self.num
@@ -469,7 +553,8 @@ class ScannSearch:
     # fewer would cost recall).
     pre = max(self.reorder, math.ceil(self.reorder * k / self.k)) if self.reorder else None
     ids, scores = self._searcher.search_batched_parallel(
-        queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre)
+        queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre,
+        leaves_to_search=self.num_leaves_to_search or None)
     ids, scores = np.asarray(ids).astype(np.int64), np.asarray(scores, np.float32)
     # Slots ScaNN could not fill hold id 0 and a NaN distance.
     missing = np.isnan(scores)
@@ -477,10 +562,13 @@ class ScannSearch:
 
   def params(self) -> Dict[str, Any]:
     return {"k": self.k, "brute_force": self.brute_force, "num_leaves": self.num_leaves,
-            "num_leaves_to_search": self.num_leaves_to_search, "reorder": self.reorder,
-            "dimensions_per_block": self.dimensions_per_block,
+            "num_leaves_to_search": self.num_leaves_to_search,
+            "recall_target": self.recall_target, "tuned_recall": self.tuned_recall,
+            "reorder": self.reorder, "dimensions_per_block": self.dimensions_per_block,
+            "spherical": self.spherical,
             "anisotropic_quantization_threshold": self.anisotropic_quantization_threshold,
             "training_sample_size": self.training_sample_size,
+            "training_iterations": self.training_iterations,
             "measured_recall": self.measured_recall}
 
   def save(self, directory: str | os.PathLike) -> None:
