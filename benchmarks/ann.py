@@ -158,7 +158,8 @@ def settings(num: int):
        + [(f"tuned to recall {r}", {"tune": r}) for r in (0.96, 0.97) if retune]),
       # ef_search is read at each search: the graph (the slow part) is built once.
       ("faiss_hnsw", {"m": 32, "ef_construction": 200},
-       [(f"M32 efC200 ef{ef}", {"ef_search": ef}) for ef in (16, 24, 32, 40, 48, 56, 64, 96, 128, 256)]),
+       [(f"M32 efC200 ef{ef}", {"ef_search": ef})
+        for ef in (16, 24, 32, 40, 48, 56, 64, 96, 128, 256)]),
   ]
 
 

@@ -273,9 +273,10 @@ class RagModel:
            kind: str = "token", epsilon: Optional[float] = None,
            exclude_bos_score: Optional[bool] = None) -> Array:
     """`loss_fn` with the model's params, jitted; [B] per-example NLL."""
-    return self._loss(self.params, jnp.asarray(context_input_ids), jnp.asarray(context_attention_mask),
-              jnp.asarray(doc_scores), jnp.asarray(labels), kind=kind, epsilon=epsilon,
-              exclude_bos_score=exclude_bos_score)
+    return self._loss(self.params, jnp.asarray(context_input_ids),
+                      jnp.asarray(context_attention_mask), jnp.asarray(doc_scores),
+                      jnp.asarray(labels), kind=kind, epsilon=epsilon,
+                      exclude_bos_score=exclude_bos_score)
 
   def generate(self, context_input_ids, context_attention_mask, doc_scores, *,
                kind: str = "token", decoding: Optional[str] = None, **options) -> np.ndarray:
@@ -408,10 +409,23 @@ class RagModel:
         self.generator, self.params["generator"], ctx, None, num_beams=num_beams,
         processors=processors, start_token_id=start_token_id, pad_token_id=pad_token_id,
         length_penalty=length_penalty, early_stopping=early_stopping)
-    seqs = np.asarray(seqs).reshape(b, z * num_beams, -1)         # [B, C, L], doc-major
+    seqs = np.asarray(seqs).reshape(b, z * num_beams, -1)         # [B, Z * beams, L], doc-major
     gen_len = np.asarray(gen_len).reshape(b, z * num_beams)
-    c, length = seqs.shape[1], 1 + int(gen_len.max())
-    labels = seqs[:, :, :length].reshape(b * c, length)
+    length = 1 + int(gen_len.max())
+    # HF's per-example truncation, then deduplication keeping first occurrences: only the
+    # distinct candidates are scored (beams under different documents often agree).
+    uniques = []
+    for i in range(b):
+      first = {}
+      for j, row in enumerate(seqs[i, :, :1 + int(gen_len[i].max())]):
+        first.setdefault(tuple(row), j)
+      uniques.append(list(first.values()))
+    # Candidates per example, padded with repeats of the first; rounded up to a power of two
+    # (at most Z * beams) so that few shapes are compiled.
+    c = min(z * num_beams, 1 << (max(map(len, uniques)) - 1).bit_length())
+    picked = np.array([u + u[:1] * (c - len(u)) for u in uniques])           # [B, C]
+    cands = np.take_along_axis(seqs[:, :, :length], picked[:, :, None], axis=1)  # [B, C, T]
+    labels = cands.reshape(b * c, length)
     bos = g.bos_token_id if self.config.bos_token_id is None else self.config.bos_token_id
     drop_first = np.repeat([np.all(seqs[i, :, 1] == bos) for i in range(b)], c)
     # One encoder pass and one cross-attention projection over the B * Z contexts; every
@@ -428,13 +442,9 @@ class RagModel:
         decoder_cache=cache)).reshape(b, c)
     hypos = []
     for i in range(b):
-      # HF's per-example truncation, then deduplication keeping first occurrences.
-      rows = seqs[i, :, :1 + int(gen_len[i].max())]
-      first = {}
-      for j, r in enumerate(rows):
-        first.setdefault(tuple(r), j)
-      order = sorted(first.values(), key=lambda j: nll[i, j])[:num_return_sequences]
-      hypos.extend(rows[j] for j in order)
+      n = len(uniques[i])  # the distinct candidates, in first-occurrence order
+      order = sorted(range(n), key=lambda j: nll[i, j])[:num_return_sequences]
+      hypos.extend(cands[i, j, :1 + int(gen_len[i].max())] for j in order)
     out = np.full((len(hypos), max(len(h) for h in hypos)), g.pad_token_id, np.int32)
     for i, h in enumerate(hypos):
       out[i, :len(h)] = h
