@@ -35,6 +35,9 @@ KINDS = ("token", "sequence", "soft")
 GENERATION_DEFAULTS = {"max_length": 20, "min_length": 0, "num_beams": 1,
                        "num_return_sequences": 1, "no_repeat_ngram_size": 0,
                        "bad_words_ids": None, "length_penalty": 1.0, "early_stopping": False}
+# Decoder rows per call of thorough decoding's scoring pass (candidates x documents): it bounds
+# the [rows, T, vocab] logits that pass holds (128 x 21 x 50,265 float32: 0.5 GB).
+THOROUGH_SCORE_ROWS = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,26 +423,31 @@ class RagModel:
       for j, row in enumerate(seqs[i, :, :1 + int(gen_len[i].max())]):
         first.setdefault(tuple(row), j)
       uniques.append(list(first.values()))
-    # Candidates per example, padded with repeats of the first; rounded up to a power of two
-    # (at most Z * beams) so that few shapes are compiled.
+    # Candidates per example, padded with repeats of the first to C, scored `chunk` per example
+    # at a time: one call holds [B * chunk * Z, T, vocab] logits, at most THOROUGH_SCORE_ROWS
+    # decoder rows (or one candidate per example), however many candidates there are. Both
+    # are powers of two (C at most Z * beams, unless that is not a multiple of the chunk), so
+    # few shapes are compiled.
     c = min(z * num_beams, 1 << (max(map(len, uniques)) - 1).bit_length())
+    chunk = min(c, 1 << max(0, (THOROUGH_SCORE_ROWS // (b * z)).bit_length() - 1))
+    c = -(-c // chunk) * chunk
     picked = np.array([u + u[:1] * (c - len(u)) for u in uniques])           # [B, C]
     cands = np.take_along_axis(seqs[:, :, :length], picked[:, :, None], axis=1)  # [B, C, T]
-    labels = cands.reshape(b * c, length)
     bos = g.bos_token_id if self.config.bos_token_id is None else self.config.bos_token_id
-    drop_first = np.repeat([np.all(seqs[i, :, 1] == bos) for i in range(b)], c)
-    # One encoder pass and one cross-attention projection over the B * Z contexts; every
-    # candidate reuses its example's (a cache of C * Z rows per example, self-attention empty).
-    cache = self._score_cache(self.params["generator"], ctx, jnp.asarray(context_attention_mask),
-                              length, c, z)
-    rep = lambda x: jnp.repeat(x.reshape(b, 1, z, *x.shape[1:]), c, axis=1).reshape(
-        b * c * z, *x.shape[1:])
-    nll = np.asarray(self._loss(
-        self.params, None, rep(jnp.asarray(context_attention_mask)),
-        jnp.asarray(np.repeat(np.asarray(doc_scores, np.float32), c, axis=0)),
-        jnp.asarray(labels), kind="sequence", epsilon=self.config.label_smoothing,
-        exclude_bos_score=True, drop_first=jnp.asarray(drop_first),
-        decoder_cache=cache)).reshape(b, c)
+    drop_first = jnp.asarray(np.repeat([np.all(seqs[i, :, 1] == bos) for i in range(b)], chunk))
+    # One encoder pass and one cross-attention projection over the B * Z contexts; every chunk
+    # of candidates reuses it (a cache of chunk * Z rows per example, self-attention empty).
+    mask = jnp.asarray(context_attention_mask)
+    cache = self._score_cache(self.params["generator"], ctx, mask, length, chunk, z)
+    mask = jnp.repeat(mask.reshape(b, 1, z, -1), chunk, axis=1).reshape(b * chunk * z, -1)
+    scores = jnp.asarray(np.repeat(np.asarray(doc_scores, np.float32), chunk, axis=0))
+    nll = np.empty((b, c), np.float32)
+    for start in range(0, c, chunk):
+      labels = jnp.asarray(cands[:, start:start + chunk].reshape(b * chunk, length))
+      nll[:, start:start + chunk] = np.asarray(self._loss(
+          self.params, None, mask, scores, labels, kind="sequence",
+          epsilon=self.config.label_smoothing, exclude_bos_score=True, drop_first=drop_first,
+          decoder_cache=cache)).reshape(b, chunk)
     hypos = []
     for i in range(b):
       n = len(uniques[i])  # the distinct candidates, in first-occurrence order

@@ -8,6 +8,7 @@ import torch
 
 from conftest import padded_batch
 from rag_jax import decoding
+from rag_jax import rag
 from rag_jax.rag import RagModel
 from test_rag import G, PAD, _save_rag
 
@@ -130,9 +131,12 @@ def test_beam_search_finds_the_best_path_greedy_misses():
   assert t[1, 3] + t[3, 4] + t[4, eos] > t[1, 2] + t[2, 4] + t[4, eos]  # the greedy path loses
 
 
+# score_rows 1: the scoring pass goes one candidate per example at a time.
+@pytest.mark.parametrize("score_rows", [rag.THOROUGH_SCORE_ROWS, 1])
 @pytest.mark.parametrize("num_beams, n_docs, num_return", [(2, 3, 1), (3, 2, 2), (4, 5, 3)])
-def test_rag_sequence_thorough_matches_hf_generate(tmp_path, rng, num_beams, n_docs,
-                                                   num_return):
+def test_rag_sequence_thorough_matches_hf_generate(tmp_path, rng, monkeypatch, num_beams,
+                                                   n_docs, num_return, score_rows):
+  monkeypatch.setattr(rag, "THOROUGH_SCORE_ROWS", score_rows)
   hf = _save_rag(tmp_path, "sequence", n_docs, seed=30 + n_docs)
   model = RagModel.from_pretrained(tmp_path)
   b = 3
