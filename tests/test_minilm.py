@@ -46,3 +46,17 @@ def test_minilm_matches_sentence_transformers(minilm_dir):
   # And the embedding means something: the question is closest to its answer.
   sims = out[0] @ out[1:4].T
   assert np.argmax(sims) == 0 and sims[0] > 0.5
+
+
+def test_micro_batches_give_the_same_vectors(minilm_dir):
+  texts = [f"{s} ({i})" for i in range(5) for s in SENTENCES]  # several batches of 16
+  encoder = TextEncoder.from_pretrained(minilm_dir, batch_size=16)
+  assert encoder._rows_at_a_time(16) == 8  # a single CPU device: 8 rows at a time
+  assert encoder._rows_at_a_time(12) == 12  # 8 does not divide 12: the whole batch
+  out = encoder.encode(texts)
+  for micro_batch in (0, 4, 16):
+    encoder.micro_batch = micro_batch
+    assert encoder._rows_at_a_time(16) == (micro_batch if 0 < micro_batch < 16 else 16)
+    np.testing.assert_allclose(encoder.encode(texts), out, atol=1e-6)
+  ref = sentence_transformers.SentenceTransformer(str(minilm_dir), device="cpu").encode(texts)
+  assert max_abs(out, ref) < 1e-4
