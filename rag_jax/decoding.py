@@ -259,6 +259,18 @@ def beam_search(step: Callable, cache: Any, *, batch: int, num_beams: int,
   return final.seqs, final.scores, final.gen_len
 
 
+def expand_rows(tree: Any, batch: int, copies: int, group: int = 1) -> Any:
+  """Repeats rows for beams or candidates: every leaf with a leading axis of batch * group
+  rows (example-major, `group` rows per example) -> batch * copies * group rows, ordered
+  (example, copy, row of the group). Scalars and None pass through."""
+  def expand(x):
+    if x is None or x.ndim == 0:
+      return x
+    x = x.reshape(batch, 1, group, *x.shape[1:])
+    return jnp.repeat(x, copies, axis=1).reshape(batch * copies * group, *x.shape[3:])
+  return jax.tree.map(expand, tree, is_leaf=lambda x: x is None)
+
+
 def reorder_decoder_cache(cache: bart_lib.DecoderCache, rows: Array,
                           group: int = 1) -> bart_lib.DecoderCache:
   """Beam reordering of a BART cache: only the self-attention buffers move. The projected
@@ -289,11 +301,10 @@ def rag_token_beam(generator: bart_lib.Bart, params, context_input_ids: Array,
   b, z = doc_scores.shape
   states = generator.apply({"params": params}, context_input_ids, context_attention_mask,
                            method=bart_lib.Bart.encode)                        # [B*Z, S, D]
-  expand = lambda x: jnp.repeat(x.reshape(b, 1, z, *x.shape[1:]), num_beams, axis=1).reshape(
-      b * num_beams * z, *x.shape[1:])
-  states, mask = expand(states), expand(context_attention_mask)
+  # Cross-attention keys and values are projected once per document, then copied per beam.
   cache = generator.apply({"params": params}, states, processors.max_length - 1,
                           method=bart_lib.Bart.init_cache)
+  cache, mask = expand_rows((cache, context_attention_mask), b, num_beams, z)  # [B*K*Z, ...]
   step = rag_token_step(generator, params, mask, jnp.repeat(doc_scores, num_beams, axis=0))
   return beam_search(step, cache, batch=b, num_beams=num_beams, start_token_id=start_token_id,
                      pad_token_id=pad_token_id, processors=processors,
@@ -322,10 +333,10 @@ def bart_beam(generator: bart_lib.Bart, params, input_ids: Array,
   n = input_ids.shape[0]
   states = generator.apply({"params": params}, input_ids, attention_mask,
                            method=bart_lib.Bart.encode)
-  states = jnp.repeat(states, num_beams, axis=0)                               # [N*K, S, D]
-  mask = None if attention_mask is None else jnp.repeat(attention_mask, num_beams, axis=0)
+  # Cross-attention keys and values are projected once per input, then copied per beam.
   cache = generator.apply({"params": params}, states, processors.max_length - 1,
                           method=bart_lib.Bart.init_cache)
+  cache, mask = expand_rows((cache, attention_mask), n, num_beams)             # [N*K, ...]
   return beam_search(bart_step(generator, params, mask), cache, batch=n, num_beams=num_beams,
                      start_token_id=start_token_id, pad_token_id=pad_token_id,
                      processors=processors, length_penalty=length_penalty,

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rag_jax import decoding as decoding_lib
 from rag_jax import marginalize
 from rag_jax import weights
 from rag_jax.models import bart as bart_lib
@@ -311,7 +312,6 @@ class RagModel:
   def _generate(self, context_input_ids, context_attention_mask, doc_scores, *, kind, decoding,
                 num_beams, num_return_sequences, max_length, min_length, no_repeat_ngram_size,
                 bad_words_ids, length_penalty, early_stopping) -> np.ndarray:
-    from rag_jax import decoding as decoding_lib  # pylint: disable=import-outside-toplevel
     supported = {("token", "greedy"), ("token", "beam"), ("sequence", "thorough"),
                  ("sequence", "fast")}
     if (kind, decoding) not in supported:
@@ -356,7 +356,6 @@ class RagModel:
             early_stopping) -> np.ndarray:
     """RAG-Sequence fast decoding: beam search under every document (with the contexts'
     masks), then decoding.fast_select: no forced-decoding pass."""
-    from rag_jax import decoding as decoding_lib  # pylint: disable=import-outside-toplevel
     b, z = np.shape(doc_scores)
     seqs, scores, gen_len = decoding_lib.bart_beam(
         self.generator, self.params["generator"], jnp.asarray(context_input_ids),
@@ -385,14 +384,7 @@ class RagModel:
     states = self.generator.apply(g, context_input_ids, context_attention_mask,
                                   method=bart_lib.Bart.encode)
     cache = self.generator.apply(g, states, length, method=bart_lib.Bart.init_cache)
-    b = context_input_ids.shape[0] // z
-
-    def rep(x):
-      if x.ndim == 0:
-        return x
-      x = jnp.repeat(x.reshape(b, 1, z, *x.shape[1:]), copies, axis=1)
-      return x.reshape(b * copies * z, *x.shape[3:])
-    return jax.tree.map(rep, cache)
+    return decoding_lib.expand_rows(cache, context_input_ids.shape[0] // z, copies, z)
 
   def _thorough(self, context_input_ids, context_attention_mask, doc_scores, *, num_beams,
                 num_return_sequences, processors, start_token_id, pad_token_id, length_penalty,
@@ -404,7 +396,6 @@ class RagModel:
     As HF, the per-document beam search runs the encoder without the contexts' attention mask
     (HF passes attention_mask=None to it), and the scoring pass with it.
     """
-    from rag_jax import decoding as decoding_lib  # pylint: disable=import-outside-toplevel
     g = self.generator.config
     b, z = np.shape(doc_scores)
     ctx = jnp.asarray(context_input_ids)
@@ -439,7 +430,7 @@ class RagModel:
     # of candidates reuses it (a cache of chunk * Z rows per example, self-attention empty).
     mask = jnp.asarray(context_attention_mask)
     cache = self._score_cache(self.params["generator"], ctx, mask, length, chunk, z)
-    mask = jnp.repeat(mask.reshape(b, 1, z, -1), chunk, axis=1).reshape(b * chunk * z, -1)
+    mask = decoding_lib.expand_rows(mask, b, chunk, z)
     scores = jnp.asarray(np.repeat(np.asarray(doc_scores, np.float32), chunk, axis=0))
     nll = np.empty((b, c), np.float32)
     for start in range(0, c, chunk):

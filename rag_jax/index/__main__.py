@@ -1,8 +1,8 @@
 """`python -m rag_jax.index build | search | inspect`: build, query and check a saved index.
 
   build    --passages FILE.tsv | --articles FILE.jsonl --encoder PATH --out DIR
-           [--backend exact|approx|scann|faiss_hnsw] [--batch-size N] [--dtype float16]
-           [--shard-size N] [--skip-malformed] [--overwrite]
+           [--backend exact|approx|scann|faiss_hnsw] [--recall-target R] [--batch-size N]
+           [--dtype float16] [--shard-size N] [--skip-malformed] [--overwrite]
   search   --index DIR --query TEXT [--query TEXT ...] [-k N] [--json] [--encoder PATH]
   inspect  --index DIR
 
@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
   b.add_argument("--encoder", required=True, help="document encoder (directory, hub name, asset:)")
   b.add_argument("--out", required=True, help="index directory to create")
   b.add_argument("--backend", default="exact", help="exact, approx, scann or faiss_hnsw")
+  b.add_argument("--recall-target", type=float, default=None,
+                 help="approx / scann: the recall@10 the backend is tuned to (default 0.95)")
   b.add_argument("--batch-size", type=int, default=64)
   b.add_argument("--dtype", default="float16", choices=embed.DTYPES)
   b.add_argument("--shard-size", type=int, default=65536)
@@ -61,10 +63,18 @@ def _encoder(spec, **kwargs):
 def build(args) -> None:
   if args.batch_size <= 0 or args.shard_size <= 0:
     raise saved.IndexError_("--batch-size and --shard-size must be positive")
+  backend_params = {}
+  if args.recall_target is not None:
+    if args.backend not in ("approx", "scann"):
+      raise saved.IndexError_(f"--recall-target applies to approx and scann, not {args.backend}")
+    if not 0.0 < args.recall_target <= 1.0:
+      raise saved.IndexError_(f"--recall-target must be in (0, 1], got {args.recall_target}")
+    backend_params["recall_target"] = args.recall_target
   encoder, directory = _encoder(args.encoder, batch_size=args.batch_size,
                                 max_length=args.max_length)
   manifest = saved.build_index(
       args.passages or args.articles, encoder, directory, args.out, backend=args.backend,
+      backend_params=backend_params,
       dtype=args.dtype, shard_size=args.shard_size, overwrite=args.overwrite,
       on_error="skip" if args.skip_malformed else "raise", progress=not args.no_progress,
       encoder_source=args.encoder, log=lambda m: print(m, file=sys.stderr))

@@ -83,8 +83,8 @@ class BartConfig:
 @flax.struct.dataclass
 class DecoderCache:
   """Everything incremental decoding carries from step to step."""
-  self_attn: Tuple[layers.KVCache, ...]   # N x [B, L, H, K], filled up to `index`
-  cross_attn: Tuple[layers.KVCache, ...]  # N x [B, S, H, K], the projected encoder states
+  self_attn: Tuple[layers.KVCache, ...]   # N x [B, H, L, K], filled up to `index`
+  cross_attn: Tuple[layers.KVCache, ...]  # N x [B, H, S, K], the projected encoder states
   index: Array                            # int32 scalar: the next position to write
 
 
@@ -261,7 +261,7 @@ class Bart(nn.Module):
     b = encoder_states.shape[0]
     c = self.config
     heads = c.decoder_attention_heads
-    zeros = jnp.zeros((b, max_length, heads, c.d_model // heads), self.dtype)
+    zeros = jnp.zeros((b, heads, max_length, c.d_model // heads), self.dtype)
     return DecoderCache(
         self_attn=tuple(layers.KVCache(zeros, zeros) for _ in self.decoder_layers),
         cross_attn=tuple(layer.project_cross_kv(encoder_states) for layer in self.decoder_layers),

@@ -106,10 +106,12 @@ class KVCache:
   """Keys and values of one attention layer, kept between decoding steps.
 
   For self-attention the buffers are `max_length` long and filled up to the decoder's
-  `index`; for cross-attention they hold the projected encoder outputs, computed once.
+  `index`; for cross-attention they hold the projected encoder outputs, computed once. They
+  are kept heads-major, the layout of the attention matmuls, so that a decoding step does not
+  transpose the whole cache.
   """
-  key: Array    # [B, S, H, K]
-  value: Array  # [B, S, H, K]
+  key: Array    # [B, H, S, K]
+  value: Array  # [B, H, S, K]
 
 
 class Attention(nn.Module):
@@ -137,16 +139,17 @@ class Attention(nn.Module):
     self.dropout = nn.Dropout(self.dropout_rate)
 
   def project_kv(self, inputs_kv: Array) -> KVCache:
-    """[B, S, D] -> keys and values [B, S, H, K] (cross-attention's cache)."""
-    return KVCache(key=self.key(inputs_kv), value=self.value(inputs_kv))
+    """[B, S, D] -> keys and values [B, H, S, K] (cross-attention's cache)."""
+    heads_major = lambda x: x.transpose(0, 2, 1, 3)
+    return KVCache(key=heads_major(self.key(inputs_kv)), value=heads_major(self.value(inputs_kv)))
 
   def attend(self, query: Array, key: Array, value: Array, bias: Optional[Array],
              deterministic: bool) -> Array:
-    """query [B, T, H, K], key/value [B, S, H, K], bias broadcastable to [B, H, T, S] -> [B, T, D]."""
+    """query [B, T, H, K], key/value [B, H, S, K], bias broadcastable to [B, H, T, S] -> [B, T, D]."""
     query = query * jnp.asarray(self.head_dim ** -0.5, query.dtype)
     # Heads-major layout for the two batched matmuls: XLA:CPU runs "bhtk,bhsk" several times
     # faster when the operands are materialised as [B, H, *, K] than via einsum on [B, T, H, K].
-    query, key, value = (x.transpose(0, 2, 1, 3) for x in (query, key, value))  # [B, H, *, K]
+    query = query.transpose(0, 2, 1, 3)                                        # [B, H, T, K]
     logits = jnp.matmul(query, key.swapaxes(-1, -2)).astype(jnp.float32)      # [B, H, T, S]
     if bias is not None:
       logits = logits + bias
@@ -181,7 +184,7 @@ class Attention(nn.Module):
 
     Args:
       inputs: [B, T, D] the new positions.
-      cache: buffers [B, L, H, K] holding positions `< index`.
+      cache: buffers [B, H, L, K] holding positions `< index`.
       index: int32 scalar, the position of `inputs[:, 0]`.
       bias: optional extra additive bias broadcastable to [B, H, T, L] (key padding).
     Returns:
@@ -190,10 +193,10 @@ class Attention(nn.Module):
     new = self.project_kv(inputs)
     zero = jnp.zeros((), jnp.int32)
     key = jax.lax.dynamic_update_slice(cache.key, new.key.astype(cache.key.dtype),
-                                       (zero, index, zero, zero))
+                                       (zero, zero, index, zero))
     value = jax.lax.dynamic_update_slice(cache.value, new.value.astype(cache.value.dtype),
-                                         (zero, index, zero, zero))
-    t, length = inputs.shape[1], cache.key.shape[1]
+                                         (zero, zero, index, zero))
+    t, length = inputs.shape[1], cache.key.shape[2]
     causal = causal_bias(index + jnp.arange(t), jnp.arange(length))
     bias = causal if bias is None else causal + bias
     out = self.attend(self.query(inputs), key.astype(self.dtype), value.astype(self.dtype), bias,
