@@ -171,8 +171,10 @@ def test_cli_build_search_inspect(tmp_path, tiny_encoder_dir):
                  "p3\tThe cello is a bowed string instrument.\tCello\n")
   out = tmp_path / "idx"
   proc = _cli("build", "--passages", tsv, "--encoder", "asset:all-MiniLM-L6-v2", "--out", out,
-              "--no-progress", "--backend", "scann")
+              "--no-progress", "--backend", "scann", "--recall-target", "0.99")
   assert proc.returncode == 0, proc.stderr
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["backend"]["params"]["recall_target"] == 0.99
   proc = _cli("search", "--index", out, "--query", "How many wives did Henry VIII have?",
               "--query", "Which river runs through Egypt?", "-k", "2", "--json")
   assert proc.returncode == 0, proc.stderr
@@ -186,7 +188,9 @@ def test_cli_build_search_inspect(tmp_path, tiny_encoder_dir):
   for args in (("search", "--index", tmp_path / "nope", "--query", "x"),
                ("build", "--passages", tmp_path / "missing.tsv", "--encoder", tiny_encoder_dir,
                 "--out", tmp_path / "idx2"),
-               ("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out", out)):
+               ("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out", out),
+               ("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out",
+                tmp_path / "idx3", "--recall-target", "0.9")):  # exact has no recall target
     proc = _cli(*args)
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
     assert proc.returncode != 0 and len(errors) == 1, proc.stderr
