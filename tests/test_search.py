@@ -208,8 +208,11 @@ def test_scann_tunes_leaves_to_a_recall_target(rng, caplog):
   rows = np.sort(np.random.default_rng(0).choice(len(embeddings), 1000, replace=False))
   want = search._drop_self(exact.search(embeddings[rows], 11)[1], rows, 10)
 
-  def tuning_recall(scann):
-    got = search._drop_self(scann.search(embeddings[rows], 11)[1], rows, 10)
+  def tuning_recall(scann):  # tune's protocol: 100 rescored rows + the query's own
+    ids, _ = scann._searcher.search_batched_parallel(
+        embeddings[rows], final_num_neighbors=11, pre_reorder_num_neighbors=101,
+        leaves_to_search=scann.num_leaves_to_search)
+    got = search._drop_self(np.asarray(ids).astype(np.int64), rows, 10)
     return (want[:, :, None] == got[:, None, :]).any(-1).mean()
 
   scann = search.ScannSearch(embeddings, num_leaves=200, recall_target=0.9)

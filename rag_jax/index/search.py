@@ -373,7 +373,7 @@ class ScannSearch:
   returns the resolved values, so `ScannSearch(embeddings, **s.params())` builds the same:
 
     brute_force      N < 5,000: score every row exactly, no tree and no hashing.
-    num_leaves       round(1.6 sqrt(N)) unless brute force, else 0 (no partitioning).
+    num_leaves       round(1.6 sqrt(N)) for N >= 5,000 without brute force, else 0 (no tree).
     spherical        a spherical k-means tree when the rows have unit norm (within 1e-3),
                      a Euclidean one otherwise.
     num_leaves_to_search
@@ -459,7 +459,8 @@ class ScannSearch:
 
     The tuning queries are `SCANN_TUNING_QUERIES` rows of `embeddings` (the matrix this was
     built from) taken as held-out queries: each row's own id is dropped from both its exact
-    and its ScaNN neighbours before comparing the top k. Recall grows with the leaves
+    and its ScaNN neighbours before comparing the top k. The exact neighbours come from
+    `ExactSearch`, which holds a copy of the embeddings on the default device. Recall grows with the leaves
     searched, so a bisection over [1, num_leaves] finds the count in about log2(L) passes.
     """
     if not self.num_leaves:
@@ -471,10 +472,14 @@ class ScannSearch:
     queries = np.ascontiguousarray(np.asarray(embeddings[rows], np.float32))
     k = min(self.k, self.num - 1)
     want = _drop_self(ExactSearch(embeddings).search(queries, k + 1)[1], rows, k)
+    # As many rescored rows as a search for k serves with, plus the query's own row.
+    pre = self.reorder + 1 if self.reorder else None
 
     def recall(leaves: int) -> float:
-      self.num_leaves_to_search = leaves
-      got = _drop_self(self.search(queries, k + 1)[1], rows, k)
+      ids, _ = self._searcher.search_batched_parallel(
+          queries, final_num_neighbors=k + 1, pre_reorder_num_neighbors=pre,
+          leaves_to_search=leaves)
+      got = _drop_self(np.asarray(ids).astype(np.int64), rows, k)
       return float((want[:, :, None] == got[:, None, :]).any(-1).mean())
 
     low, high = 1, self.num_leaves
@@ -489,10 +494,10 @@ class ScannSearch:
           low = mid + 1
     self.num_leaves_to_search, self.recall_target = high, float(recall_target)
     self.tuned_recall = round(measured[high], 4)
-    if self.tuned_recall < recall_target:
+    if measured[high] < recall_target:
       logging.warning("scann: recall@%d target %.3f not reached with all %d leaves (%.4f); "
                       "a larger `reorder` or `dimensions_per_block=1` rescores more exactly",
-                      k, recall_target, self.num_leaves, self.tuned_recall)
+                      k, recall_target, self.num_leaves, measured[high])
     return self.tuned_recall
 
   def _resolve(self, data: np.ndarray, *, k, brute_force, num_leaves, num_leaves_to_search,
@@ -512,7 +517,8 @@ class ScannSearch:
     self.k = min(check("k", k, 1), n)
     self.brute_force = bool(n < SCANN_TREE_FROM if brute_force is None else brute_force)
     if num_leaves is None:
-      num_leaves = 0 if self.brute_force else round(SCANN_LEAVES_PER_SQRT_N * math.sqrt(n))
+      tree = not self.brute_force and n >= SCANN_TREE_FROM
+      num_leaves = round(SCANN_LEAVES_PER_SQRT_N * math.sqrt(n)) if tree else 0
     self.num_leaves = check("num_leaves", num_leaves, 0)
     if self.num_leaves > n:
       raise ValueError(f"num_leaves={self.num_leaves} exceeds the {n} embeddings")
