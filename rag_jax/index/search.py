@@ -322,10 +322,12 @@ def measure_recall(backend, reference, queries, k: int) -> float:
   The fraction of the reference's k ids that the backend also returns; order is ignored and
   a -1 (no result) never counts.
   """
-  _, got = backend.search(queries, k)
-  _, want = reference.search(queries, k)
-  found = (want[:, :, None] == got[:, None, :]).any(axis=-1)           # [B, k]
-  return float(found.mean())
+  return _recall(reference.search(queries, k)[1], backend.search(queries, k)[1])
+
+
+def _recall(want: np.ndarray, got: np.ndarray) -> float:
+  """Ids [B, k] each: the fraction of `want` found anywhere in the same row of `got`."""
+  return float((want[:, :, None] == got[:, None, :]).any(axis=-1).mean())
 
 
 # ------------------------------------------------------------------------------------------
@@ -479,8 +481,7 @@ class ScannSearch:
       ids, _ = self._searcher.search_batched_parallel(
           queries, final_num_neighbors=k + 1, pre_reorder_num_neighbors=pre,
           leaves_to_search=leaves)
-      got = _drop_self(np.asarray(ids).astype(np.int64), rows, k)
-      return float((want[:, :, None] == got[:, None, :]).any(-1).mean())
+      return _recall(want, _drop_self(np.asarray(ids).astype(np.int64), rows, k))
 
     low, high = 1, self.num_leaves
     measured = {high: recall(high)}
