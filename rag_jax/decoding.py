@@ -153,10 +153,8 @@ def rag_token_greedy(generator: bart_lib.Bart, params, context_input_ids: Array,
                      context_attention_mask: Array, doc_scores: Array, *,
                      processors: Processors, start_token_id: int, pad_token_id: int):
   """RAG-Token greedy decoding: [B * Z, S] contexts, [B, Z] doc scores -> ([B, L], length)."""
-  states = generator.apply({"params": params}, context_input_ids, context_attention_mask,
-                           method=bart_lib.Bart.encode)
-  cache = generator.apply({"params": params}, states, processors.max_length - 1,
-                          method=bart_lib.Bart.init_cache)
+  cache = encoder_cache(generator, params, context_input_ids, context_attention_mask,
+                        processors.max_length - 1, batch=context_input_ids.shape[0])
   step = rag_token_step(generator, params, context_attention_mask, doc_scores)
   return greedy_search(step, cache, batch=doc_scores.shape[0], start_token_id=start_token_id,
                        pad_token_id=pad_token_id, processors=processors)
@@ -271,6 +269,19 @@ def expand_rows(tree: Any, batch: int, copies: int, group: int = 1) -> Any:
   return jax.tree.map(expand, tree, is_leaf=lambda x: x is None)
 
 
+def encoder_cache(generator: bart_lib.Bart, params, input_ids: Array,
+                  attention_mask: Optional[Array], length: int, *, batch: int, copies: int = 1,
+                  group: int = 1) -> bart_lib.DecoderCache:
+  """An empty decoding cache of `length` positions over [batch * group, S] inputs, its rows
+  repeated `copies` times as `expand_rows` orders them: the encoder runs and the
+  cross-attention keys and values are projected once per input, then copied (per beam or
+  candidate)."""
+  states = generator.apply({"params": params}, input_ids, attention_mask,
+                           method=bart_lib.Bart.encode)
+  cache = generator.apply({"params": params}, states, length, method=bart_lib.Bart.init_cache)
+  return expand_rows(cache, batch, copies, group)
+
+
 def reorder_decoder_cache(cache: bart_lib.DecoderCache, rows: Array,
                           group: int = 1) -> bart_lib.DecoderCache:
   """Beam reordering of a BART cache: only the self-attention buffers move. The projected
@@ -299,12 +310,9 @@ def rag_token_beam(generator: bart_lib.Bart, params, context_input_ids: Array,
   """RAG-Token beam search: each beam keeps one cache per document; the encoder runs once per
   document. [B * Z, S] contexts, [B, Z] doc scores -> (sequences [B, K, L], scores, lengths)."""
   b, z = doc_scores.shape
-  states = generator.apply({"params": params}, context_input_ids, context_attention_mask,
-                           method=bart_lib.Bart.encode)                        # [B*Z, S, D]
-  # Cross-attention keys and values are projected once per document, then copied per beam.
-  cache = generator.apply({"params": params}, states, processors.max_length - 1,
-                          method=bart_lib.Bart.init_cache)
-  cache, mask = expand_rows((cache, context_attention_mask), b, num_beams, z)  # [B*K*Z, ...]
+  cache = encoder_cache(generator, params, context_input_ids, context_attention_mask,
+                        processors.max_length - 1, batch=b, copies=num_beams, group=z)
+  mask = expand_rows(context_attention_mask, b, num_beams, z)                  # [B*K*Z, S]
   step = rag_token_step(generator, params, mask, jnp.repeat(doc_scores, num_beams, axis=0))
   return beam_search(step, cache, batch=b, num_beams=num_beams, start_token_id=start_token_id,
                      pad_token_id=pad_token_id, processors=processors,
@@ -331,12 +339,9 @@ def bart_beam(generator: bart_lib.Bart, params, input_ids: Array,
               early_stopping: Any = False):
   """Beam search with the generator alone: [N, S] inputs -> ([N, K, L], scores, lengths)."""
   n = input_ids.shape[0]
-  states = generator.apply({"params": params}, input_ids, attention_mask,
-                           method=bart_lib.Bart.encode)
-  # Cross-attention keys and values are projected once per input, then copied per beam.
-  cache = generator.apply({"params": params}, states, processors.max_length - 1,
-                          method=bart_lib.Bart.init_cache)
-  cache, mask = expand_rows((cache, attention_mask), n, num_beams)             # [N*K, ...]
+  cache = encoder_cache(generator, params, input_ids, attention_mask, processors.max_length - 1,
+                        batch=n, copies=num_beams)
+  mask = expand_rows(attention_mask, n, num_beams)                             # [N*K, S]
   return beam_search(bart_step(generator, params, mask), cache, batch=n, num_beams=num_beams,
                      start_token_id=start_token_id, pad_token_id=pad_token_id,
                      processors=processors, length_penalty=length_penalty,

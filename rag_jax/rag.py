@@ -380,11 +380,10 @@ class RagModel:
                       copies: int, z: int) -> bart_lib.DecoderCache:
     """An empty decoding cache for `length` positions over [B * Z] contexts, each example's Z
     rows repeated `copies` times (rows ordered example, copy, document)."""
-    g = {"params": params}
-    states = self.generator.apply(g, context_input_ids, context_attention_mask,
-                                  method=bart_lib.Bart.encode)
-    cache = self.generator.apply(g, states, length, method=bart_lib.Bart.init_cache)
-    return decoding_lib.expand_rows(cache, context_input_ids.shape[0] // z, copies, z)
+    return decoding_lib.encoder_cache(self.generator, params, context_input_ids,
+                                      context_attention_mask, length,
+                                      batch=context_input_ids.shape[0] // z, copies=copies,
+                                      group=z)
 
   def _thorough(self, context_input_ids, context_attention_mask, doc_scores, *, num_beams,
                 num_return_sequences, processors, start_token_id, pad_token_id, length_penalty,
