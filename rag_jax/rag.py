@@ -211,7 +211,7 @@ class RagModel:
       exclude_bos_score = self.config.exclude_bos_score
     if epsilon is None:
       epsilon = self.config.label_smoothing
-    bos = g.bos_token_id if self.config.bos_token_id is None else self.config.bos_token_id
+    bos = self._bos_token_id
     labels = jnp.where(labels < 0, g.pad_token_id, labels)
     b, z = doc_scores.shape
     t = labels.shape[1]
@@ -370,11 +370,14 @@ class RagModel:
     picks = decoding_lib.fast_select(np.asarray(seqs).reshape(*shape, -1),
                                      log_probs.reshape(shape), doc_lp,
                                      (gen_len + 1).reshape(shape), num_return_sequences)
-    hypos = [np.asarray(y) for row in picks for y, _ in row]
-    out = np.full((len(hypos), max(len(h) for h in hypos)), pad_token_id, np.int32)
-    for i, h in enumerate(hypos):
-      out[i, :len(h)] = h
-    return out
+    return _pad_rows([np.asarray(y) for row in picks for y, _ in row], pad_token_id)
+
+  @property
+  def _bos_token_id(self) -> int:
+    """The BOS that RAG-Sequence's first-position rule looks for: the RAG config's, else the
+    generator's."""
+    g = self.generator.config
+    return g.bos_token_id if self.config.bos_token_id is None else self.config.bos_token_id
 
   def _score_cache_fn(self, params, context_input_ids, context_attention_mask, length: int,
                       copies: int, z: int) -> bart_lib.DecoderCache:
@@ -423,7 +426,7 @@ class RagModel:
     c = -(-c // chunk) * chunk
     picked = np.array([u + u[:1] * (c - len(u)) for u in uniques])           # [B, C]
     cands = np.take_along_axis(seqs[:, :, :length], picked[:, :, None], axis=1)  # [B, C, T]
-    bos = g.bos_token_id if self.config.bos_token_id is None else self.config.bos_token_id
+    bos = self._bos_token_id
     drop_first = jnp.asarray(np.repeat([np.all(seqs[i, :, 1] == bos) for i in range(b)], chunk))
     # One encoder pass and one cross-attention projection over the B * Z contexts; every chunk
     # of candidates reuses it (a cache of chunk * Z rows per example, self-attention empty).
@@ -443,10 +446,7 @@ class RagModel:
       n = len(uniques[i])  # the distinct candidates, in first-occurrence order
       order = sorted(range(n), key=lambda j: nll[i, j])[:num_return_sequences]
       hypos.extend(cands[i, j, :1 + int(gen_len[i].max())] for j in order)
-    out = np.full((len(hypos), max(len(h) for h in hypos)), g.pad_token_id, np.int32)
-    for i, h in enumerate(hypos):
-      out[i, :len(h)] = h
-    return out
+    return _pad_rows(hypos, g.pad_token_id)
 
   def doc_posteriors(self, context_input_ids, context_attention_mask, doc_scores,
                      sequences) -> np.ndarray:
@@ -529,6 +529,14 @@ class RagModel:
     enc = tokenizer(strings, max_length=self.config.max_combined_length, padding="max_length",
                     truncation=True, return_tensors="np")
     return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
+
+
+def _pad_rows(rows: Sequence[np.ndarray], pad_token_id: int) -> np.ndarray:
+  """Token id rows of different lengths -> [N, longest] int32, right-padded."""
+  out = np.full((len(rows), max(len(r) for r in rows)), pad_token_id, np.int32)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r
+  return out
 
 
 def _optional_tokenizer(path):
