@@ -462,18 +462,22 @@ class ScannSearch:
     The tuning queries are `SCANN_TUNING_QUERIES` rows of `embeddings` (the matrix this was
     built from) taken as held-out queries: each row's own id is dropped from both its exact
     and its ScaNN neighbours before comparing the top k. The exact neighbours come from
-    `ExactSearch`, which holds a copy of the embeddings on the default device. Recall grows with the leaves
-    searched, so a bisection over [1, num_leaves] finds the count in about log2(L) passes.
+    `ExactSearch` (a copy of the embeddings on the default device, for that one search) on the
+    first call, and are kept for later calls. Recall grows with the leaves searched, so a
+    bisection over [1, num_leaves] finds the count in about log2(L) passes.
     """
     if not self.num_leaves:
       raise ValueError("tune needs a tree (num_leaves > 0); this searcher has none")
     if not 0.0 < recall_target <= 1.0:
       raise ValueError(f"recall_target must be in (0, 1], got {recall_target!r}")
-    rng = np.random.default_rng(0)
-    rows = np.sort(rng.choice(self.num, min(SCANN_TUNING_QUERIES, self.num), replace=False))
-    queries = np.ascontiguousarray(np.asarray(embeddings[rows], np.float32))
-    k = min(self.k, self.num - 1)
-    want = _drop_self(ExactSearch(embeddings).search(queries, k + 1)[1], rows, k)
+    if getattr(self, "_tuning", None) is None:  # The exact neighbours, found once.
+      rng = np.random.default_rng(0)
+      rows = np.sort(rng.choice(self.num, min(SCANN_TUNING_QUERIES, self.num), replace=False))
+      queries = np.ascontiguousarray(np.asarray(embeddings[rows], np.float32))
+      k = min(self.k, self.num - 1)
+      want = _drop_self(ExactSearch(embeddings).search(queries, k + 1)[1], rows, k)
+      self._tuning = (rows, queries, k, want)
+    rows, queries, k, want = self._tuning
     # As many rescored rows as a search for k serves with, plus the query's own row.
     pre = self.reorder + 1 if self.reorder else None
 
