@@ -49,7 +49,6 @@ machine is shared and has few cores: numbers from one run are what that run meas
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 
@@ -57,6 +56,7 @@ import numpy as np
 
 import common
 from rag_jax import assets
+from rag_jax.index import embed
 from rag_jax.index import search
 
 K = 10
@@ -131,11 +131,7 @@ def load_wiki() -> np.ndarray:
   vectors = encoder.encode(passages)
   _log(f"wiki: encoded in {time.perf_counter() - start:.0f} s")
   path.parent.mkdir(parents=True, exist_ok=True)
-  # Written under a temporary name and renamed: a killed run leaves no truncated cache.
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with open(tmp, "wb") as f:
-    np.save(f, vectors)
-  os.replace(tmp, path)
+  embed.save_atomic(path, vectors)  # a killed run leaves no truncated cache
   return vectors
 
 

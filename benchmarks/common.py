@@ -36,3 +36,11 @@ def run_child(script: str, args: List[str], extra_env: Optional[Dict[str, str]] 
     tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
     sys.exit(f"error: {os.path.basename(script)} {' '.join(args)} failed: {tail[0]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# dpr-base and bart-base shapes (HF config kwargs) for the RAG benchmarks' random-weight models.
+DPR_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                intermediate_size=3072, max_position_embeddings=512, projection_dim=0)
+BART_BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
+                 encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
+                 decoder_ffn_dim=3072, max_position_embeddings=1024)

@@ -37,11 +37,6 @@ import numpy as np
 
 import common
 
-DPR_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                intermediate_size=3072, max_position_embeddings=512, projection_dim=0)
-BART_BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
-                 encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
-                 decoder_ffn_dim=3072, max_position_embeddings=1024)
 # --quick: the test suite's tiny shapes; same special tokens as BART (pad 1, bos 0, eos 2).
 DPR_TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                 intermediate_size=37, max_position_embeddings=64, projection_dim=0)
@@ -62,7 +57,7 @@ CONTESTANTS = {  # name: (library, kind, decoding)
 def _shapes(quick: bool) -> dict:
   if quick:
     return dict(dpr=DPR_TINY, bart=BART_TINY, context=16, new_tokens=7)
-  return dict(dpr=DPR_BASE, bart=BART_BASE, context=128, new_tokens=20)
+  return dict(dpr=common.DPR_BASE, bart=common.BART_BASE, context=128, new_tokens=20)
 
 
 def _inputs(shapes: dict):

@@ -22,11 +22,6 @@ import numpy as np
 
 import common
 
-DPR_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                intermediate_size=3072, max_position_embeddings=512, projection_dim=0)
-BART_BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
-                 encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
-                 decoder_ffn_dim=3072, max_position_embeddings=1024, dropout=0.1)
 CONTEXT, TARGET, QUESTION = 128, 20, 32
 LR, WEIGHT_DECAY = 1e-5, 0.01
 TUNED_XLA_FLAGS = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
@@ -45,7 +40,8 @@ def _inputs(batch: int, docs: int):
 def _hf_model(n_docs: int, path: str):
   import transformers  # pylint: disable=import-outside-toplevel
   config = transformers.RagConfig.from_question_encoder_generator_configs(
-      transformers.DPRConfig(**DPR_BASE), transformers.BartConfig(**BART_BASE), n_docs=n_docs)
+      transformers.DPRConfig(**common.DPR_BASE),
+      transformers.BartConfig(**common.BART_BASE, dropout=0.1), n_docs=n_docs)
   model = transformers.RagTokenForGeneration(config)
   model.save_pretrained(path)
   return model

@@ -13,13 +13,11 @@ remembers its encoder; `search --encoder` overrides it (and must fit it). Bad in
 
 import argparse
 import json
-import pathlib
 import sys
 
 from rag_jax import assets
 from rag_jax import weights
 from rag_jax.encoder import TextEncoder
-from rag_jax.index import corpus
 from rag_jax.index import embed
 from rag_jax.index import saved
 
@@ -93,9 +91,9 @@ def search(args) -> None:
     raise saved.IndexError_(f"-k must be between 1 and {manifest['count']}")
   scores, ids = index.search(encoder.encode(args.query), args.k)
   for query, row_scores, row_ids in zip(args.query, scores, ids):
-    hits = [{"id": index.passages[int(i)]["id"], "row": int(i), "score": float(sc),
-             "title": index.passages[int(i)]["title"], "text": index.passages[int(i)]["text"]}
-            for sc, i in zip(row_scores, row_ids)]
+    passages = [index.passages[int(i)] for i in row_ids]  # one read per hit
+    hits = [{"id": p["id"], "row": int(i), "score": float(sc), "title": p["title"],
+             "text": p["text"]} for sc, i, p in zip(row_scores, row_ids, passages)]
     if args.json:
       print(json.dumps({"query": query, "hits": hits}, ensure_ascii=False))
       continue
