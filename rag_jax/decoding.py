@@ -70,17 +70,18 @@ class Processors:
 
 def _banned_ngram_tokens(sequences: Array, cur_len: Array, n: int, vocab: int) -> Array:
   """[N, V] True for tokens that would repeat an n-gram of sequences[:, :cur_len] (HF's
-  NoRepeatNGramLogitsProcessor)."""
-  length = sequences.shape[1]
-  zero = jnp.zeros((), jnp.int32)
+  NoRepeatNGramLogitsProcessor): every window of n - 1 tokens that equals the last n - 1 is
+  compared at once, and the tokens that followed them are scattered into the mask."""
+  rows, length = sequences.shape
+  w = length - n + 1                                                             # windows
   prefix = jax.lax.dynamic_slice_in_dim(sequences, jnp.maximum(cur_len - (n - 1), 0), n - 1, 1)
-  banned = jnp.zeros((sequences.shape[0], vocab), bool)
-  for i in range(length - n + 1):  # every n-gram that ends before cur_len
-    window = sequences[:, i:i + n - 1]
-    hit = jnp.all(window == prefix, axis=1) & (i + n - 1 < cur_len) & (cur_len >= n - 1 + zero)
-    banned = banned | (hit[:, None] & (jnp.arange(vocab)[None, :] == sequences[:, i + n - 1,
-                                                                               None]))
-  return banned
+  windows = jnp.stack([sequences[:, j:j + w] for j in range(n - 1)], axis=-1) if n > 1 else \
+      jnp.zeros((rows, w, 0), sequences.dtype)                                   # [N, W, n-1]
+  ended = (jnp.arange(w) + n - 1 < cur_len) & (cur_len >= n - 1)                 # [W]
+  hit = jnp.all(windows == prefix[:, None, :], axis=-1) & ended[None, :]        # [N, W]
+  follow = jnp.where(hit, sequences[:, n - 1:], vocab)  # column V collects the non-hits
+  banned = jnp.zeros((rows, vocab + 1), bool).at[jnp.arange(rows)[:, None], follow].set(True)
+  return banned[:, :vocab]
 
 
 @flax.struct.dataclass
