@@ -213,22 +213,25 @@ def test_scann_tunes_leaves_to_a_recall_target(rng, caplog):
         embeddings[rows], final_num_neighbors=11, pre_reorder_num_neighbors=101,
         leaves_to_search=scann.num_leaves_to_search)
     got = search._drop_self(np.asarray(ids).astype(np.int64), rows, 10)
-    return (want[:, :, None] == got[:, None, :]).any(-1).mean()
+    per_query = (want[:, :, None] == got[:, None, :]).any(-1).mean(-1)
+    # The mean, and the one-sided 95% lower confidence bound that tuning holds to the target.
+    return per_query.mean(), per_query.mean() - 1.645 * per_query.std(ddof=1) / np.sqrt(1000)
 
   scann = search.ScannSearch(embeddings, num_leaves=200, recall_target=0.9)
   params = scann.params()
   leaves = params["num_leaves_to_search"]
   assert 1 < leaves < 200 and params["recall_target"] == 0.9
-  assert params["tuned_recall"] >= 0.9
-  assert tuning_recall(scann) == pytest.approx(params["tuned_recall"], abs=1e-4)
+  mean, bound = tuning_recall(scann)
+  assert mean == pytest.approx(params["tuned_recall"], abs=1e-4)
+  assert bound >= 0.9 and params["tuned_recall"] > 0.9
   scann.num_leaves_to_search = leaves - 1  # the fewest: one leaf fewer misses the target
-  assert tuning_recall(scann) < 0.9
+  assert tuning_recall(scann)[1] < 0.9
   scann.num_leaves_to_search = leaves
   # Held-out queries get about the recall it was tuned to.
   recall = search.measure_recall(scann, exact, queries, 10)
   print(f"scann tuned to 0.9: {leaves} of 200 leaves, tuned recall "
         f"{params['tuned_recall']:.4f}, held-out recall@10 {recall:.4f}")
-  assert recall >= 0.87
+  assert recall >= 0.88
   # Rebuilding from params() keeps the tuned count instead of tuning again.
   assert search.ScannSearch(embeddings, **params).params() == params
 
