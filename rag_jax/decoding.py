@@ -131,10 +131,12 @@ def rag_token_step(generator: bart_lib.Bart, params, encoder_mask: Array, doc_sc
 
   Args:
     generator, params: the BART and its params.
-    encoder_mask: [N * Z, S] the contexts' mask (the docs of row n in rows n*Z .. n*Z+Z-1).
+    encoder_mask: the contexts' mask, one row per encoder row of the cache (the caches of
+      `encoder_cache` share them: [B * Z, S] for N = B * beams).
     doc_scores: [N, Z].
   Returns:
-    step(tokens [N], cache, cur_len) -> (log-probs [N, V], cache) over a cache of N * Z rows.
+    step(tokens [N], cache, cur_len) -> (log-probs [N, V], cache) over a cache of N * Z
+    decoder rows (the docs of row n in rows n*Z .. n*Z+Z-1).
   """
   n, z = doc_scores.shape
 
@@ -273,14 +275,16 @@ def expand_rows(tree: Any, batch: int, copies: int, group: int = 1) -> Any:
 def encoder_cache(generator: bart_lib.Bart, params, input_ids: Array,
                   attention_mask: Optional[Array], length: int, *, batch: int, copies: int = 1,
                   group: int = 1) -> bart_lib.DecoderCache:
-  """An empty decoding cache of `length` positions over [batch * group, S] inputs, its rows
-  repeated `copies` times as `expand_rows` orders them: the encoder runs and the
-  cross-attention keys and values are projected once per input, then copied (per beam or
-  candidate)."""
+  """An empty decoding cache of `length` positions over [batch * group, S] inputs, for
+  batch * copies * group decoder rows ordered as `expand_rows` orders them (a copy per beam
+  or candidate). The encoder runs and the cross-attention keys and values are projected once
+  per input, and every copy attends to them there (`DecoderCache.cross_copies`): decoding
+  steps take the inputs' [batch * group, S] mask as they are."""
   states = generator.apply({"params": params}, input_ids, attention_mask,
                            method=bart_lib.Bart.encode)
   cache = generator.apply({"params": params}, states, length, method=bart_lib.Bart.init_cache)
-  return expand_rows(cache, batch, copies, group)
+  return cache.replace(self_attn=expand_rows(cache.self_attn, batch, copies, group),
+                       cross_copies=copies, cross_group=group)
 
 
 def reorder_decoder_cache(cache: bart_lib.DecoderCache, rows: Array,
@@ -313,8 +317,8 @@ def rag_token_beam(generator: bart_lib.Bart, params, context_input_ids: Array,
   b, z = doc_scores.shape
   cache = encoder_cache(generator, params, context_input_ids, context_attention_mask,
                         processors.max_length - 1, batch=b, copies=num_beams, group=z)
-  mask = expand_rows(context_attention_mask, b, num_beams, z)                  # [B*K*Z, S]
-  step = rag_token_step(generator, params, mask, jnp.repeat(doc_scores, num_beams, axis=0))
+  step = rag_token_step(generator, params, context_attention_mask,
+                        jnp.repeat(doc_scores, num_beams, axis=0))
   return beam_search(step, cache, batch=b, num_beams=num_beams, start_token_id=start_token_id,
                      pad_token_id=pad_token_id, processors=processors,
                      length_penalty=length_penalty, early_stopping=early_stopping,
@@ -342,8 +346,8 @@ def bart_beam(generator: bart_lib.Bart, params, input_ids: Array,
   n = input_ids.shape[0]
   cache = encoder_cache(generator, params, input_ids, attention_mask, processors.max_length - 1,
                         batch=n, copies=num_beams)
-  mask = expand_rows(attention_mask, n, num_beams)                             # [N*K, S]
-  return beam_search(bart_step(generator, params, mask), cache, batch=n, num_beams=num_beams,
+  return beam_search(bart_step(generator, params, attention_mask), cache, batch=n,
+                     num_beams=num_beams,
                      start_token_id=start_token_id, pad_token_id=pad_token_id,
                      processors=processors, length_penalty=length_penalty,
                      early_stopping=early_stopping, reorder_cache=reorder_decoder_cache)

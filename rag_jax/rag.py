@@ -199,10 +199,11 @@ class RagModel:
       drop_first: RAG-Sequence only: [B] bool, rows whose first target position is not
         scored, replacing HF's batch-wide BOS rule (thorough decoding scores the candidates
         of each example as HF does, one example per call).
-      decoder_cache: token / sequence only: an empty decoding cache of B * Z rows holding the
-        contexts' projected encoder states (then context_input_ids is not read, and the
-        labels are decoded in one cached pass: scoring many candidates on the same contexts
-        projects them once).
+      decoder_cache: token / sequence only: an empty decoding cache of B * Z decoder rows
+        holding the contexts' projected encoder states (then context_input_ids is not read,
+        context_attention_mask is the mask of the cache's encoder rows, and the labels are
+        decoded in one cached pass: scoring many candidates on the same contexts projects
+        them once; `decoding.encoder_cache` makes one whose candidates share them).
     """
     if kind not in KINDS:
       raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
@@ -429,10 +430,9 @@ class RagModel:
     bos = self._bos_token_id
     drop_first = jnp.asarray(np.repeat([np.all(seqs[i, :, 1] == bos) for i in range(b)], chunk))
     # One encoder pass and one cross-attention projection over the B * Z contexts; every chunk
-    # of candidates reuses it (a cache of chunk * Z rows per example, self-attention empty).
+    # of candidates reuses it (chunk * Z decoder rows per example attending to its Z).
     mask = jnp.asarray(context_attention_mask)
     cache = self._score_cache(self.params["generator"], ctx, mask, length, chunk, z)
-    mask = decoding_lib.expand_rows(mask, b, chunk, z)
     scores = jnp.asarray(np.repeat(np.asarray(doc_scores, np.float32), chunk, axis=0))
     nll = np.empty((b, c), np.float32)
     for start in range(0, c, chunk):

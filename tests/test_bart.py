@@ -106,6 +106,29 @@ def test_cached_decoding_equals_teacher_forcing(tmp_path, rng, chunks):
   assert max_abs(cached, full) < 1e-4
 
 
+def test_decoder_rows_sharing_encoder_states_equal_their_own_copies(tmp_path, rng):
+  # 1 example x 3 sources (G), each decoded by 2 copies (C): decoder row (c * G + g) attends
+  # to source g, through one cache entry per source, as beams share their documents'.
+  _save(tmp_path, seed=8)
+  module, params = weights.load_bart(tmp_path)
+  src, src_mask, _, _ = _batch(rng)
+  copies, group = 2, len(src)
+  dec_in = rng.integers(3, TINY["vocab_size"], size=(copies * group, 5)).astype(np.int32)
+  apply = lambda *args, **kw: module.apply({"params": params}, *args, **kw)
+  states = apply(src, src_mask, method=Bart.encode)
+  shared = apply(states, 8, method=Bart.init_cache).replace(cross_copies=copies,
+                                                            cross_group=group)
+  shared = shared.replace(self_attn=jax.tree.map(lambda x: jnp.tile(x, (copies, 1, 1, 1)),
+                                                 shared.self_attn))
+  own_src, own_mask = np.tile(src, (copies, 1)), np.tile(src_mask, (copies, 1))
+  own = apply(apply(own_src, own_mask, method=Bart.encode), 8, method=Bart.init_cache)
+  for start, stop in [(0, 2), (2, 3), (3, 5)]:  # a prefill, then single steps
+    want, own = apply(dec_in[:, start:stop], own, own_mask, method=Bart.decode_step)
+    got, shared = apply(dec_in[:, start:stop], shared, src_mask, method=Bart.decode_step)
+    assert max_abs(got, want) < 1e-5
+  assert shared.cross_attn[0].key.shape[0] == group
+
+
 def test_bfloat16_close_to_float32(tmp_path, rng):
   _save(tmp_path, seed=6, scale=0.05)
   src, src_mask, dec_in, dec_mask = _batch(rng)

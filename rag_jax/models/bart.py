@@ -82,10 +82,18 @@ class BartConfig:
 
 @flax.struct.dataclass
 class DecoderCache:
-  """Everything incremental decoding carries from step to step."""
-  self_attn: Tuple[layers.KVCache, ...]   # N x [B, H, L, K], filled up to `index`
-  cross_attn: Tuple[layers.KVCache, ...]  # N x [B, H, S, K], the projected encoder states
+  """Everything incremental decoding carries from step to step.
+
+  The decoder rows may outnumber the encoder rows: beams (or candidates) decoded against the
+  same source share its projected encoder states instead of each holding a copy. With
+  `cross_copies` C and `cross_group` G, decoder row ((b * C + c) * G + g) attends to encoder
+  row (b * G + g): the G sources of example b (its documents, for RAG), each decoded C times.
+  """
+  self_attn: Tuple[layers.KVCache, ...]   # N x [B * C * G, H, L, K], filled up to `index`
+  cross_attn: Tuple[layers.KVCache, ...]  # N x [B * G, H, S, K], the projected encoder states
   index: Array                            # int32 scalar: the next position to write
+  cross_copies: int = flax.struct.field(pytree_node=False, default=1)
+  cross_group: int = flax.struct.field(pytree_node=False, default=1)
 
 
 class BartLayer(nn.Module):
@@ -117,8 +125,13 @@ class BartLayer(nn.Module):
   def __call__(self, x: Array, self_bias: Optional[Array], *,
                cross_kv: Optional[layers.KVCache] = None, cross_bias: Optional[Array] = None,
                self_cache: Optional[layers.KVCache] = None, index: Optional[Array] = None,
+               cross_share: Tuple[int, int] = (1, 1),
                deterministic: bool = True) -> Tuple[Array, Optional[layers.KVCache]]:
-    """x [B, T, D] -> [B, T, D], and the updated self-attention cache when one is given."""
+    """x [B, T, D] -> [B, T, D], and the updated self-attention cache when one is given.
+
+    `cross_share` (C, G): C consecutive groups of G rows of x share the G rows of `cross_kv`
+    and `cross_bias` (see `DecoderCache`).
+    """
     if self_cache is None:
       h = self.self_attn(x, bias=self_bias, deterministic=deterministic)
     else:
@@ -126,13 +139,38 @@ class BartLayer(nn.Module):
                                                            deterministic=deterministic)
     x = self._residual(x, h, self.self_attn_norm, deterministic)
     if self.decoder:
-      h = self.cross_attn(x, bias=cross_bias, kv=cross_kv, deterministic=deterministic)
+      h = _unshare(self.cross_attn(_share(x, *cross_share), bias=cross_bias, kv=cross_kv,
+                                   deterministic=deterministic), x.shape, *cross_share)
       x = self._residual(x, h, self.cross_attn_norm, deterministic)
     x = self._residual(x, self.mlp(x, deterministic), self.mlp_norm, deterministic)
     return x, self_cache
 
   def project_cross_kv(self, encoder_states: Array) -> layers.KVCache:
     return self.cross_attn.project_kv(encoder_states)
+
+
+def _share(x: Array, copies: int, group: int) -> Array:
+  """[B * C * G, T, D] -> [B * G, C * T, D]: the C copies of each source row side by side.
+
+  Cross-attention treats every query position alike (no causal mask), so the copies of a
+  row can attend to its one set of encoder keys as extra query positions.
+  """
+  if copies == 1:
+    return x
+  n, t, d = x.shape
+  b = n // (copies * group)
+  x = x.reshape(b, copies, group, t, d).transpose(0, 2, 1, 3, 4)
+  return x.reshape(b * group, copies * t, d)
+
+
+def _unshare(x: Array, shape: Tuple[int, ...], copies: int, group: int) -> Array:
+  """The inverse of `_share`, back to `shape` [B * C * G, T, D]."""
+  if copies == 1:
+    return x
+  n, t, d = shape
+  b = n // (copies * group)
+  x = x.reshape(b, group, copies, t, d).transpose(0, 2, 1, 3, 4)
+  return x.reshape(n, t, d)
 
 
 class Bart(nn.Module):
@@ -277,7 +315,8 @@ class Bart(nn.Module):
         keeps index + T <= the cache length L (the index is traced, so it is not checked
         here: past L, writes would land on the last slot).
       cache: from `init_cache` or the previous step.
-      encoder_mask: [B, S] source padding mask.
+      encoder_mask: the source padding mask, one row per encoder row of the cache (with
+        shared encoder states, `cache.cross_copies` > 1, fewer than B; see `DecoderCache`).
     Returns:
       float32 logits [B, T, V] and the advanced cache.
     """
@@ -289,10 +328,10 @@ class Bart(nn.Module):
     new_self = []
     for layer, self_kv, cross_kv in zip(self.decoder_layers, cache.self_attn, cache.cross_attn):
       x, self_kv = layer(x, None, cross_kv=cross_kv, cross_bias=cross_bias, self_cache=self_kv,
-                         index=cache.index, deterministic=deterministic)
+                         index=cache.index, cross_share=(cache.cross_copies, cache.cross_group),
+                         deterministic=deterministic)
       new_self.append(self_kv)
-    cache = DecoderCache(self_attn=tuple(new_self), cross_attn=cache.cross_attn,
-                         index=cache.index + t)
+    cache = cache.replace(self_attn=tuple(new_self), index=cache.index + t)
     return self.logits(x), cache
 
   def __call__(self, input_ids: Array, attention_mask: Optional[Array],
