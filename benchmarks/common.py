@@ -44,3 +44,37 @@ DPR_BASE = dict(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_att
 BART_BASE = dict(vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6,
                  encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
                  decoder_ffn_dim=3072, max_position_embeddings=1024)
+# The test suite's tiny shapes, for --quick smoke runs; BART's special tokens (pad 1, bos 0,
+# eos 2).
+DPR_TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=37, max_position_embeddings=64, projection_dim=0)
+BART_TINY = dict(vocab_size=101, d_model=32, encoder_layers=2, decoder_layers=2,
+                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=37,
+                 decoder_ffn_dim=41, max_position_embeddings=64)
+
+
+def rag_token_train_step(model, tx):
+  """The RAG-Token training step that the benchmarks time, jitted, params and optimizer
+  state donated: step(params, opt_state, key, inputs) -> (params, opt_state, loss).
+
+  inputs = (question ids [B, Lq], their mask, contexts [B * Z, Lc], their mask,
+  labels [B, Lt], document vectors [B, Z, D]). Question encoder -> doc scores against the
+  frozen document vectors -> RAG-Token loss (summed over the batch) -> gradient -> `tx`
+  (AdamW in the benchmarks) over every parameter, dropout on.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+
+  def loss_fn(params, key, inputs):
+    q_ids, q_mask, ctx, ctx_mask, labels, doc_embeds = inputs
+    kq, kg = jax.random.split(key)
+    scores = model.doc_scores_fn(params, q_ids, q_mask, doc_embeds, deterministic=False,
+                                 rngs={"dropout": kq})
+    return model.loss_fn(params, ctx, ctx_mask, scores, labels, kind="token",
+                         deterministic=False, rngs={"dropout": kg}).sum()
+
+  def step(params, opt_state, key, inputs):
+    loss, grads = jax.value_and_grad(loss_fn)(params, key, inputs)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+  return jax.jit(step, donate_argnums=(0, 1))

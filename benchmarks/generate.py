@@ -37,12 +37,6 @@ import numpy as np
 
 import common
 
-# --quick: the test suite's tiny shapes; same special tokens as BART (pad 1, bos 0, eos 2).
-DPR_TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                intermediate_size=37, max_position_embeddings=64, projection_dim=0)
-BART_TINY = dict(vocab_size=101, d_model=32, encoder_layers=2, decoder_layers=2,
-                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=37,
-                 decoder_ffn_dim=41, max_position_embeddings=64)
 PAD = 1  # BartConfig's default pad_token_id
 QUESTIONS, DOCS, BEAMS = 4, 5, 4
 CONTESTANTS = {  # name: (library, kind, decoding)
@@ -56,7 +50,7 @@ CONTESTANTS = {  # name: (library, kind, decoding)
 
 def _shapes(quick: bool) -> dict:
   if quick:
-    return dict(dpr=DPR_TINY, bart=BART_TINY, context=16, new_tokens=7)
+    return dict(dpr=common.DPR_TINY, bart=common.BART_TINY, context=16, new_tokens=7)
   return dict(dpr=common.DPR_BASE, bart=common.BART_BASE, context=128, new_tokens=20)
 
 

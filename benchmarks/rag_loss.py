@@ -79,29 +79,16 @@ def _measure_jax(batch, docs, steps, path):
   tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
   params = model.params
   opt_state = tx.init(params)
-  q_ids, q_mask, ctx, ctx_mask, labels, doc_embeds = _inputs(batch, docs)
-
-  def loss_fn(params, key):
-    kq, kg = jax.random.split(key)
-    scores = model.doc_scores_fn(params, q_ids, q_mask, doc_embeds, deterministic=False,
-                                 rngs={"dropout": kq})
-    return model.loss_fn(params, ctx, ctx_mask, scores, labels, kind="token",
-                         deterministic=False, rngs={"dropout": kg}).sum()
-
-  @jax.jit
-  def train_step(params, opt_state, key):
-    loss, grads = jax.value_and_grad(loss_fn)(params, key)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  train_step = jax.jit(train_step.__wrapped__, donate_argnums=(0, 1))
+  inputs = _inputs(batch, docs)
+  train_step = common.rag_token_train_step(model, tx)
   state = {"params": params, "opt": opt_state, "key": jax.random.PRNGKey(0), "losses": []}
   del params, opt_state
   model.params = None  # the step owns (and donates) the only copy
 
   def step():
     state["key"], key = jax.random.split(state["key"])
-    state["params"], state["opt"], loss = train_step(state["params"], state["opt"], key)
+    state["params"], state["opt"], loss = train_step(state["params"], state["opt"], key,
+                                                     inputs)
     state["losses"].append(float(loss))
   seconds = common.median_seconds(step, steps)
   return {"seconds": seconds, "peak_rss_gb": common.peak_rss_gb(), "loss": state["losses"][0],

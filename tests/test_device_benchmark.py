@@ -1,0 +1,59 @@
+"""benchmarks/device.py, the one script a session with a GPU runs: its parts at tiny sizes on
+the CPU, so that it works when a device is lent, and its hand FLOP count against XLA's."""
+
+import json
+import math
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import optax
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+import common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import device  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+CPU = {"device": "cpu", "backend": "cpu", "nominal_tflops": None, "nominal_tb_s": None}
+
+
+def test_hand_flop_count_matches_xla_count_of_the_step():
+  # Big enough that matmuls dominate; XLA also counts elementwise work, so it is a bit above.
+  dpr = dict(vocab_size=500, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+             intermediate_size=512, max_position_embeddings=64, projection_dim=0)
+  bart = dict(vocab_size=2000, d_model=128, encoder_layers=2, decoder_layers=2,
+              encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=512,
+              decoder_ffn_dim=512, max_position_embeddings=128)
+  s = dict(device.QUICK, dpr=dpr, bart=bart, docs=3, context=64, target=16, question=16)
+  model = device._rag_model(jax, jnp, s)
+  tx = optax.adamw(1e-5)
+  step = common.rag_token_train_step(model, tx)
+  compiled = step.lower(model.params, tx.init(model.params), jax.random.PRNGKey(0),
+                        device._train_inputs(jnp, s, 4)).compile()
+  analysis = compiled.cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  ratio = analysis["flops"] / device.train_flops(dpr, bart, 4, 3, 16, 64, 16)
+  assert 1.0 <= ratio < 1.15, ratio
+
+
+def test_train_part_runs_every_batch_and_learns():
+  rows = list(device.train(jax, jnp, device.QUICK, CPU, steps=2))
+  assert [r["batch"] for r in rows] == list(device.QUICK["batches"])
+  for r in rows:
+    assert math.isfinite(r["loss"]) and r["s_per_step"] > 0 and r["mfu"] is None
+
+
+def test_search_part_agrees_with_a_full_top_k():
+  rows = list(device.search(jax, jnp, device.QUICK, CPU, copy_tb_s=1.0))
+  assert len(rows) == len(device.QUICK["chunks"]) * len(device.QUICK["query_batches"])
+  assert all(r["same_ids_as_full_top_k"] and r["max_score_diff"] == 0.0 for r in rows)
+
+
+def test_main_writes_its_lines_to_out(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(sys, "argv", ["device.py", "--quick", "--parts", "ceilings",
+                                    "--out", str(tmp_path)])
+  device.main()
+  lines = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
+  assert [x["part"] for x in lines] == ["card", "ceilings"]
+  assert lines[1]["matmul_tflops"] > 0 and lines[1]["copy_tb_s"] > 0
+  assert capsys.readouterr().out.count("\n") == 2
