@@ -16,6 +16,7 @@ Every per-example kernel is written for one example and `jax.vmap`ped over the b
 Shapes: B = batch, Z = documents, T = target length, V = vocabulary.
 """
 
+import functools
 from typing import Optional, Tuple
 
 import jax
@@ -58,10 +59,25 @@ def doc_log_probs(doc_scores: Array) -> Array:
 
 
 def _safe_logsumexp(x: Array, axis: int) -> Array:
-  """logsumexp that returns -inf (with zero gradient) where every input is -inf."""
-  any_finite = jnp.isfinite(x).any(axis=axis, keepdims=True)
-  out = jax.nn.logsumexp(jnp.where(any_finite, x, 0.0), axis=axis, keepdims=True)
-  return jnp.squeeze(jnp.where(any_finite, out, -jnp.inf), axis)
+  """logsumexp over `axis` that returns -inf (with zero gradient) where every input is -inf;
+  a NaN input gives NaN.
+
+  Over any axis but the last (the documents, here) it is an elementwise max and sum of the
+  slices, which XLA fuses into one pass: XLA:CPU reduces a non-minor axis about 3x slower
+  (17 against 5.5 ms for RAG-Token's [16, 5, 1, 50,265] marginal, a decoding step's).
+  """
+  axis = axis % x.ndim
+  if axis == x.ndim - 1:
+    top = jnp.max(x, axis=-1)
+    total = lambda m: jnp.sum(jnp.exp(x - m[..., None]), axis=-1)
+  else:
+    parts = [jax.lax.index_in_dim(x, i, axis, keepdims=False) for i in range(x.shape[axis])]
+    top = functools.reduce(jnp.maximum, parts)
+    total = lambda m: functools.reduce(jnp.add, [jnp.exp(p - m) for p in parts])
+  shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(top), top, 0.0))
+  summed = total(shift)
+  empty = summed == 0.0  # every input -inf: log 0, kept out of the gradient
+  return jnp.where(empty, -jnp.inf, shift + jnp.log(jnp.where(empty, 1.0, summed)))
 
 
 def _zero_without_docs(x: Array, doc_scores: Array) -> Array:
@@ -125,9 +141,11 @@ def rag_token_marginal(logits: Array, doc_scores: Array) -> Array:
   HF's `RagTokenForGeneration(..., do_marginalize=True).logits`. This one does hold the
   full-vocabulary tensor: it is the output. logits [B, Z, T, V], doc_scores [B, Z].
   """
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  logits = logits.astype(jnp.float32)
+  # log_softmax written out, so that it fuses into the sum over documents.
+  lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)                  # [B, Z, T, 1]
   doc_lp = doc_log_probs(doc_scores)[:, :, None, None]
-  return _safe_logsumexp(logp + doc_lp, axis=1)
+  return _safe_logsumexp(logits - lse + doc_lp, axis=1)
 
 
 def rag_token_smoothing(logits: Array, doc_scores: Array, mask: Array) -> Array:
