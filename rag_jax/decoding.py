@@ -290,14 +290,20 @@ def encoder_cache(generator: bart_lib.Bart, params, input_ids: Array,
 def reorder_decoder_cache(cache: bart_lib.DecoderCache, rows: Array,
                           group: int = 1) -> bart_lib.DecoderCache:
   """Beam reordering of a BART cache: only the self-attention buffers move. The projected
-  encoder states are the same for every beam of an example (beams never change example), so
-  gathering them each step would only cost memory traffic."""
+  encoder states are one per source, shared by all the beams of its example (beams never
+  change example), so they stay as they are."""
   return cache.replace(self_attn=reorder_rows(cache.self_attn, rows, group))
 
 
 def reorder_rows(cache: Any, rows: Array, group: int = 1) -> Any:
   """Gathers cache rows: row i of the result is `rows[i]`, each row spanning `group` rows of
-  every leaf with a leading batch axis (the Z documents of a beam, for RAG-Token)."""
+  every leaf with a leading batch axis (the Z documents of a beam, for RAG-Token).
+
+  Not for a whole `DecoderCache`, whose encoder states have fewer rows than its decoder rows
+  (an out-of-range gather would be clamped silently): use `reorder_decoder_cache`.
+  """
+  if isinstance(cache, bart_lib.DecoderCache):
+    raise TypeError("reorder_rows: a DecoderCache is reordered by reorder_decoder_cache")
   idx = (rows[:, None] * group + jnp.arange(group)[None, :]).reshape(-1)
 
   def take(x):

@@ -8,6 +8,7 @@ import torch
 import transformers
 
 from conftest import max_abs, padded_batch, randomize_, rel_err
+from rag_jax import decoding
 from rag_jax import weights
 from rag_jax.models import Bart, shift_tokens_right
 
@@ -107,26 +108,31 @@ def test_cached_decoding_equals_teacher_forcing(tmp_path, rng, chunks):
 
 
 def test_decoder_rows_sharing_encoder_states_equal_their_own_copies(tmp_path, rng):
-  # 1 example x 3 sources (G), each decoded by 2 copies (C): decoder row (c * G + g) attends
-  # to source g, through one cache entry per source, as beams share their documents'.
+  # 2 examples x 3 sources (G) each, each source decoded by 2 copies (C): decoder row
+  # ((b * C + c) * G + g) attends to source (b * G + g), through one cache entry per source,
+  # as beams share their documents'.
   _save(tmp_path, seed=8)
   module, params = weights.load_bart(tmp_path)
-  src, src_mask, _, _ = _batch(rng)
-  copies, group = 2, len(src)
-  dec_in = rng.integers(3, TINY["vocab_size"], size=(copies * group, 5)).astype(np.int32)
+  batch, copies, group = 2, 2, 3
+  src, src_mask = padded_batch(rng, [9, 4, 12, 7, 12, 5], TINY["vocab_size"],
+                               TINY["pad_token_id"])
+  dec_in = rng.integers(3, TINY["vocab_size"], size=(batch * copies * group, 5)).astype(np.int32)
   apply = lambda *args, **kw: module.apply({"params": params}, *args, **kw)
-  states = apply(src, src_mask, method=Bart.encode)
-  shared = apply(states, 8, method=Bart.init_cache).replace(cross_copies=copies,
-                                                            cross_group=group)
-  shared = shared.replace(self_attn=jax.tree.map(lambda x: jnp.tile(x, (copies, 1, 1, 1)),
-                                                 shared.self_attn))
-  own_src, own_mask = np.tile(src, (copies, 1)), np.tile(src_mask, (copies, 1))
+  shared = decoding.encoder_cache(module, params, src, src_mask, 8, batch=batch, copies=copies,
+                                  group=group)
+  # The reference: every decoder row with its own copy of its source.
+  rows = [(b * group + g) for b in range(batch) for _ in range(copies) for g in range(group)]
+  own_src, own_mask = src[rows], src_mask[rows]
   own = apply(apply(own_src, own_mask, method=Bart.encode), 8, method=Bart.init_cache)
   for start, stop in [(0, 2), (2, 3), (3, 5)]:  # a prefill, then single steps
     want, own = apply(dec_in[:, start:stop], own, own_mask, method=Bart.decode_step)
     got, shared = apply(dec_in[:, start:stop], shared, src_mask, method=Bart.decode_step)
     assert max_abs(got, want) < 1e-5
-  assert shared.cross_attn[0].key.shape[0] == group
+  assert shared.cross_attn[0].key.shape[0] == batch * group
+  with pytest.raises(ValueError, match="encoder_mask has 12 rows"):
+    apply(dec_in[:, :1], shared, own_mask, method=Bart.decode_step)
+  with pytest.raises(TypeError, match="reorder_decoder_cache"):
+    decoding.reorder_rows(shared, jnp.arange(batch * copies))
 
 
 def test_bfloat16_close_to_float32(tmp_path, rng):

@@ -353,13 +353,14 @@ SCANN_RELATIVE_THRESHOLD = 0.2
 # Rows used as queries when `num_leaves_to_search` is tuned to a recall target.
 SCANN_TUNING_QUERIES = 1000
 # Tuning asks the one-sided 95% lower confidence bound of the tuning queries' mean recall to
-# reach the target, not the mean itself: the mean of 1,000 queries is off by ~0.002-0.003,
-# and queries that are not index rows come out slightly lower (on GloVe, a 0.95 mean on the
-# rows gave 0.949 on held-out noisy queries; the bound gives 0.95).
+# reach the target, not the mean itself: the mean of 1,000 queries is off by ~0.002-0.003
+# from the mean over all rows. (Queries that are not index rows can still come out lower: on
+# GloVe the bound's choice gave 0.951-0.953 on the benchmark's held-out noisy queries, the
+# plain mean's 0.949.)
 SCANN_TUNING_Z = 1.645
-# Queries per chunk that a ScaNN worker thread takes at most. One chunk per core beats
-# ScaNN's default of 256 (36.5k vs 35.8k QPS for 1,000 GloVe queries on 2 cores), and lets
-# batches under 512 queries use both cores.
+# Queries per chunk that a ScaNN worker thread takes at most. One chunk per core lets a batch
+# under 512 queries use every core (ScaNN's default chunk is 256); for 1,000 GloVe queries on
+# 2 cores it measured 36.5k against 35.8k QPS, within noise.
 SCANN_MAX_CHUNK = 1024
 
 
@@ -480,8 +481,10 @@ class ScannSearch:
     """Sets `num_leaves_to_search` to the fewest leaves whose recall@k reaches `recall_target`
     (all leaves if none does) and returns the recall measured there (also `tuned_recall`).
     "Reaches" is statistical: the mean over the tuning queries, less SCANN_TUNING_Z (1.645)
-    standard errors, is at least the target, so the count chosen holds for queries beyond
-    the sample, and `tuned_recall` (the mean) comes out a little above the target.
+    standard errors, is at least the target (so the count is not a lucky draw of the sample;
+    `tuned_recall`, the mean, comes out a little above the target). The tuning queries are
+    index rows: other queries, a question encoder's say, may come out lower; `measure_recall`
+    on a sample of real queries tells.
 
     The tuning queries are `SCANN_TUNING_QUERIES` rows of `embeddings` (the matrix this was
     built from) taken as held-out queries: each row's own id is dropped from both its exact

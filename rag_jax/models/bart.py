@@ -320,6 +320,13 @@ class Bart(nn.Module):
     Returns:
       float32 logits [B, T, V] and the advanced cache.
     """
+    rows, sources = decoder_input_ids.shape[0], cache.cross_attn[0].key.shape[0]
+    if rows != sources * cache.cross_copies:
+      raise ValueError(f"decode_step: {rows} decoder rows for a cache of {sources} encoder rows "
+                       f"x {cache.cross_copies} copies")
+    if encoder_mask is not None and encoder_mask.shape[0] != sources:
+      raise ValueError(f"decode_step: encoder_mask has {encoder_mask.shape[0]} rows; the "
+                       f"cache holds {sources} encoder rows (one mask row each)")
     t = decoder_input_ids.shape[1]
     positions = cache.index + jnp.arange(t)
     x = self._embed(decoder_input_ids, positions, self.decoder_tokens, self.decoder_positions,
