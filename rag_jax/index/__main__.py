@@ -16,6 +16,7 @@ import json
 import sys
 
 from rag_jax import assets
+from rag_jax import cli
 from rag_jax import weights
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import embed
@@ -111,6 +112,7 @@ def inspect(args) -> None:
 
 
 def main(argv=None) -> int:
+  cli.use_cpu_cores()
   args = _parser().parse_args(argv)
   try:
     {"build": build, "search": search, "inspect": inspect}[args.command](args)

@@ -112,7 +112,7 @@ def embed_store(store: PassageStore, encoder: TextEncoder, out_dir, *, shard_siz
   n_shards = -(-n // shard_size)
   mine = [j for j in range(n_shards) if j % process_count == process_index]
   devices = jax.local_devices()
-  encoder = _data_parallel(encoder, devices)
+  encoder = encoder.data_parallel(devices)
   report = EmbedReport(shards=len(mine), written=0, skipped=0, passages=0, seconds=0.0)
   start = time.perf_counter()
   bar = tqdm(total=sum(min(shard_size, n - j * shard_size) for j in mine), unit="passage",
@@ -137,18 +137,6 @@ def embed_store(store: PassageStore, encoder: TextEncoder, out_dir, *, shard_siz
   bar.close()
   report.seconds = time.perf_counter() - start
   return report
-
-
-def _data_parallel(encoder: TextEncoder, devices) -> TextEncoder:
-  """The encoder with its batch split over `devices` and params replicated on them."""
-  if len(devices) == 1:
-    return encoder
-  mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-  batch = -(-encoder.batch_size // len(devices)) * len(devices)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return dataclasses.replace(
-      encoder, params=jax.device_put(encoder.params, replicated), batch_size=batch,
-      data_sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
 
 
 def _encode_pairs(encoder: TextEncoder, rows: List[dict]) -> np.ndarray:
