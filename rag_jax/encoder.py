@@ -46,9 +46,11 @@ class TextEncoder:
     tokenizer: an HF tokenizer.
     max_length: texts are truncated to this many tokens.
     batch_size: texts per compiled call.
-    data_sharding: where each batch goes (e.g. split over devices); None: the default device.
-    micro_batch: rows the compiled call runs at a time (a `lax.map` over the batch); None:
-      CPU_MICRO_BATCH on a single CPU device, else the whole batch; 0: the whole batch.
+    data_sharding: where each batch goes (e.g. split over devices, see `data_parallel`);
+      None: the default device.
+    micro_batch: rows each device runs at a time (a `lax.map` over its rows); None: on CPU
+      devices CPU_MICRO_BATCH in all (CPU_MICRO_BATCH / devices each, when `data_sharding`
+      splits the rows over a mesh axis), on accelerators the whole batch; 0: the whole batch.
   """
   module: bert.BertEncoder
   params: Any
