@@ -53,7 +53,7 @@ def config(holder, example: str):
 
 def use_cpu_cores() -> None:
   """One XLA CPU device per core, so that data-parallel work (`TextEncoder.data_parallel`)
-  runs a shard on each: MiniLM encoding is ~8% faster on 2 cores than with one device driving
+  runs a shard on each: MiniLM encoding is ~10% faster on 2 cores than with one device driving
   both (computations on one device still use every core).
 
   For entry points, before JAX's first operation; afterwards it changes nothing. A count the
