@@ -16,9 +16,9 @@ alternating rounds so that a noisy machine hurts them alike:
   jax           rag_jax `TextEncoder` under jit, as users get it: on the CPU one compiled call
                 per batch that runs it 8 rows at a time (`TextEncoder.micro_batch`);
   jax-keepmem   jax with the same malloc settings (XLA allocates differently; for fairness);
-  jax-cores     jax with one XLA CPU device per core (JAX_NUM_CPU_DEVICES, as the command-line
-                entry points set it) and `TextEncoder.data_parallel()`: each core encodes
-                its half of the batch, 4 rows at a time;
+  jax-cores     jax as the command-line entry points run it: one XLA CPU device per core
+                (`cli.use_cpu_cores`) and `TextEncoder.data_parallel()`, each core encoding
+                its half of the batch 4 rows at a time;
   jax-whole     jax with `micro_batch=0`: the whole batch at once.
 
 Reports the median passages/s of each and the ratios to torch and to torch-16.
@@ -39,15 +39,16 @@ import common
 KEEP_MEMORY = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=2000000000:"
                                  "glibc.malloc.trim_threshold=4000000000"}
 HAND_BATCH = 16  # torch-16's rows per call
-# name: (library, rows per call (0: the whole batch), micro_batch (jax), extra environment)
+# name: (library, rows per call (0: the whole batch) for torch, or for jax "cores" (one
+# device per core, as the entry points) / None, micro_batch (jax), extra environment)
 CONTESTANTS = {
     "torch": ("torch", 0, None, {}),
     "torch-16": ("torch", HAND_BATCH, None, {}),
     "torch-16-keepmem": ("torch", HAND_BATCH, None, KEEP_MEMORY),
-    "jax": ("jax", 0, None, {}),
-    "jax-keepmem": ("jax", 0, None, KEEP_MEMORY),
-    "jax-cores": ("jax", 0, None, {"JAX_NUM_CPU_DEVICES": str(len(os.sched_getaffinity(0)))}),
-    "jax-whole": ("jax", 0, 0, {}),
+    "jax": ("jax", None, None, {}),
+    "jax-keepmem": ("jax", None, None, KEEP_MEMORY),
+    "jax-cores": ("jax", "cores", None, {}),
+    "jax-whole": ("jax", None, 0, {}),
 }
 
 
@@ -85,7 +86,10 @@ def _measure(contestant: str, batch: int, length: int, repeats: int) -> dict:
     info = {"threads": torch.get_num_threads(), "version": torch.__version__}
   else:
     import jax  # pylint: disable=import-outside-toplevel
+    from rag_jax import cli  # pylint: disable=import-outside-toplevel
     from rag_jax.encoder import TextEncoder  # pylint: disable=import-outside-toplevel
+    if rows == "cores":
+      cli.use_cpu_cores()
     # Data parallel over the local devices: a no-op with one (every contestant but jax-cores).
     encoder = TextEncoder.from_pretrained(path, batch_size=batch).data_parallel()
     if micro_batch is not None:

@@ -353,8 +353,7 @@ def bart_beam(generator: bart_lib.Bart, params, input_ids: Array,
   cache = encoder_cache(generator, params, input_ids, attention_mask, processors.max_length - 1,
                         batch=n, copies=num_beams)
   return beam_search(bart_step(generator, params, attention_mask), cache, batch=n,
-                     num_beams=num_beams,
-                     start_token_id=start_token_id, pad_token_id=pad_token_id,
+                     num_beams=num_beams, start_token_id=start_token_id, pad_token_id=pad_token_id,
                      processors=processors, length_penalty=length_penalty,
                      early_stopping=early_stopping, reorder_cache=reorder_decoder_cache)
 
