@@ -18,11 +18,14 @@ CPU only `--quick` makes sense. Three parts, each printing one JSON line as it e
    counted by hand (`train_flops`: 3x the forward matmuls, no rematerialisation); XLA's own
    count of the compiled step is printed beside them as a check.
 3. search: `ExactSearch` over N = 10M x 768 bfloat16 random vectors made on the device, for
-   query batches 1, 32 and 128 and chunk sizes 2^16..2^22 rows: milliseconds per search on
-   the device (20 searches dispatched back to back) and end to end (`search`: queries from
-   and top 10 back to the host), and the bandwidth N * D * 2 bytes / device time, as a
-   fraction of the measured copy and of the nominal bandwidth. Checked first: its top 10 for
-   8 queries equal `lax.top_k` over the full [8, N] score matrix.
+   query batches 1, 32 and 128 and chunk sizes 2^16 (a scanned loop), the default (None:
+   16 unrolled chunks on a GPU), 2^22 and 2^24 (one chunk): milliseconds per search on the
+   device (20 searches dispatched back to back) and end to end (`search`: queries from and
+   top 10 back to the host), and the bandwidth N * D * 2 bytes / device time, as a fraction
+   of the measured copy and of the nominal bandwidth. Checked first: its top 10 for 8
+   queries equal `lax.top_k` over the full [8, N] score matrix. Beside them, "unchunked":
+   that one matmul and one `lax.top_k`, timed, for comparison. The optimised program for
+   2^22 rows and 128 queries goes to --out as search_hlo.txt.
 
 Goals (from the issues): MFU >= 50% and bandwidth >= 80% of the card's.
 """
@@ -44,10 +47,10 @@ BART_LARGE = dict(vocab_size=50265, d_model=1024, encoder_layers=12, decoder_lay
                   decoder_ffn_dim=4096, max_position_embeddings=1024)
 FULL = dict(dpr=common.DPR_BASE, bart=BART_LARGE, docs=5, context=128, target=32, question=32,
             batches=(16, 64), rows=10_000_000, dim=768, query_batches=(1, 32, 128),
-            chunks=(1 << 16, 1 << 18, 1 << 20, 1 << 22), matmul=8192, copy_gib=4)
+            chunks=(1 << 16, None, 1 << 22, 1 << 24), matmul=8192, copy_gib=4)
 QUICK = dict(dpr=common.DPR_TINY, bart=common.BART_TINY, docs=3, context=16, target=8, question=8,
              batches=(2, 4), rows=20_000, dim=64, query_batches=(1, 8),
-             chunks=(1 << 12, 1 << 14), matmul=256, copy_gib=1 / 64)
+             chunks=(1 << 12, None, 1 << 14), matmul=256, copy_gib=1 / 64)
 
 
 def _log(message: str) -> None:
@@ -197,7 +200,7 @@ def _make_rows(jax, jnp, rows: int, dim: int):
   return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def search(jax, jnp, s: dict, card: dict, copy_tb_s: float):
+def search(jax, jnp, s: dict, card: dict, copy_tb_s: float, hlo_dir=None):
   from rag_jax.index.search import ExactSearch  # pylint: disable=import-outside-toplevel
   rows, dim, k = s["rows"], s["dim"], 10
   emb = _make_rows(jax, jnp, rows, dim)
@@ -209,6 +212,21 @@ def search(jax, jnp, s: dict, card: dict, copy_tb_s: float):
       jnp.einsum("bd,nd->bn", q, e, preferred_element_type=jnp.float32), k))(q8, emb)
   want_ids = np.asarray(want[1])
   bytes_read = rows * dim * 2
+  nominal = card["nominal_tb_s"]
+
+  def bandwidth(seconds):
+    tb_s = bytes_read / seconds / 1e12
+    return {"ms": round(seconds * 1e3, 3), "tb_s": round(tb_s, 3),
+            "of_copy": round(tb_s / copy_tb_s, 3),
+            "of_nominal": round(tb_s / nominal, 3) if nominal else None}
+
+  # For comparison, no chunking: one [B, N] score matrix, then one top_k over it.
+  full = jax.jit(lambda q, e: jax.lax.top_k(
+      jnp.einsum("bd,nd->bn", q, e, preferred_element_type=jnp.float32), k))
+  for b in s["query_batches"]:
+    q = jnp.asarray(queries[:b], jnp.bfloat16)
+    yield {"part": "search", "rows": rows, "dim": dim, "chunk": "unchunked", "queries": b,
+           **bandwidth(_throughput(jax, lambda q=q: full(q, emb)))}
   for chunk in s["chunks"]:
     index = ExactSearch(emb, chunk_size=chunk, dtype="bfloat16")
     got_scores, got_ids = index.search(queries[:8], k)
@@ -219,14 +237,15 @@ def search(jax, jnp, s: dict, card: dict, copy_tb_s: float):
       # device work alone: the index's jitted top-k on device-resident queries, back to back.
       host_s = _time(lambda b=b: index.search(queries[:b], k), 10)
       q = jnp.asarray(queries[:b], jnp.bfloat16)
-      seconds = _throughput(jax, lambda q=q: index._index._fn(  # pylint: disable=protected-access
-          q, index._index.embeddings, k=k))  # pylint: disable=protected-access
-      tb_s = bytes_read / seconds / 1e12
-      nominal = card["nominal_tb_s"]
-      yield {"part": "search", "rows": rows, "dim": dim, "chunk": chunk, "queries": b,
-             "ms": round(seconds * 1e3, 3), "ms_end_to_end": round(host_s * 1e3, 3),
-             "tb_s": round(tb_s, 3), "of_copy": round(tb_s / copy_tb_s, 3),
-             "of_nominal": round(tb_s / nominal, 3) if nominal else None,
+      fn, emb_on_device = index._index._fn, index._index.embeddings  # pylint: disable=protected-access
+      seconds = _throughput(jax, lambda q=q: fn(q, emb_on_device, k=k))
+      if hlo_dir and b == max(s["query_batches"]) and chunk == s["chunks"][-2]:
+        # The optimised program, to read offline whether each chunk is copied before its dot.
+        with open(os.path.join(hlo_dir, "search_hlo.txt"), "w") as f:
+          f.write(fn.lower(q, emb_on_device, k=k).compile().as_text())
+      yield {"part": "search", "rows": rows, "dim": dim, "chunk": chunk or "default",
+             "queries": b,
+             **bandwidth(seconds), "ms_end_to_end": round(host_s * 1e3, 3),
              "same_ids_as_full_top_k": same, "max_score_diff": round(close, 4)}
     del index
 
@@ -269,7 +288,8 @@ def main():
     for row in train(jax, jnp, s, card, args.steps):
       emit(row)
   if "search" in parts:
-    for row in search(jax, jnp, s, card, copy_tb_s or card["nominal_tb_s"] or float("nan")):
+    for row in search(jax, jnp, s, card, copy_tb_s or card["nominal_tb_s"] or float("nan"),
+                      hlo_dir=args.out):
       emit(row)
   _log(f"done in {time.perf_counter() - start:.0f} s")
   if out:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -52,6 +53,50 @@ def test_exact_matches_argsort(rng, chunk_size, k):
   assert scores.dtype == np.float32 and ids.dtype == np.int64
   np.testing.assert_array_equal(ids, want_ids)
   np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size,unrolled", [(400, 16), (400, 1), (5000, 16)])
+@pytest.mark.parametrize("k", [1, 10])
+def test_exact_blocked_select_and_chunk_loops(rng, monkeypatch, chunk_size, unrolled, k):
+  """Score rows selected through maxima of blocks of 4, under the unrolled and the scanned
+  chunk loop: still numpy's answer, ties to the lower id included (small integer vectors make
+  many equal scores, often across blocks)."""
+  monkeypatch.setattr(search, "GPU_LAYOUT", True)
+  monkeypatch.setattr(search, "SELECT_BLOCK", 4)
+  monkeypatch.setattr(search, "MAX_UNROLLED_CHUNKS", unrolled)
+  embeddings = rng.integers(-2, 3, (2003, 4)).astype(np.float32)
+  queries = rng.integers(-2, 3, (5, 4)).astype(np.float32)
+  scores, ids = search.ExactSearch(embeddings, chunk_size=chunk_size).search(queries, k)
+  want_scores, want_ids = exact_reference(queries, embeddings, k)
+  np.testing.assert_array_equal(ids, want_ids)
+  np.testing.assert_array_equal(scores, want_scores)
+
+
+def test_blocked_select_matches_top_k(rng, monkeypatch):
+  """Distinct scores, -inf entries and a last block part-filled, against lax.top_k."""
+  monkeypatch.setattr(search, "GPU_LAYOUT", True)
+  monkeypatch.setattr(search, "SELECT_BLOCK", 8)
+  scores = rng.standard_normal((3, 1001)).astype(np.float32)
+  scores[1, :995] = -np.inf
+  got = search._blocked_select(jnp.asarray(scores), 5, jax.lax.top_k)
+  want = jax.lax.top_k(jnp.asarray(scores), 5)
+  np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
+  np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
+  # A tie across blocks, the lower column in the block with the lower maximum: it still wins.
+  tied = np.full((1, 128), -1.0, np.float32)
+  tied[0, [3, 8, 9]] = 5.0, 9.0, 5.0
+  _, ids = search._blocked_select(jnp.asarray(tied), 2, jax.lax.top_k)
+  np.testing.assert_array_equal(np.asarray(ids), [[8, 3]])
+
+
+def test_default_chunk_by_layout(monkeypatch):
+  assert search.ExactSearch(np.ones((10, 2), np.float32)).params()["chunk_size"] is None
+  monkeypatch.setattr(search, "GPU_LAYOUT", False)
+  assert search._default_chunk(21_000_000) == search.CPU_CHUNK
+  monkeypatch.setattr(search, "GPU_LAYOUT", True)
+  assert search._default_chunk(1000) == search.CPU_CHUNK
+  chunk = search._default_chunk(21_000_000)
+  assert -(-21_000_000 // chunk) == search.MAX_UNROLLED_CHUNKS
 
 
 def test_exact_takes_jax_arrays(rng):

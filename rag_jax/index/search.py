@@ -98,6 +98,61 @@ def _merge(vals: Array, ids: Array, k: int) -> Tuple[Array, Array]:
   return top, jnp.take_along_axis(ids, cols, axis=1)
 
 
+# Two layouts of the search on device, chosen by `_gpu_layout()`; both answer the same.
+#
+# GPU (measured on an H200, JAX 0.11, 10M x 768 bfloat16, one query; benchmarks/RESULTS.md):
+# - XLA's GPU top-k gives each row of its input one thread block, so one top-k over a
+#   [1, 10M] score row takes ~15 ms where the matmul making it takes ~4 ms: `_blocked_select`
+#   cuts the row a top-k scans by SELECT_BLOCK.
+# - A slice of the embeddings at a traced offset (a scan over chunks) is copied out before
+#   its matmul, tripling the bytes each search moves; at static offsets (the chunk loop
+#   unrolled, at most MAX_UNROLLED_CHUNKS chunks) the slice fuses into the matmul.
+# CPU (this repository's 2-core machine, 500k x 384 float32): the unrolled loop was ~1.7x
+# slower than the scan, and blocks gained nothing at 32 queries and more; the plain layout.
+SELECT_BLOCK = 128
+MAX_UNROLLED_CHUNKS = 16
+CPU_CHUNK = 65536  # rows scored at once on the CPU unless chunk_size says otherwise
+# None: the GPU layout on GPUs only. True or False forces it (tests run it on the CPU).
+GPU_LAYOUT: Optional[bool] = None
+
+
+def _gpu_layout() -> bool:
+  return jax.default_backend() == "gpu" if GPU_LAYOUT is None else GPU_LAYOUT
+
+
+def _default_chunk(rows: int) -> int:
+  """chunk_size=None: CPU_CHUNK rows, or on the GPU layout as few chunks as unroll (at most
+  MAX_UNROLLED_CHUNKS; 21M rows make chunks of 1.3M, 0.7 GB of scores for 128 queries)."""
+  if not _gpu_layout():
+    return CPU_CHUNK
+  return max(CPU_CHUNK, -(-rows // MAX_UNROLLED_CHUNKS))
+
+
+def _blocked_select(scores: Array, k: int, select: Select) -> Tuple[Array, Array]:
+  """select(scores, k) through block maxima, for rows much wider than k.
+
+  The best k entries lie in the k blocks (of SELECT_BLOCK columns) with the highest maxima:
+  an entry x in a block outside them has k blocks' maxima at or above it, each of which
+  outranks x (a tie goes to the lower column, and such a block comes first). So: the max of
+  each block, the top k blocks, then the top k of their k * SELECT_BLOCK entries, taken in
+  column order so that ties still go to the lower column. The same answer as
+  select(scores, k) with an exact select, found by a reduction and two small top-ks.
+  """
+  batch, cols = scores.shape
+  block = SELECT_BLOCK
+  if not _gpu_layout() or cols < 8 * block * k:
+    return select(scores, k)
+  blocks = -(-cols // block)
+  padded = jnp.pad(scores, ((0, 0), (0, blocks * block - cols)),
+                   constant_values=-jnp.inf).reshape(batch, blocks, block)
+  _, best_blocks = select(padded.max(axis=2), k)                                 # [B, k]
+  best_blocks = jnp.sort(best_blocks, axis=1)
+  cand = jnp.take_along_axis(padded, best_blocks[:, :, None], axis=1)            # [B, k, m]
+  where = best_blocks[:, :, None] * block + jnp.arange(block, dtype=jnp.int32)
+  top, pick = select(cand.reshape(batch, k * block), k)
+  return top, jnp.take_along_axis(where.reshape(batch, k * block), pick, axis=1)
+
+
 def _chunked_top_k(queries: Array, emb: Array, k: int, *, chunk_size: int, select: Select,
                    precision, row_offset=0, num_valid: Optional[int] = None
                    ) -> Tuple[Array, Array]:
@@ -126,22 +181,26 @@ def _chunked_top_k(queries: Array, emb: Array, k: int, *, chunk_size: int, selec
     ids = row_offset + start + jnp.arange(block.shape[0], dtype=jnp.int32)       # [C]
     if num_valid is not None:
       s = jnp.where(ids[None, :] < num_valid, s, -jnp.inf)
-    vals, cols = select(s, min(k, block.shape[0]))
+    vals, cols = _blocked_select(s, min(k, block.shape[0]), select)
     return vals, ids[cols]
 
-  def step(best, i):
-    start = i * chunk
-    cand = score(jax.lax.dynamic_slice_in_dim(emb, start, chunk), start)
+  def merge(best, cand):
     # Running best first: on equal scores top_k keeps the lower row, as a stable sort does.
-    return _merge(*(jnp.concatenate(pair, axis=1) for pair in zip(best, cand)), k), None
+    return _merge(*(jnp.concatenate(pair, axis=1) for pair in zip(best, cand)), k)
 
   # The first chunk seeds the carry (rather than -inf constants) so that, under shard_map, the
   # carry is per-device data from the start.
   best = score(emb[:chunk], 0)
-  best, _ = jax.lax.scan(step, best, jnp.arange(1, num_full))
+  if _gpu_layout() and num_full + bool(tail) <= MAX_UNROLLED_CHUNKS:
+    for start in range(chunk, rows, chunk):
+      best = merge(best, score(emb[start:start + chunk], start))
+    return best
+  best, _ = jax.lax.scan(
+      lambda best, i: (merge(best, score(jax.lax.dynamic_slice_in_dim(emb, i * chunk, chunk),
+                                         i * chunk)), None),
+      best, jnp.arange(1, num_full))
   if tail:
-    cand = score(emb[num_full * chunk:], num_full * chunk)
-    best = _merge(*(jnp.concatenate(pair, axis=1) for pair in zip(best, cand)), k)
+    best = merge(best, score(emb[num_full * chunk:], num_full * chunk))
   return best
 
 
@@ -151,9 +210,12 @@ class _DeviceIndex:
   Not a backend: `ExactSearch` and `ApproxSearch` each hold one and differ only in `select`.
   """
 
-  def __init__(self, embeddings, *, select: Select, chunk_size: int, dtype: str,
+  def __init__(self, embeddings, *, select: Select, chunk_size: Optional[int], dtype: str,
                mesh: Optional[Mesh], axis_name: str):
     self.num, self.dim = _check_embeddings(embeddings)
+    if chunk_size is None:
+      shards = 1 if mesh is None else mesh.shape.get(axis_name, 1)
+      chunk_size = _default_chunk(-(-self.num // shards))
     if (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
         or chunk_size < 1):
       raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
@@ -254,12 +316,13 @@ class ExactSearch(_OnDevice):
 
   name = "exact"
 
-  def __init__(self, embeddings, *, chunk_size: int = 65536, dtype="float32",
+  def __init__(self, embeddings, *, chunk_size: Optional[int] = None, dtype="float32",
                mesh: Optional[Mesh] = None, axis_name: str = "data"):
     """
     Args:
       embeddings: [N, D] float (numpy, memory map or jax array); N must stay below 2**31.
-      chunk_size: passages scored at once (per device when sharded).
+      chunk_size: passages scored at once (per device when sharded); None picks it from the
+        size and the device (`_default_chunk`). Memory beyond the embeddings is O(B * chunk).
       dtype: "float32" or "bfloat16" (jnp dtypes accepted): how the embeddings are stored
         and multiplied; scores accumulate in float32 either way.
       mesh: shard the embeddings over this mesh's `axis_name` axis; None for one device.
@@ -287,9 +350,9 @@ class ApproxSearch(_OnDevice):
 
   name = "approx"
 
-  def __init__(self, embeddings, *, recall_target: float = 0.95, chunk_size: int = 65536,
-               dtype="float32", mesh: Optional[Mesh] = None, axis_name: str = "data",
-               measured_recall: Optional[float] = None):
+  def __init__(self, embeddings, *, recall_target: float = 0.95,
+               chunk_size: Optional[int] = None, dtype="float32", mesh: Optional[Mesh] = None,
+               axis_name: str = "data", measured_recall: Optional[float] = None):
     """
     Args:
       embeddings, chunk_size, dtype, mesh, axis_name: as for `ExactSearch`.
