@@ -55,15 +55,15 @@ def test_exact_matches_argsort(rng, chunk_size, k):
   np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("chunk_size,unrolled", [(400, 16), (400, 1), (5000, 16)])
+@pytest.mark.parametrize("gpu_layout", [False, True])
+@pytest.mark.parametrize("chunk_size", [7, 400, 5000])
 @pytest.mark.parametrize("k", [1, 10])
-def test_exact_blocked_select_and_chunk_loops(rng, monkeypatch, chunk_size, unrolled, k):
-  """Score rows selected through maxima of blocks of 4, under the unrolled and the scanned
-  chunk loop: still numpy's answer, ties to the lower id included (small integer vectors make
-  many equal scores, often across blocks)."""
-  monkeypatch.setattr(search, "GPU_LAYOUT", True)
+def test_exact_chunks_and_blocked_select(rng, monkeypatch, gpu_layout, chunk_size, k):
+  """Chunks of 7 (raised to keep MAX_CHUNKS), 400 and one chunk, with and without selection
+  through maxima of blocks of 4: still numpy's answer, ties to the lower id included (small
+  integer vectors make many equal scores, often across blocks and chunks)."""
+  monkeypatch.setattr(search, "GPU_LAYOUT", gpu_layout)
   monkeypatch.setattr(search, "SELECT_BLOCK", 4)
-  monkeypatch.setattr(search, "MAX_UNROLLED_CHUNKS", unrolled)
   embeddings = rng.integers(-2, 3, (2003, 4)).astype(np.float32)
   queries = rng.integers(-2, 3, (5, 4)).astype(np.float32)
   scores, ids = search.ExactSearch(embeddings, chunk_size=chunk_size).search(queries, k)
@@ -89,14 +89,18 @@ def test_blocked_select_matches_top_k(rng, monkeypatch):
   np.testing.assert_array_equal(np.asarray(ids), [[8, 3]])
 
 
-def test_default_chunk_by_layout(monkeypatch):
-  assert search.ExactSearch(np.ones((10, 2), np.float32)).params()["chunk_size"] is None
+def test_chunk_rows(monkeypatch):
   monkeypatch.setattr(search, "GPU_LAYOUT", False)
-  assert search._default_chunk(21_000_000) == search.CPU_CHUNK
+  assert search._chunk_rows(1000, None) == 1000
+  assert search._chunk_rows(21_000_000, None) == -(-21_000_000 // search.MAX_CHUNKS)
+  assert search._chunk_rows(1_000_000, None) == search.CPU_CHUNK
+  assert search._chunk_rows(1_000_000, 100_000) == 100_000
   monkeypatch.setattr(search, "GPU_LAYOUT", True)
-  assert search._default_chunk(1000) == search.CPU_CHUNK
-  chunk = search._default_chunk(21_000_000)
-  assert -(-21_000_000 // chunk) == search.MAX_UNROLLED_CHUNKS
+  assert search._chunk_rows(1_000_000, None) == search.CPU_CHUNK
+  assert search._chunk_rows(10_000_000, None) == 625_000
+  index = search.ExactSearch(np.ones((1000, 2), np.float32), chunk_size=300)
+  assert [len(c) for c in index._index.embeddings] == [300, 300, 300, 100]
+  assert index.params()["chunk_size"] == 300
 
 
 def test_exact_takes_jax_arrays(rng):

@@ -98,20 +98,22 @@ def _merge(vals: Array, ids: Array, k: int) -> Tuple[Array, Array]:
   return top, jnp.take_along_axis(ids, cols, axis=1)
 
 
-# Two layouts of the search on device, chosen by `_gpu_layout()`; both answer the same.
-#
-# GPU (measured on an H200, JAX 0.11, 10M x 768 bfloat16, one query; benchmarks/RESULTS.md):
-# - XLA's GPU top-k gives each row of its input one thread block, so one top-k over a
-#   [1, 10M] score row takes ~15 ms where the matmul making it takes ~4 ms: `_blocked_select`
-#   cuts the row a top-k scans by SELECT_BLOCK.
-# - A slice of the embeddings at a traced offset (a scan over chunks) is copied out before
-#   its matmul, tripling the bytes each search moves; at static offsets (the chunk loop
-#   unrolled, at most MAX_UNROLLED_CHUNKS chunks) the slice fuses into the matmul.
-# CPU (this repository's 2-core machine, 500k x 384 float32): the unrolled loop was ~1.7x
-# slower than the scan, and blocks gained nothing at 32 queries and more; the plain layout.
-SELECT_BLOCK = 128
-MAX_UNROLLED_CHUNKS = 16
-CPU_CHUNK = 65536  # rows scored at once on the CPU unless chunk_size says otherwise
+# How the on-device search is laid out. The embeddings are held as a tuple of chunks, one
+# device buffer each (per device when sharded), and one jitted program scores them in turn,
+# the loop unrolled. Measured, with the reasons:
+# - CPU (this repository's 2-core machine, 500k x 384 float32): a matmul over a slice of one
+#   big buffer (static or traced) is several times slower than over a buffer of its own,
+#   since XLA:CPU first copies the slice out; at one query the chunk loop took 114 ms as a
+#   scan over slices and 28 ms over separate buffers (32 queries: 190 -> 111 ms).
+# - GPU (an H200, JAX 0.11, 10M x 768 bfloat16; benchmarks/RESULTS.md): a slice at a traced
+#   offset (a scan) is copied before its matmul, tripling the bytes each search moves; and
+#   XLA's GPU top-k gives each row of its input one thread block, so a top-k over a [1, 10M]
+#   score row takes ~15 ms where the matmul making it takes ~4 ms. On GPUs the chunks are few
+#   (GPU_CHUNKS) and `_blocked_select` picks through block maxima.
+SELECT_BLOCK = 128      # columns per block in `_blocked_select`
+MAX_CHUNKS = 64         # more chunks than this: larger chunks (compile time grows with them)
+GPU_CHUNKS = 16         # chunk_size=None on a GPU: this many chunks per device
+CPU_CHUNK = 65536       # chunk_size=None elsewhere: rows per chunk
 # None: the GPU layout on GPUs only. True or False forces it (tests run it on the CPU).
 GPU_LAYOUT: Optional[bool] = None
 
@@ -120,12 +122,13 @@ def _gpu_layout() -> bool:
   return jax.default_backend() == "gpu" if GPU_LAYOUT is None else GPU_LAYOUT
 
 
-def _default_chunk(rows: int) -> int:
-  """chunk_size=None: CPU_CHUNK rows, or on the GPU layout as few chunks as unroll (at most
-  MAX_UNROLLED_CHUNKS; 21M rows make chunks of 1.3M, 0.7 GB of scores for 128 queries)."""
-  if not _gpu_layout():
-    return CPU_CHUNK
-  return max(CPU_CHUNK, -(-rows // MAX_UNROLLED_CHUNKS))
+def _chunk_rows(rows: int, chunk_size: Optional[int]) -> int:
+  """Rows per chunk for `rows` rows on a device: chunk_size (None: CPU_CHUNK rows, or on the
+  GPU layout GPU_CHUNKS chunks if that makes them larger), raised where needed to keep at
+  most MAX_CHUNKS chunks (21M rows: chunks of 328k, 168 MB of scores for 128 queries)."""
+  if chunk_size is None:
+    chunk_size = max(CPU_CHUNK, -(-rows // GPU_CHUNKS)) if _gpu_layout() else CPU_CHUNK
+  return max(1, min(chunk_size, rows), -(-rows // MAX_CHUNKS))
 
 
 def _blocked_select(scores: Array, k: int, select: Select) -> Tuple[Array, Array]:
@@ -153,54 +156,39 @@ def _blocked_select(scores: Array, k: int, select: Select) -> Tuple[Array, Array
   return top, jnp.take_along_axis(where.reshape(batch, k * block), pick, axis=1)
 
 
-def _chunked_top_k(queries: Array, emb: Array, k: int, *, chunk_size: int, select: Select,
+def _chunked_top_k(queries: Array, chunks: Tuple[Array, ...], k: int, *, select: Select,
                    precision, row_offset=0, num_valid: Optional[int] = None
                    ) -> Tuple[Array, Array]:
-  """Top-k of queries . emb^T, scoring `chunk_size` rows at a time.
+  """Top-k of queries . emb^T, where emb is the chunks [C_i, D] one after another.
 
   Args:
     queries: [B, D] in the embeddings' dtype.
-    emb: [R, D] (all rows, or one device's shard).
-    k: wanted candidates; min(k, R) come back.
-    chunk_size: rows scored at once; memory is O(B * chunk_size), whatever R is.
+    chunks: the rows (all of them, or one device's shard), one chunk at a time; memory
+      beyond them is O(B * max C_i).
+    k: wanted candidates; min(k, R) come back, R the rows in all chunks.
     select: the per-chunk top-k (exact or approximate); chunks are merged exactly.
     precision: matmul precision.
-    row_offset: global row number of emb's row 0 (a shard's offset; may be traced).
+    row_offset: global row number of the first chunk's row 0 (a shard's offset; may be
+      traced).
     num_valid: rows with a global number >= this are padding and score -inf.
   Returns:
     scores [B, min(k, R)] float32 and global row ids [B, min(k, R)] int32, best first.
   """
-  rows = emb.shape[0]
-  k = min(k, rows)
-  chunk = min(max(chunk_size, k), rows)  # A chunk holds at least k rows, so each yields k.
-  num_full, tail = divmod(rows, chunk)
-
-  def score(block, start):
-    s = jnp.einsum("bd,cd->bc", queries, block, precision=precision,
+  k = min(k, sum(c.shape[0] for c in chunks))
+  best, start = None, 0
+  for chunk in chunks:
+    s = jnp.einsum("bd,cd->bc", queries, chunk, precision=precision,
                    preferred_element_type=jnp.float32)                           # [B, C]
-    ids = row_offset + start + jnp.arange(block.shape[0], dtype=jnp.int32)       # [C]
+    ids = row_offset + start + jnp.arange(chunk.shape[0], dtype=jnp.int32)       # [C]
     if num_valid is not None:
       s = jnp.where(ids[None, :] < num_valid, s, -jnp.inf)
-    vals, cols = _blocked_select(s, min(k, block.shape[0]), select)
-    return vals, ids[cols]
-
-  def merge(best, cand):
+    vals, cols = _blocked_select(s, min(k, chunk.shape[0]), select)
+    cand = vals, ids[cols]
     # Running best first: on equal scores top_k keeps the lower row, as a stable sort does.
-    return _merge(*(jnp.concatenate(pair, axis=1) for pair in zip(best, cand)), k)
-
-  # The first chunk seeds the carry (rather than -inf constants) so that, under shard_map, the
-  # carry is per-device data from the start.
-  best = score(emb[:chunk], 0)
-  if _gpu_layout() and num_full + bool(tail) <= MAX_UNROLLED_CHUNKS:
-    for start in range(chunk, rows, chunk):
-      best = merge(best, score(emb[start:start + chunk], start))
-    return best
-  best, _ = jax.lax.scan(
-      lambda best, i: (merge(best, score(jax.lax.dynamic_slice_in_dim(emb, i * chunk, chunk),
-                                         i * chunk)), None),
-      best, jnp.arange(1, num_full))
-  if tail:
-    best = merge(best, score(emb[num_full * chunk:], num_full * chunk))
+    best = cand if best is None else _merge(
+        *(jnp.concatenate(pair, axis=1) for pair in zip(best, cand)),
+        min(k, best[0].shape[1] + cand[0].shape[1]))
+    start += chunk.shape[0]
   return best
 
 
@@ -213,34 +201,36 @@ class _DeviceIndex:
   def __init__(self, embeddings, *, select: Select, chunk_size: Optional[int], dtype: str,
                mesh: Optional[Mesh], axis_name: str):
     self.num, self.dim = _check_embeddings(embeddings)
-    if chunk_size is None:
-      shards = 1 if mesh is None else mesh.shape.get(axis_name, 1)
-      chunk_size = _default_chunk(-(-self.num // shards))
-    if (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
-        or chunk_size < 1):
+    if chunk_size is not None and (isinstance(chunk_size, bool)
+                                   or not isinstance(chunk_size, (int, np.integer))
+                                   or chunk_size < 1):
       raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if mesh is not None and axis_name not in mesh.axis_names:
+      raise ValueError(f"axis_name {axis_name!r} is not an axis of the mesh "
+                       f"{tuple(mesh.axis_names)}")
     self.dtype = jnp.dtype(dtype)
+    self.num_shards = 1 if mesh is None else mesh.shape[axis_name]
+    per_shard = -(-self.num // self.num_shards)
+    self.chunk_rows = _chunk_rows(per_shard, chunk_size)
+    bounds = [(i, min(i + self.chunk_rows, per_shard))
+              for i in range(0, per_shard, self.chunk_rows)]
     # HIGHEST keeps float32 scores float32 on TPU/GPU, where the default rounds to bfloat16
     # passes; bfloat16 embeddings were rounded on purpose and accumulate in float32 anyway.
     precision = (jax.lax.Precision.HIGHEST if self.dtype == jnp.float32
                  else jax.lax.Precision.DEFAULT)
-    top_k = functools.partial(_chunked_top_k, chunk_size=chunk_size, select=select,
-                              precision=precision)
+    top_k = functools.partial(_chunked_top_k, select=select, precision=precision)
     if mesh is None:
-      self.num_shards = 1
       if isinstance(embeddings, jax.Array):
-        self.embeddings = embeddings.astype(self.dtype)
+        self.embeddings = tuple(embeddings[a:b].astype(self.dtype) for a, b in bounds)
       else:
-        self.embeddings = jax.device_put(np.asarray(embeddings, self.dtype))
+        self.embeddings = tuple(jax.device_put(np.asarray(embeddings[a:b], self.dtype))
+                                for a, b in bounds)
       fn = top_k
     else:
-      if axis_name not in mesh.axis_names:
-        raise ValueError(f"axis_name {axis_name!r} is not an axis of the mesh "
-                         f"{tuple(mesh.axis_names)}")
-      self.num_shards = mesh.shape[axis_name]
-      self.embeddings = _place_sharded(embeddings, self.dtype, mesh, axis_name)
-      fn = functools.partial(_sharded_top_k, top_k=top_k, num_valid=self.num, mesh=mesh,
-                             axis_name=axis_name)
+      self.embeddings = tuple(_place_sharded(embeddings, self.dtype, mesh, axis_name,
+                                             per_shard, a, b) for a, b in bounds)
+      fn = functools.partial(_sharded_top_k, top_k=top_k, num_valid=self.num,
+                             per_shard=per_shard, mesh=mesh, axis_name=axis_name)
     self._fn = jax.jit(fn, static_argnames="k")
 
   def search(self, queries, k: int) -> Result:
@@ -249,41 +239,44 @@ class _DeviceIndex:
     return _to_host(*self._fn(queries, self.embeddings, k=int(k)))
 
 
-def _place_sharded(embeddings, dtype, mesh: Mesh, axis_name: str) -> Array:
-  """embeddings [N, D] as a [N', D] array sharded by rows over `axis_name`.
+def _place_sharded(embeddings, dtype, mesh: Mesh, axis_name: str, per_shard: int, first: int,
+                   stop: int) -> Array:
+  """Rows [first, stop) of every device's shard, as one [shards * (stop - first), D] array
+  sharded by rows over `axis_name`.
 
-  N' is N rounded up to a multiple of the shard count; the extra rows are zeros, masked at
-  search time. Each device's block is read and padded on its own, so the host never holds a
-  padded copy of the whole matrix (which may be a memory map).
+  Device d's shard is rows [d * per_shard, (d + 1) * per_shard) of embeddings [N, D]; rows
+  past N are zeros, masked at search time. Each device's block is read and padded on its
+  own, so the host never holds a padded copy of the whole matrix (which may be a memory map).
   """
   num, dim = embeddings.shape
-  shards = mesh.shape[axis_name]
-  padded = -(-num // shards) * shards
+  shards, rows = mesh.shape[axis_name], stop - first
 
   def block(index):
-    start, stop, _ = index[0].indices(padded)
-    out = np.zeros((stop - start, dim), dtype)
-    real = np.asarray(embeddings[start:min(stop, num)], dtype)
+    start, _, _ = index[0].indices(shards * rows)
+    lo = start // rows * per_shard + first
+    out = np.zeros((rows, dim), dtype)
+    real = np.asarray(embeddings[min(lo, num):min(lo + rows, num)], dtype)
     out[:len(real)] = real
     return out
 
   sharding = NamedSharding(mesh, P(axis_name, None))
-  return jax.make_array_from_callback((padded, dim), sharding, block)
+  return jax.make_array_from_callback((shards * rows, dim), sharding, block)
 
 
-def _sharded_top_k(queries: Array, emb: Array, k: int, *, top_k, num_valid: int, mesh: Mesh,
-                   axis_name: str) -> Tuple[Array, Array]:
+def _sharded_top_k(queries: Array, chunks: Tuple[Array, ...], k: int, *, top_k,
+                   num_valid: int, per_shard: int, mesh: Mesh, axis_name: str
+                   ) -> Tuple[Array, Array]:
   """Each shard's top-k with global row ids, then the best k of all shards' candidates."""
 
-  def local(queries, emb):
-    offset = jax.lax.axis_index(axis_name) * emb.shape[0]
-    return top_k(queries, emb, k, row_offset=offset, num_valid=num_valid)
+  def local(queries, chunks):
+    offset = jax.lax.axis_index(axis_name) * per_shard
+    return top_k(queries, chunks, k, row_offset=offset, num_valid=num_valid)
 
   # The candidates come out laid side by side, [B, shards * k'] sharded over columns; the
   # merge below all-gathers them. (An all_gather inside shard_map would be "varying" to its
   # replication check, and all_gather_invariant is not in every jax version.)
   vals, ids = _shard_map(local, mesh=mesh, in_specs=(P(), P(axis_name, None)),
-                         out_specs=(P(None, axis_name), P(None, axis_name)))(queries, emb)
+                         out_specs=(P(None, axis_name), P(None, axis_name)))(queries, chunks)
   vals, ids = _merge(vals, ids, k)
   # Padding rows score -inf and lose to any of the >= k real ones; kept as -1 all the same.
   return vals, jnp.where(ids < num_valid, ids, -1)
@@ -322,7 +315,8 @@ class ExactSearch(_OnDevice):
     Args:
       embeddings: [N, D] float (numpy, memory map or jax array); N must stay below 2**31.
       chunk_size: passages scored at once (per device when sharded); None picks it from the
-        size and the device (`_default_chunk`). Memory beyond the embeddings is O(B * chunk).
+        size and the device (`_chunk_rows`, which also raises it to keep at most MAX_CHUNKS
+        chunks). Memory beyond the embeddings is O(B * chunk).
       dtype: "float32" or "bfloat16" (jnp dtypes accepted): how the embeddings are stored
         and multiplied; scores accumulate in float32 either way.
       mesh: shard the embeddings over this mesh's `axis_name` axis; None for one device.
