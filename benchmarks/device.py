@@ -258,12 +258,18 @@ def main():
   parser.add_argument("--batches", help="training batch sizes, comma-separated (default: "
                       f"{','.join(map(str, FULL['batches']))}; --quick: "
                       f"{','.join(map(str, QUICK['batches']))})")
+  parser.add_argument("--prng", choices=("threefry2x32", "rbg", "unsafe_rbg"),
+                      help="jax_default_prng_impl for the dropout masks (default: JAX's, "
+                      "threefry2x32). Threefry's bits are arithmetic on GPUs; MaxText trains "
+                      "with unsafe_rbg")
   parser.add_argument("--out", help="directory for results.jsonl (e.g. $OUT)")
   args = parser.parse_args()
   # bart-large at batch 64 needs more than JAX's default 75% of the GPU's memory.
   os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  if args.prng:
+    jax.config.update("jax_default_prng_impl", args.prng)
   s = QUICK if args.quick else FULL
   if args.batches:
     s = dict(s, batches=tuple(int(b) for b in args.batches.split(",")))
@@ -277,7 +283,8 @@ def main():
     if out:
       out.write(line + "\n")
       out.flush()
-  emit({"part": "card", **card, "jax": jax.__version__, "quick": args.quick})
+  emit({"part": "card", **card, "jax": jax.__version__, "quick": args.quick,
+        "prng": jax.config.jax_default_prng_impl})
   start = time.perf_counter()
   copy_tb_s = None
   if "ceilings" in parts:

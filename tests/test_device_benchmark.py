@@ -59,9 +59,14 @@ def test_search_part_agrees_with_a_full_top_k(monkeypatch, gpu_layout):
 
 def test_main_writes_its_lines_to_out(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(sys, "argv", ["device.py", "--quick", "--parts", "ceilings",
-                                    "--out", str(tmp_path)])
-  device.main()
+                                    "--prng", "rbg", "--out", str(tmp_path)])
+  before = jax.config.jax_default_prng_impl
+  try:
+    device.main()
+  finally:
+    jax.config.update("jax_default_prng_impl", before)
   lines = [json.loads(x) for x in (tmp_path / "results.jsonl").read_text().splitlines()]
   assert [x["part"] for x in lines] == ["card", "ceilings"]
+  assert lines[0]["prng"] == "rbg"
   assert lines[1]["matmul_tflops"] > 0 and lines[1]["copy_tb_s"] > 0
   assert capsys.readouterr().out.count("\n") == 2
