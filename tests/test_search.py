@@ -89,18 +89,28 @@ def test_blocked_select_matches_top_k(rng, monkeypatch):
   np.testing.assert_array_equal(np.asarray(ids), [[8, 3]])
 
 
-def test_chunk_rows(monkeypatch):
-  monkeypatch.setattr(search, "GPU_LAYOUT", False)
-  assert search._chunk_rows(1000, None) == 1000
-  assert search._chunk_rows(21_000_000, None) == -(-21_000_000 // search.MAX_CHUNKS)
-  assert search._chunk_rows(1_000_000, None) == search.CPU_CHUNK
-  assert search._chunk_rows(1_000_000, 100_000) == 100_000
-  monkeypatch.setattr(search, "GPU_LAYOUT", True)
-  assert search._chunk_rows(1_000_000, None) == search.CPU_CHUNK
-  assert search._chunk_rows(10_000_000, None) == 625_000
+def test_chunk_rows():
+  assert search._chunk_rows(1000, None, gpu=False) == 1000
+  assert search._chunk_rows(21_000_000, None, gpu=False) == -(-21_000_000 // search.MAX_CHUNKS)
+  assert search._chunk_rows(1_000_000, None, gpu=False) == search.CPU_CHUNK
+  assert search._chunk_rows(1_000_000, 100_000, gpu=False) == 100_000
+  assert search._chunk_rows(1_000_000, None, gpu=True) == search.CPU_CHUNK
+  assert search._chunk_rows(10_000_000, None, gpu=True) == 625_024  # 16 chunks, rounded up
+  assert search._chunk_rows(10_000_000, None, gpu=True) % search.SELECT_BLOCK == 0
+  assert search._chunk_rows(1000, 300, gpu=True) == 384
   index = search.ExactSearch(np.ones((1000, 2), np.float32), chunk_size=300)
   assert [len(c) for c in index._index.embeddings] == [300, 300, 300, 100]
   assert index.params()["chunk_size"] == 300
+
+
+def test_exact_scores_one_chunk_at_a_time(rng):
+  """XLA's temporaries stay O(B * chunk), not O(B * N): the chunks' matmuls are serialised."""
+  embeddings = rng.standard_normal((64 * 4096, 16)).astype(np.float32)
+  queries = jnp.ones((128, 16))
+  index = search.ExactSearch(embeddings, chunk_size=4096)
+  compiled = index._index._fn.lower(queries, index._index.embeddings, k=10).compile()
+  one_block = 128 * 4096 * 4
+  assert compiled.memory_analysis().temp_size_in_bytes < 4 * one_block
 
 
 def test_exact_takes_jax_arrays(rng):

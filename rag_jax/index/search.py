@@ -104,14 +104,14 @@ def _merge(vals: Array, ids: Array, k: int) -> Tuple[Array, Array]:
 # - CPU (this repository's 2-core machine, 500k x 384 float32): a matmul over a slice of one
 #   big buffer (static or traced) is several times slower than over a buffer of its own,
 #   since XLA:CPU first copies the slice out; at one query the chunk loop took 114 ms as a
-#   scan over slices and 28 ms over separate buffers (32 queries: 190 -> 111 ms).
+#   scan over slices and 27 ms over separate buffers (32 queries: 190 -> 101 ms).
 # - GPU (an H200, JAX 0.11, 10M x 768 bfloat16; benchmarks/RESULTS.md): a slice at a traced
 #   offset (a scan) is copied before its matmul, tripling the bytes each search moves; and
 #   XLA's GPU top-k gives each row of its input one thread block, so a top-k over a [1, 10M]
 #   score row takes ~15 ms where the matmul making it takes ~4 ms. On GPUs the chunks are few
 #   (GPU_CHUNKS) and `_blocked_select` picks through block maxima.
 SELECT_BLOCK = 128      # columns per block in `_blocked_select`
-MAX_CHUNKS = 64         # more chunks than this: larger chunks (compile time grows with them)
+MAX_CHUNKS = 64         # more chunks than this: larger ones (64 compile in ~1 s per (B, k))
 GPU_CHUNKS = 16         # chunk_size=None on a GPU: this many chunks per device
 CPU_CHUNK = 65536       # chunk_size=None elsewhere: rows per chunk
 # None: the GPU layout on GPUs only. True or False forces it (tests run it on the CPU).
@@ -122,13 +122,17 @@ def _gpu_layout() -> bool:
   return jax.default_backend() == "gpu" if GPU_LAYOUT is None else GPU_LAYOUT
 
 
-def _chunk_rows(rows: int, chunk_size: Optional[int]) -> int:
+def _chunk_rows(rows: int, chunk_size: Optional[int], gpu: bool) -> int:
   """Rows per chunk for `rows` rows on a device: chunk_size (None: CPU_CHUNK rows, or on the
   GPU layout GPU_CHUNKS chunks if that makes them larger), raised where needed to keep at
-  most MAX_CHUNKS chunks (21M rows: chunks of 328k, 168 MB of scores for 128 queries)."""
+  most MAX_CHUNKS chunks (21M rows: chunks of 328k, 168 MB of scores for 128 queries). On
+  the GPU layout a multiple of SELECT_BLOCK, so that no score block needs padding."""
   if chunk_size is None:
-    chunk_size = max(CPU_CHUNK, -(-rows // GPU_CHUNKS)) if _gpu_layout() else CPU_CHUNK
-  return max(1, min(chunk_size, rows), -(-rows // MAX_CHUNKS))
+    chunk_size = max(CPU_CHUNK, -(-rows // GPU_CHUNKS)) if gpu else CPU_CHUNK
+  chunk = max(1, chunk_size, -(-rows // MAX_CHUNKS))
+  if gpu:
+    chunk = -(-chunk // SELECT_BLOCK) * SELECT_BLOCK
+  return min(chunk, rows)
 
 
 def _blocked_select(scores: Array, k: int, select: Select) -> Tuple[Array, Array]:
@@ -138,36 +142,51 @@ def _blocked_select(scores: Array, k: int, select: Select) -> Tuple[Array, Array
   an entry x in a block outside them has k blocks' maxima at or above it, each of which
   outranks x (a tie goes to the lower column, and such a block comes first). So: the max of
   each block, the top k blocks, then the top k of their k * SELECT_BLOCK entries, taken in
-  column order so that ties still go to the lower column. The same answer as
-  select(scores, k) with an exact select, found by a reduction and two small top-ks.
+  column order. With `lax.top_k` as select this is select(scores, k) exactly, ties to the
+  lower column included (tests/test_search.py); with an approximate select, ties may go
+  either way, as they may in select itself.
   """
   batch, cols = scores.shape
   block = SELECT_BLOCK
-  if not _gpu_layout() or cols < 8 * block * k:
-    return select(scores, k)
   blocks = -(-cols // block)
   padded = jnp.pad(scores, ((0, 0), (0, blocks * block - cols)),
                    constant_values=-jnp.inf).reshape(batch, blocks, block)
   _, best_blocks = select(padded.max(axis=2), k)                                 # [B, k]
   best_blocks = jnp.sort(best_blocks, axis=1)
-  cand = jnp.take_along_axis(padded, best_blocks[:, :, None], axis=1)            # [B, k, m]
-  where = best_blocks[:, :, None] * block + jnp.arange(block, dtype=jnp.int32)
-  top, pick = select(cand.reshape(batch, k * block), k)
-  return top, jnp.take_along_axis(where.reshape(batch, k * block), pick, axis=1)
+  entries = jnp.take_along_axis(padded, best_blocks[:, :, None], axis=1)         # [B, k, m]
+  columns = best_blocks[:, :, None] * block + jnp.arange(block, dtype=jnp.int32)
+  top, pick = select(entries.reshape(batch, k * block), k)
+  return top, jnp.take_along_axis(columns.reshape(batch, k * block), pick, axis=1)
+
+
+def _after(queries: Array, best: Optional[Tuple[Array, Array]]) -> Array:
+  """queries, unchanged, but computed after `best`: a data dependence that orders the chunks.
+
+  Without it XLA may run every chunk's matmul before any top-k and hold all [B, C_i] score
+  blocks at once (XLA:CPU did: 134 MB of temporaries for 64 chunks of 4096 rows and 128
+  queries, against 6 MB with it). `lax.optimization_barrier` did not order them: XLA:CPU
+  forwards parameters through it. The term added is 0.0: row ids here are never negative.
+  """
+  if best is None:
+    return queries
+  return queries + (best[1][0, 0] < 0).astype(queries.dtype)
 
 
 def _chunked_top_k(queries: Array, chunks: Tuple[Array, ...], k: int, *, select: Select,
-                   precision, row_offset=0, num_valid: Optional[int] = None
+                   precision, blocked: bool, row_offset=0, num_valid: Optional[int] = None
                    ) -> Tuple[Array, Array]:
   """Top-k of queries . emb^T, where emb is the chunks [C_i, D] one after another.
 
   Args:
     queries: [B, D] in the embeddings' dtype.
-    chunks: the rows (all of them, or one device's shard), one chunk at a time; memory
-      beyond them is O(B * max C_i).
+    chunks: the rows (all of them, or one device's shard), scored one chunk at a time:
+      each chunk's matmul waits for the previous chunk's merge, so memory beyond the chunks
+      is O(B * max C_i).
     k: wanted candidates; min(k, R) come back, R the rows in all chunks.
     select: the per-chunk top-k (exact or approximate); chunks are merged exactly.
     precision: matmul precision.
+    blocked: select through block maxima (`_blocked_select`) where a chunk has at least
+      8k blocks, i.e. where the maxima cut the top-k's work by 8 or more.
     row_offset: global row number of the first chunk's row 0 (a shard's offset; may be
       traced).
     num_valid: rows with a global number >= this are padding and score -inf.
@@ -177,17 +196,19 @@ def _chunked_top_k(queries: Array, chunks: Tuple[Array, ...], k: int, *, select:
   k = min(k, sum(c.shape[0] for c in chunks))
   best, start = None, 0
   for chunk in chunks:
-    s = jnp.einsum("bd,cd->bc", queries, chunk, precision=precision,
+    s = jnp.einsum("bd,cd->bc", _after(queries, best), chunk, precision=precision,
                    preferred_element_type=jnp.float32)                           # [B, C]
     ids = row_offset + start + jnp.arange(chunk.shape[0], dtype=jnp.int32)       # [C]
     if num_valid is not None:
       s = jnp.where(ids[None, :] < num_valid, s, -jnp.inf)
-    vals, cols = _blocked_select(s, min(k, chunk.shape[0]), select)
-    cand = vals, ids[cols]
+    kc = min(k, chunk.shape[0])
+    use_blocks = blocked and chunk.shape[0] >= 8 * SELECT_BLOCK * kc
+    vals, cols = _blocked_select(s, kc, select) if use_blocks else select(s, kc)
+    found = vals, ids[cols]
     # Running best first: on equal scores top_k keeps the lower row, as a stable sort does.
-    best = cand if best is None else _merge(
-        *(jnp.concatenate(pair, axis=1) for pair in zip(best, cand)),
-        min(k, best[0].shape[1] + cand[0].shape[1]))
+    best = found if best is None else _merge(
+        *(jnp.concatenate(pair, axis=1) for pair in zip(best, found)),
+        min(k, best[0].shape[1] + found[0].shape[1]))
     start += chunk.shape[0]
   return best
 
@@ -211,14 +232,16 @@ class _DeviceIndex:
     self.dtype = jnp.dtype(dtype)
     self.num_shards = 1 if mesh is None else mesh.shape[axis_name]
     per_shard = -(-self.num // self.num_shards)
-    self.chunk_rows = _chunk_rows(per_shard, chunk_size)
+    self.gpu_layout = _gpu_layout()  # decided once: the jitted search is traced with it
+    self.chunk_rows = _chunk_rows(per_shard, chunk_size, self.gpu_layout)
     bounds = [(i, min(i + self.chunk_rows, per_shard))
               for i in range(0, per_shard, self.chunk_rows)]
     # HIGHEST keeps float32 scores float32 on TPU/GPU, where the default rounds to bfloat16
     # passes; bfloat16 embeddings were rounded on purpose and accumulate in float32 anyway.
     precision = (jax.lax.Precision.HIGHEST if self.dtype == jnp.float32
                  else jax.lax.Precision.DEFAULT)
-    top_k = functools.partial(_chunked_top_k, select=select, precision=precision)
+    top_k = functools.partial(_chunked_top_k, select=select, precision=precision,
+                              blocked=self.gpu_layout)
     if mesh is None:
       if isinstance(embeddings, jax.Array):
         self.embeddings = tuple(embeddings[a:b].astype(self.dtype) for a, b in bounds)
@@ -314,6 +337,8 @@ class ExactSearch(_OnDevice):
     """
     Args:
       embeddings: [N, D] float (numpy, memory map or jax array); N must stay below 2**31.
+        Copied to the device chunk by chunk; a jax array is copied too (unless it is one
+        chunk), so drop it afterwards if device memory is tight.
       chunk_size: passages scored at once (per device when sharded); None picks it from the
         size and the device (`_chunk_rows`, which also raises it to keep at most MAX_CHUNKS
         chunks). Memory beyond the embeddings is O(B * chunk).
