@@ -91,7 +91,7 @@ def test_blocked_select_matches_top_k(rng, monkeypatch):
 
 def test_chunk_rows():
   assert search._chunk_rows(1000, None, gpu=False) == 1000
-  assert search._chunk_rows(21_000_000, None, gpu=False) == -(-21_000_000 // search.MAX_CHUNKS)
+  assert search._chunk_rows(21_000_000, None, gpu=False) == 328_192  # 64 chunks, rounded up
   assert search._chunk_rows(1_000_000, None, gpu=False) == search.CPU_CHUNK
   assert search._chunk_rows(1_000_000, 100_000, gpu=False) == 100_000
   assert search._chunk_rows(1_000_000, None, gpu=True) == search.CPU_CHUNK

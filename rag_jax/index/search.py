@@ -11,7 +11,7 @@ larger than N is a ValueError. An approximate backend that finds fewer than k ro
 fills the rest with id -1 and score -inf: -1 is what `PassageStore` refuses as a row, and -inf
 is what `marginalize` reads as a missing document.
 
-  * `ExactSearch`: on-device matmul and `jax.lax.top_k`, chunked over passages so that only a
+  * `ExactSearch`: on-device matmul and an exact top-k, chunked over passages so that only a
     [B, chunk] score block exists at a time; optionally sharded over the devices of a mesh. It
     is the reference the others are measured against (`measure_recall`).
   * `ApproxSearch`: the same with `jax.lax.approx_max_k` per chunk (TPU-KNN; exact on CPU).
@@ -100,21 +100,27 @@ def _merge(vals: Array, ids: Array, k: int) -> Tuple[Array, Array]:
 
 # How the on-device search is laid out. The embeddings are held as a tuple of chunks, one
 # device buffer each (per device when sharded), and one jitted program scores them in turn,
-# the loop unrolled. Measured, with the reasons:
-# - CPU (this repository's 2-core machine, 500k x 384 float32): a matmul over a slice of one
-#   big buffer (static or traced) is several times slower than over a buffer of its own,
-#   since XLA:CPU first copies the slice out; at one query the chunk loop took 114 ms as a
-#   scan over slices and 27 ms over separate buffers (32 queries: 190 -> 101 ms).
-# - GPU (an H200, JAX 0.11, 10M x 768 bfloat16; benchmarks/RESULTS.md): a slice at a traced
-#   offset (a scan) is copied before its matmul, tripling the bytes each search moves; and
-#   XLA's GPU top-k gives each row of its input one thread block, so a top-k over a [1, 10M]
-#   score row takes ~15 ms where the matmul making it takes ~4 ms. On GPUs the chunks are few
-#   (GPU_CHUNKS) and `_blocked_select` picks through block maxima.
+# the loop unrolled; `ExactSearch` selects each chunk's top k through block maxima. Measured,
+# with the reasons:
+# - CPU (this repository's 2-core machine, float32, chunks of 65,536):
+#   - a matmul over a slice of one big buffer (static or traced) is several times slower than
+#     over a buffer of its own, since XLA:CPU first copies the slice out; over 500k x 384 a
+#     query took 114 ms as a scan over slices and 27 ms over separate buffers (32 queries:
+#     190 -> 101 ms);
+#   - top_k costs more than the matmul for skinny vectors: 1,000 queries over 400k x 50 took
+#     838 ms with one top_k per chunk and 327 ms through block maxima (500k x 384, 128
+#     queries: 328 -> 245 ms).
+# - GPU (an H200, JAX 0.11, 10M x 768 bfloat16; benchmarks/RESULTS.md):
+#   - a slice at a traced offset (a scan) is copied before its matmul, tripling the bytes each
+#     search moves;
+#   - XLA's GPU top-k gives each row of its input one thread block, so a top-k over a
+#     [1, 10M] score row takes ~15 ms where the matmul making it takes ~4 ms;
+#   - fewer, larger chunks were faster (GPU_CHUNKS).
 SELECT_BLOCK = 128      # columns per block in `_blocked_select`
 MAX_CHUNKS = 64         # more chunks than this: larger ones (64 compile in ~1 s per (B, k))
 GPU_CHUNKS = 16         # chunk_size=None on a GPU: this many chunks per device
 CPU_CHUNK = 65536       # chunk_size=None elsewhere: rows per chunk
-# None: the GPU layout on GPUs only. True or False forces it (tests run it on the CPU).
+# Whether chunk_size=None means GPU_CHUNKS chunks. None: on GPUs. (Tests force it.)
 GPU_LAYOUT: Optional[bool] = None
 
 
@@ -125,14 +131,14 @@ def _gpu_layout() -> bool:
 def _chunk_rows(rows: int, chunk_size: Optional[int], gpu: bool) -> int:
   """Rows per chunk for `rows` rows on a device: chunk_size (None: CPU_CHUNK rows, or on the
   GPU layout GPU_CHUNKS chunks if that makes them larger), raised where needed to keep at
-  most MAX_CHUNKS chunks (21M rows: chunks of 328k, 168 MB of scores for 128 queries). On
-  the GPU layout a multiple of SELECT_BLOCK, so that no score block needs padding."""
+  most MAX_CHUNKS chunks (21M rows: chunks of 328k, 168 MB of scores for 128 queries). A
+  chunk size we choose is a multiple of SELECT_BLOCK, so that no score block needs padding."""
   if chunk_size is None:
     chunk_size = max(CPU_CHUNK, -(-rows // GPU_CHUNKS)) if gpu else CPU_CHUNK
-  chunk = max(1, chunk_size, -(-rows // MAX_CHUNKS))
-  if gpu:
-    chunk = -(-chunk // SELECT_BLOCK) * SELECT_BLOCK
-  return min(chunk, rows)
+  raised = -(-rows // MAX_CHUNKS)
+  if raised > chunk_size or gpu:
+    chunk_size = -(-max(chunk_size, raised) // SELECT_BLOCK) * SELECT_BLOCK
+  return max(1, min(chunk_size, rows))
 
 
 def _blocked_select(scores: Array, k: int, select: Select) -> Tuple[Array, Array]:
@@ -219,8 +225,8 @@ class _DeviceIndex:
   Not a backend: `ExactSearch` and `ApproxSearch` each hold one and differ only in `select`.
   """
 
-  def __init__(self, embeddings, *, select: Select, chunk_size: Optional[int], dtype: str,
-               mesh: Optional[Mesh], axis_name: str):
+  def __init__(self, embeddings, *, select: Select, blocked: bool, chunk_size: Optional[int],
+               dtype: str, mesh: Optional[Mesh], axis_name: str):
     self.num, self.dim = _check_embeddings(embeddings)
     if chunk_size is not None and (isinstance(chunk_size, bool)
                                    or not isinstance(chunk_size, (int, np.integer))
@@ -232,8 +238,7 @@ class _DeviceIndex:
     self.dtype = jnp.dtype(dtype)
     self.num_shards = 1 if mesh is None else mesh.shape[axis_name]
     per_shard = -(-self.num // self.num_shards)
-    self.gpu_layout = _gpu_layout()  # decided once: the jitted search is traced with it
-    self.chunk_rows = _chunk_rows(per_shard, chunk_size, self.gpu_layout)
+    self.chunk_rows = _chunk_rows(per_shard, chunk_size, _gpu_layout())
     bounds = [(i, min(i + self.chunk_rows, per_shard))
               for i in range(0, per_shard, self.chunk_rows)]
     # HIGHEST keeps float32 scores float32 on TPU/GPU, where the default rounds to bfloat16
@@ -241,7 +246,7 @@ class _DeviceIndex:
     precision = (jax.lax.Precision.HIGHEST if self.dtype == jnp.float32
                  else jax.lax.Precision.DEFAULT)
     top_k = functools.partial(_chunked_top_k, select=select, precision=precision,
-                              blocked=self.gpu_layout)
+                              blocked=blocked)
     if mesh is None:
       if isinstance(embeddings, jax.Array):
         self.embeddings = tuple(embeddings[a:b].astype(self.dtype) for a, b in bounds)
@@ -324,7 +329,8 @@ class _OnDevice:
 class ExactSearch(_OnDevice):
   """Exact maximum inner product search on device; the reference for the other backends.
 
-  Memory beyond the embeddings is O(B * chunk_size) scores. With a mesh, the embeddings are
+  The rows are scored a chunk at a time, and each chunk's top k is found through block
+  maxima (`_blocked_select`). Memory beyond the embeddings is O(B * chunk_size) scores. With a mesh, the embeddings are
   sharded by rows over `axis_name` (padded to a multiple of its size with rows that never
   win), each device finds its local top-k under `shard_map`, and the shards' candidates are
   merged; the answer is the one-device answer. Every search is jitted, once per (B, k).
@@ -348,8 +354,9 @@ class ExactSearch(_OnDevice):
       axis_name: the mesh axis the passages are split over.
     """
     self.chunk_size, self.dtype, self.axis_name = chunk_size, _check_dtype(dtype), axis_name
-    self._index = _DeviceIndex(embeddings, select=jax.lax.top_k, chunk_size=chunk_size,
-                               dtype=self.dtype, mesh=mesh, axis_name=axis_name)
+    self._index = _DeviceIndex(embeddings, select=jax.lax.top_k, blocked=True,
+                               chunk_size=chunk_size, dtype=self.dtype, mesh=mesh,
+                               axis_name=axis_name)
     self.num_shards = self._index.num_shards
 
   def params(self) -> Dict[str, Any]:
@@ -362,8 +369,10 @@ class ApproxSearch(_OnDevice):
   """Approximate top-k with `jax.lax.approx_max_k` (TPU-KNN, Chern et al. 2022).
 
   On TPU the partial reduction fuses with the matmul; on CPU and GPU it is an exact top-k.
-  Chunking and sharding are as in `ExactSearch`; the per-chunk candidates are merged exactly,
-  so the recall is at least about `recall_target` per chunk. `measured_recall` is for the
+  Chunking and sharding are as in `ExactSearch`, but each chunk's scores go to
+  `approx_max_k` whole (no block maxima: its own partial reduction is what it is for); the
+  per-chunk candidates are merged exactly, so the recall is at least about `recall_target`
+  per chunk. `measured_recall` is for the
   caller to record what `measure_recall` gave against `ExactSearch`; `params()` carries it.
   """
 
@@ -384,8 +393,9 @@ class ApproxSearch(_OnDevice):
     self.dtype, self.axis_name = _check_dtype(dtype), axis_name
     self.measured_recall = measured_recall
     select = functools.partial(_approx_max_k, recall_target=self.recall_target)
-    self._index = _DeviceIndex(embeddings, select=select, chunk_size=chunk_size,
-                               dtype=self.dtype, mesh=mesh, axis_name=axis_name)
+    self._index = _DeviceIndex(embeddings, select=select, blocked=False,
+                               chunk_size=chunk_size, dtype=self.dtype, mesh=mesh,
+                               axis_name=axis_name)
     self.num_shards = self._index.num_shards
 
   def params(self) -> Dict[str, Any]:
