@@ -370,10 +370,10 @@ class ApproxSearch(_OnDevice):
   """Approximate top-k with `jax.lax.approx_max_k` (TPU-KNN, Chern et al. 2022).
 
   On TPU the partial reduction fuses with the matmul; on CPU and GPU it is an exact top-k.
-  Chunking and sharding are as in `ExactSearch`, but each chunk's scores go to
-  `approx_max_k` whole (no block maxima: its own partial reduction is what it is for); the
-  per-chunk candidates are merged exactly, so the recall is at least about `recall_target`
-  per chunk. `measured_recall` is for the
+  Chunking and sharding are as in `ExactSearch`. On TPU each chunk's scores go to
+  `approx_max_k` whole (no block maxima: its partial reduction is what it is for); elsewhere
+  through block maxima, as in `ExactSearch`. The per-chunk candidates are merged exactly, so
+  the recall is at least about `recall_target` per chunk. `measured_recall` is for the
   caller to record what `measure_recall` gave against `ExactSearch`; `params()` carries it.
   """
 
@@ -394,7 +394,9 @@ class ApproxSearch(_OnDevice):
     self.dtype, self.axis_name = _check_dtype(dtype), axis_name
     self.measured_recall = measured_recall
     select = functools.partial(_approx_max_k, recall_target=self.recall_target)
-    self._index = _DeviceIndex(embeddings, select=select, blocked=False,
+    # Off TPUs approx_max_k is an exact top-k, and block maxima make it cheaper, as for exact.
+    self._index = _DeviceIndex(embeddings, select=select,
+                               blocked=jax.default_backend() != "tpu",
                                chunk_size=chunk_size, dtype=self.dtype, mesh=mesh,
                                axis_name=axis_name)
     self.num_shards = self._index.num_shards
