@@ -27,7 +27,7 @@ def _one_line(e: BaseException) -> str:
 def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
-  except SystemExit as e:
+  except SystemExit:
     # absl prints --help / --helpfull and exits 1; asking for help is not an error.
     if any(a in ("-h", "-?", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
       sys.exit(0)
