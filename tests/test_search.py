@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -155,6 +156,54 @@ _SHARDED_SCRIPT = textwrap.dedent("""
                                     "shards": index.num_shards}
     print(json.dumps(out))
 """)
+
+
+_MULTI_PROCESS_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    import jax
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    process, address, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    jax.distributed.initialize(address, num_processes=2, process_id=process)
+    import numpy as np
+    from jax.sharding import Mesh
+    from rag_jax.index import search
+
+    data = np.load(path)
+    mesh = Mesh(np.array(jax.devices()), ("data",))  # 8 devices, 4 in each process
+    out = {"devices": len(jax.devices()), "local": len(jax.local_devices())}
+    for chunk_size in (None, 50):
+      index = search.ExactSearch(data["embeddings"], chunk_size=chunk_size, mesh=mesh)
+      scores, ids = index.search(data["queries"], 10)
+      out[str(chunk_size)] = ids.tolist()
+    print(json.dumps(out))
+""")
+
+
+def test_sharded_exact_over_two_processes(rng, tmp_path):
+  """A multi-host job in miniature: two processes of 4 CPU devices each (jax.distributed,
+  gloo collectives), one 8-device mesh; every process gets numpy's answer."""
+  embeddings = rng.integers(-2, 3, (1003, 8)).astype(np.float32)  # ties across shards
+  queries = rng.integers(-2, 3, (5, 8)).astype(np.float32)
+  path = tmp_path / "data.npz"
+  np.savez(path, embeddings=embeddings, queries=queries)
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    address = f"localhost:{s.getsockname()[1]}"
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo,
+                                                                  os.environ.get("PYTHONPATH")])))
+  procs = [subprocess.Popen([sys.executable, "-c", _MULTI_PROCESS_SCRIPT, str(i), address,
+                             str(path)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  want = exact_reference(queries, embeddings, 10)[1].tolist()
+  for proc in procs:
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    out = json.loads(stdout.strip().splitlines()[-1])
+    assert (out["devices"], out["local"]) == (8, 4)
+    assert out["None"] == want and out["50"] == want
 
 
 def test_sharded_exact_equals_one_device(rng, tmp_path):
