@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional
 
+import numpy as np
+
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
   """Median wall time of fn() over `repeats` calls, after `warmup` untimed calls."""
@@ -51,6 +53,19 @@ DPR_TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attentio
 BART_TINY = dict(vocab_size=101, d_model=32, encoder_layers=2, decoder_layers=2,
                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=37,
                  decoder_ffn_dim=41, max_position_embeddings=64)
+
+
+def rag_token_inputs(batch: int, docs: int, *, question: int, context: int, target: int,
+                     question_vocab: int, vocab: int, dim: int):
+  """Random inputs of `rag_token_train_step`, as numpy (int32 ids, float32 vectors): ids from
+  3 up (clear of BART's specials), labels framed by eos (2), document vectors N(0, 0.01)."""
+  rng = np.random.default_rng(0)
+  q_ids = rng.integers(3, question_vocab, size=(batch, question)).astype(np.int32)
+  ctx = rng.integers(3, vocab, size=(batch * docs, context)).astype(np.int32)
+  labels = rng.integers(3, vocab, size=(batch, target)).astype(np.int32)
+  labels[:, 0], labels[:, -1] = 2, 2
+  doc_embeds = rng.standard_normal((batch, docs, dim)).astype(np.float32) * 0.1
+  return q_ids, np.ones_like(q_ids), ctx, np.ones_like(ctx), labels, doc_embeds
 
 
 def rag_token_train_step(model, tx):

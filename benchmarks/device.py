@@ -138,16 +138,10 @@ def _rag_model(jax, jnp, s: dict):
 
 
 def _train_inputs(jnp, s: dict, batch: int):
-  rng = np.random.default_rng(0)
-  z, vocab = s["docs"], s["bart"]["vocab_size"]
-  q_ids = rng.integers(3, s["dpr"]["vocab_size"], size=(batch, s["question"]))
-  ctx = rng.integers(3, vocab, size=(batch * z, s["context"]))
-  labels = rng.integers(3, vocab, size=(batch, s["target"]))
-  labels[:, 0], labels[:, -1] = 2, 2
-  docs = rng.standard_normal((batch, z, s["dpr"]["hidden_size"])) * 0.1
-  arrays = (q_ids, np.ones_like(q_ids), ctx, np.ones_like(ctx), labels, docs)
-  return tuple(jnp.asarray(a, jnp.float32 if a.dtype == np.float64 else jnp.int32)
-               for a in arrays)
+  arrays = common.rag_token_inputs(batch, s["docs"], question=s["question"], context=s["context"],
+                                   target=s["target"], question_vocab=s["dpr"]["vocab_size"],
+                                   vocab=s["bart"]["vocab_size"], dim=s["dpr"]["hidden_size"])
+  return tuple(jnp.asarray(a) for a in arrays)
 
 
 def train(jax, jnp, s: dict, card: dict, steps: int):

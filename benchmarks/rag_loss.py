@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 
-import numpy as np
 
 import common
 
@@ -28,13 +27,10 @@ TUNED_XLA_FLAGS = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
 
 
 def _inputs(batch: int, docs: int):
-  rng = np.random.default_rng(0)
-  q_ids = rng.integers(1000, 30000, size=(batch, QUESTION)).astype(np.int32)
-  ctx = rng.integers(3, 50000, size=(batch * docs, CONTEXT)).astype(np.int32)
-  labels = rng.integers(3, 50000, size=(batch, TARGET)).astype(np.int32)
-  labels[:, 0], labels[:, -1] = 2, 2
-  doc_embeds = rng.standard_normal((batch, docs, 768)).astype(np.float32) * 0.1
-  return q_ids, np.ones_like(q_ids), ctx, np.ones_like(ctx), labels, doc_embeds
+  return common.rag_token_inputs(batch, docs, question=QUESTION, context=CONTEXT, target=TARGET,
+                                 question_vocab=common.DPR_BASE["vocab_size"],
+                                 vocab=common.BART_BASE["vocab_size"],
+                                 dim=common.DPR_BASE["hidden_size"])
 
 
 def _hf_model(n_docs: int, path: str):
