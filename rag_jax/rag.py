@@ -187,6 +187,10 @@ class RagModel:
               decoder_cache: Optional[bart_lib.DecoderCache] = None) -> Array:
     """Per-example negative log-likelihood [B], as HF RAG's forward `loss` (reduce_loss=False).
 
+    One deliberate difference: RAG-Sequence always counts log p(z|x). HF adds it to the second
+    target position's score, and so loses it when that position is padding (a one-token
+    target, or a generated pad there); `tests/test_rag.py` pins the difference.
+
     Args:
       params: {"question_encoder", "generator"}; only the generator's are used here.
       context_input_ids, context_attention_mask: [B * Z, S] generator inputs.

@@ -35,6 +35,14 @@ def rel_err(a, ref) -> float:
   return max_abs(a, ref) / float(np.max(np.abs(np.asarray(ref, np.float64))))
 
 
+@pytest.fixture(autouse=True)
+def _seed_torch():
+  """Seeds torch's global generator before every test. HF models draw their initial weights
+  from it (randomize_ only perturbs them), so without this a test's weights would depend on
+  which tests ran before it."""
+  torch.manual_seed(0)
+
+
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)

@@ -78,6 +78,38 @@ def test_sequence_exclude_bos_score_matches_hf(tmp_path, rng, exclude_bos_score)
   np.testing.assert_allclose(ours, ref, rtol=1e-5)
 
 
+def test_sequence_counts_the_document_prior_where_hf_drops_it(tmp_path, rng):
+  """HF adds log p(z|x) to the second target position, so a target whose second position is
+  padding (a one-token answer; a pad generated there) loses it. rag_jax keeps it: both against
+  the definition, from HF's own per-document logits."""
+  z = 3
+  hf = _save_rag(tmp_path, "sequence", z, seed=5)
+  model = RagModel.from_pretrained(tmp_path)
+  ctx, ctx_mask = padded_batch(rng, rng.integers(4, 15, size=3 * z), G["vocab_size"], PAD)
+  doc_scores = (rng.standard_normal((3, z)) * 2).astype(np.float32)
+  labels = np.array([[EOS, 7, 8, 9, EOS, PAD],     # an ordinary target
+                     [EOS, EOS, PAD, PAD, PAD, PAD],  # one token: position 1 is padding
+                     [EOS, 7, PAD, 8, 9, EOS]], np.int32)  # a pad generated at position 1
+  with torch.no_grad():
+    out = hf(context_input_ids=torch.tensor(ctx, dtype=torch.long),
+             context_attention_mask=torch.tensor(ctx_mask), doc_scores=torch.tensor(doc_scores),
+             labels=torch.tensor(labels, dtype=torch.long), n_docs=z, reduce_loss=False)
+  logits = out.logits.numpy().astype(np.float64).reshape(3, z, labels.shape[1], -1)
+  lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  targets = np.concatenate([labels[:, 1:], np.full((3, 1), PAD)], 1)
+  token_lp = np.take_along_axis(lp, np.broadcast_to(targets[:, None, :, None], lp.shape[:3] + (1,)),
+                                -1)[..., 0]
+  seq_lp = (token_lp * (targets != PAD)[:, None]).sum(-1)                       # [3, Z]
+  doc_lp = doc_scores - np.log(np.exp(doc_scores.astype(np.float64)).sum(1, keepdims=True))
+  nll = lambda s: -np.log(np.exp(s).sum(1))
+  ours = np.asarray(model.loss(ctx, ctx_mask, doc_scores, labels, kind="sequence"))
+  np.testing.assert_allclose(ours, nll(seq_lp + doc_lp), rtol=1e-5)
+  hf_loss = out.loss.numpy()
+  np.testing.assert_allclose(hf_loss[0], ours[0], rtol=1e-5)
+  np.testing.assert_allclose(hf_loss[1:], nll(seq_lp)[1:], rtol=1e-5)  # no prior in HF's
+  assert np.all(np.abs(hf_loss[1:] - ours[1:]) > 1e-2)
+
+
 def test_marginalized_logits_match_hf_do_marginalize(tmp_path, rng):
   hf = _save_rag(tmp_path, "token", 4, seed=2)
   model = RagModel.from_pretrained(tmp_path)
