@@ -1,5 +1,12 @@
 """rag_jax: Retrieval-Augmented Generation (Lewis et al. 2020) in JAX/Flax."""
 
+import os
+
+# rag_jax uses transformers for tokenizers and configs only, so its advice at import that
+# PyTorch is missing is noise (every command printed it). A value the user set is kept.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+# pylint: disable=wrong-import-position
 from rag_jax.rag import RagConfig, RagModel
 
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ from rag_jax.encoder import TextEncoder
 from rag_jax.index import corpus
 from rag_jax.index import embed
 from rag_jax.index import saved
+from rag_jax.index import search as search_lib
 from rag_jax.retriever import Retriever
 
 WORDS = ("alpha beta gamma delta river mountain city king queen music art science war peace "
@@ -93,7 +94,9 @@ def test_build_writes_a_complete_manifest(built, tiny_encoder_dir):
   directory, encoder, manifest = built
   assert manifest["format_version"] == saved.FORMAT_VERSION
   assert manifest["dim"] == encoder.dim == 16 and manifest["count"] > 30
-  assert manifest["metric"] == "inner_product" and manifest["backend"]["name"] == "exact"
+  assert manifest["metric"] == "inner_product" and manifest["backend"]["name"] == "scann"
+  assert manifest["backend"]["params"]["brute_force"]  # the default, on a tiny corpus
+  assert not (directory / saved.BUILD_KEY).exists() and saved.BUILD_KEY not in manifest["files"]
   assert manifest["encoder"]["weights_sha256"] == saved.encoder_identity(
       tiny_encoder_dir)["weights_sha256"]
   assert not directory.with_name("index.partial").exists()
@@ -190,11 +193,97 @@ def test_cli_build_search_inspect(tmp_path, tiny_encoder_dir):
                 "--out", tmp_path / "idx2"),
                ("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out", out),
                ("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out",
-                tmp_path / "idx3", "--recall-target", "0.9")):  # exact has no recall target
+                tmp_path / "idx3", "--backend", "exact", "--recall-target", "0.9"),
+               ("search", "--index", out, "--query", "x", "-k", "4")):  # 3 passages
     proc = _cli(*args)
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
     assert proc.returncode != 0 and len(errors) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "psgs.tsv"]  # nothing partial
+
+
+def _build(tmp_path, source, encoder_dir, **kwargs):
+  encoder = TextEncoder.from_pretrained(encoder_dir, batch_size=8)
+  logs = []
+  manifest = saved.build_index(source, encoder, encoder_dir, tmp_path / "index", shard_size=16,
+                               progress=False, log=logs.append, **kwargs)
+  return manifest, logs
+
+
+def _interrupted_build(tmp_path, source, encoder_dir, monkeypatch):
+  """A build stopped after its first embedding shard, as a kill would leave it."""
+  real = embed.embed_store
+
+  def one_shard_then_stop(*args, **kwargs):
+    real(*args, **{**kwargs, "max_shards": 1})
+    raise KeyboardInterrupt
+  with monkeypatch.context() as m:
+    m.setattr(embed, "embed_store", one_shard_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+      _build(tmp_path, source, encoder_dir)
+  assert (tmp_path / "index.partial" / "embeddings" / "shard-00000.npy").is_file()
+
+
+def test_interrupted_build_resumes_only_the_same_input(tmp_path, tiny_encoder_dir, monkeypatch):
+  first = _articles(tmp_path / "first.jsonl", 30, seed=1)
+  _interrupted_build(tmp_path, first, tiny_encoder_dir, monkeypatch)
+  manifest, logs = _build(tmp_path, first, tiny_encoder_dir)  # the same input: resumed
+  assert not any(l.startswith("passages:") for l in logs)
+  assert any("1 resumed" in l for l in logs), logs
+  (tmp_path / "fresh").mkdir()
+  fresh, _ = _build(tmp_path / "fresh", first, tiny_encoder_dir)  # never interrupted
+  data = lambda m: {f: v for f, v in m["files"].items() if not f.startswith("backend/")}
+  assert data(manifest) == data(fresh)  # the same passages and vectors, byte for byte
+
+  # Another corpus in the same place: its own passages and vectors, none of the first's.
+  other = _articles(tmp_path / "other.jsonl", 12, seed=2)
+  (tmp_path / "index").rename(tmp_path / "first-index")
+  _interrupted_build(tmp_path, first, tiny_encoder_dir, monkeypatch)
+  manifest, logs = _build(tmp_path, other, tiny_encoder_dir)
+  assert any("starting afresh" in l for l in logs) and any("passages:" in l for l in logs)
+  store = corpus.PassageStore(tmp_path / "index" / "passages")
+  want = list(corpus.read_jsonl(other))
+  assert len(store) == len(want) and [store[i]["text"] for i in range(len(store))] == [
+      p["text"] for p in want]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    ('{"title": "a", "text": "b c"}\nnot json\n', "line 2"),
+    ("", "no passages"),
+])
+def test_failed_build_leaves_nothing(tmp_path, tiny_encoder_dir, content, message):
+  source = tmp_path / "in.jsonl"
+  if content is not None:
+    source.write_text(content)
+  with pytest.raises(ValueError, match=message):
+    _build(tmp_path, source, tiny_encoder_dir)
+  assert not (tmp_path / "index.partial").exists() and not (tmp_path / "index").exists()
+  _build(tmp_path, _articles(source, 5), tiny_encoder_dir)  # and the next build goes through
+  assert (tmp_path / "index" / saved.MANIFEST).is_file()
+
+
+def test_cli_format_flags_and_a_missing_backend_library(tmp_path, tiny_encoder_dir, capsys,
+                                                         monkeypatch):
+  from rag_jax.index import __main__ as index_cli
+  articles = _articles(tmp_path / "articles.txt", 5)  # JSONL under a suffix that says nothing
+  common = ["--encoder", str(tiny_encoder_dir), "--no-progress"]
+  assert index_cli.main(["build", "--articles", str(articles), "--out", str(tmp_path / "a"),
+                         *common]) == 0
+  assert json.loads((tmp_path / "a" / "manifest.json").read_text())["count"] >= 5
+  # --passages reads DPR's TSV whatever the suffix: these JSON lines are not that.
+  assert index_cli.main(["build", "--passages", str(articles), "--out", str(tmp_path / "b"),
+                         *common]) == 1
+  assert "line 1" in capsys.readouterr().err
+
+  def missing():
+    raise search_lib.MissingDependencyError("FaissHnswSearch needs faiss, which is not installed")
+  monkeypatch.setitem(search_lib._IMPORTS, "faiss_hnsw", missing)
+  assert index_cli.main(["build", "--articles", str(articles), "--out", str(tmp_path / "c"),
+                         "--backend", "faiss_hnsw", *common]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ["error: FaissHnswSearch needs faiss, which is not installed"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "articles.txt"]
 
 
 def test_hot_swap_answers_follow_the_new_index(tmp_path):

@@ -1,14 +1,15 @@
 """`python -m rag_jax.index build | search | inspect`: build, query and check a saved index.
 
   build    --passages FILE.tsv | --articles FILE.jsonl --encoder PATH --out DIR
-           [--backend exact|approx|scann|faiss_hnsw] [--recall-target R] [--batch-size N]
+           [--backend scann|exact|approx|faiss_hnsw] [--recall-target R] [--batch-size N]
            [--dtype float16] [--shard-size N] [--skip-malformed] [--overwrite]
   search   --index DIR --query TEXT [--query TEXT ...] [-k N] [--json] [--encoder PATH]
   inspect  --index DIR
 
 PATH may be a checkpoint directory, a hub name or `asset:NAME` (rag_jax.assets). The index
 remembers its encoder; `search --encoder` overrides it (and must fit it). Bad input ends with
-`error: <one line>` and a non-zero status.
+`error: <one line>` and a non-zero status. `build` defaults: `--backend scann`, `--dtype
+float16`; `--passages` is read as a DPR .tsv and `--articles` as JSONL, whatever the suffix.
 """
 
 import argparse
@@ -21,6 +22,7 @@ from rag_jax import weights
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import embed
 from rag_jax.index import saved
+from rag_jax.index import search as search_lib
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,12 +35,16 @@ def _parser() -> argparse.ArgumentParser:
   src.add_argument("--articles", help="JSONL articles, split into 100-word passages")
   b.add_argument("--encoder", required=True, help="document encoder (directory, hub name, asset:)")
   b.add_argument("--out", required=True, help="index directory to create")
-  b.add_argument("--backend", default="exact", help="exact, approx, scann or faiss_hnsw")
+  b.add_argument("--backend", default="scann", choices=sorted(search_lib.BACKENDS),
+                 help="search backend (default: %(default)s)")
   b.add_argument("--recall-target", type=float, default=None,
                  help="approx / scann: the recall@10 the backend is tuned to (default 0.95)")
-  b.add_argument("--batch-size", type=int, default=64)
-  b.add_argument("--dtype", default="float16", choices=embed.DTYPES)
-  b.add_argument("--shard-size", type=int, default=65536)
+  b.add_argument("--batch-size", type=int, default=64, help="passages per encoder call "
+                 "(default: %(default)s)")
+  b.add_argument("--dtype", default="float16", choices=embed.DTYPES,
+                 help="embedding storage (default: %(default)s)")
+  b.add_argument("--shard-size", type=int, default=65536,
+                 help="passages per embedding shard (default: %(default)s)")
   b.add_argument("--max-length", type=int, default=None, help="tokens per passage")
   b.add_argument("--skip-malformed", action="store_true", help="skip and count bad lines")
   b.add_argument("--overwrite", action="store_true")
@@ -73,7 +79,7 @@ def build(args) -> None:
                                 max_length=args.max_length)
   manifest = saved.build_index(
       args.passages or args.articles, encoder, directory, args.out, backend=args.backend,
-      backend_params=backend_params,
+      backend_params=backend_params, corpus_format="tsv" if args.passages else "jsonl",
       dtype=args.dtype, shard_size=args.shard_size, overwrite=args.overwrite,
       on_error="skip" if args.skip_malformed else "raise", progress=not args.no_progress,
       encoder_source=args.encoder, log=lambda m: print(m, file=sys.stderr))
@@ -82,14 +88,16 @@ def build(args) -> None:
 
 
 def search(args) -> None:
+  if args.k <= 0:
+    raise saved.IndexError_(f"-k must be positive, got {args.k}")
   manifest = saved.read_manifest(args.index)
+  if args.k > manifest["count"]:
+    raise saved.IndexError_(f"-k {args.k} exceeds the index's {manifest['count']} passages")
   spec = args.encoder or manifest["encoder"].get("source")
   if spec is None:
     raise saved.IndexError_(f"{args.index}: the manifest names no encoder; pass --encoder")
   encoder, directory = _encoder(spec, max_length=manifest["encoder"].get("max_length"))
   index = saved.load_index(args.index, encoder=encoder, encoder_dir=directory)
-  if args.k <= 0 or args.k > manifest["count"]:
-    raise saved.IndexError_(f"-k must be between 1 and {manifest['count']}")
   scores, ids = index.search(encoder.encode(args.query), args.k)
   for query, row_scores, row_ids in zip(args.query, scores, ids):
     passages = [index.passages[int(i)] for i in row_ids]  # one read per hit
@@ -116,7 +124,8 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   try:
     {"build": build, "search": search, "inspect": inspect}[args.command](args)
-  except (ValueError, OSError, assets.AssetError) as e:  # Index/Corpus/Weights errors included
+  # Index/Corpus/Weights errors included; ImportError: a backend's library is missing.
+  except (ValueError, OSError, ImportError, assets.AssetError) as e:
     print(f"error: {weights.one_line(e)}", file=sys.stderr)
     return 1
   return 0

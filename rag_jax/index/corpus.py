@@ -176,14 +176,28 @@ def read_jsonl(path: str | os.PathLike, *, words: int = 100, on_error: str = "ra
         yield {"id": f"{line_no}-{chunk_idx}", "title": article["title"], "text": chunk}
 
 
-def read_passages(path: str | os.PathLike, **kwargs) -> Iterator[Passage]:
-  """`read_tsv` or `read_jsonl`, by the file's suffix (.tsv or .jsonl, optionally + .gz)."""
+FORMATS = ("tsv", "jsonl")
+
+
+def corpus_format(path: str | os.PathLike, fmt: Optional[str] = None) -> str:
+  """`fmt` ("tsv": DPR passages, "jsonl": articles) if given, else the file's suffix's (.tsv
+  or .jsonl, optionally + .gz)."""
+  if fmt is not None:
+    if fmt not in FORMATS:
+      raise CorpusError(f"unknown corpus format {fmt!r}; expected one of {FORMATS}")
+    return fmt
   name = pathlib.Path(path).name.removesuffix(".gz")
-  if name.endswith(".tsv"):
-    return read_tsv(path, **kwargs)
-  if name.endswith(".jsonl"):
-    return read_jsonl(path, **kwargs)
+  for suffix in FORMATS:
+    if name.endswith("." + suffix):
+      return suffix
   raise CorpusError(f"{path}: unknown corpus format (expected .tsv or .jsonl, optionally .gz)")
+
+
+def read_passages(path: str | os.PathLike, fmt: Optional[str] = None,
+                  **kwargs) -> Iterator[Passage]:
+  """`read_tsv` or `read_jsonl`: as `fmt` says, else by the file's suffix (`corpus_format`)."""
+  reader = {"tsv": read_tsv, "jsonl": read_jsonl}[corpus_format(path, fmt)]
+  return reader(path, **kwargs)
 
 
 def _check_on_error(on_error: str) -> None:

@@ -33,6 +33,7 @@ from rag_jax.index import search as search_lib
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+BUILD_KEY = "build.json"  # in DIR.partial only: what the partial build is of
 RECALL_SAMPLE = 1000  # queries used to measure an approximate backend's recall at build time
 
 
@@ -49,17 +50,40 @@ def encoder_identity(directory) -> Dict[str, Any]:
           "weights_sha256": assets.sha256_file(weights[0]) if weights else None}
 
 
-def _file_table(root: pathlib.Path) -> Dict[str, Dict[str, Any]]:
+def _file_table(root: pathlib.Path, skip=()) -> Dict[str, Dict[str, Any]]:
   return {str(p.relative_to(root)): {"sha256": assets.sha256_file(p), "bytes": p.stat().st_size}
-          for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
+          for p in sorted(root.rglob("*"))
+          if p.is_file() and p.name != MANIFEST and str(p.relative_to(root)) not in skip}
 
 
-def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend: str = "exact",
+def _write_json(path: pathlib.Path, value) -> None:
+  """`value` as JSON at `path`, atomically (written beside it, then renamed)."""
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(value, indent=1))
+  os.replace(tmp, path)
+
+
+def _read_key(work: pathlib.Path) -> Optional[Dict[str, Any]]:
+  """What a partial build in `work` was of (None: unknown, e.g. one from before keys)."""
+  try:
+    return json.loads((work / BUILD_KEY).read_text())
+  except (OSError, ValueError):
+    return None
+
+
+def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend: str = "scann",
                 backend_params: Optional[Dict[str, Any]] = None, dtype: str = "float16",
                 shard_size: int = 65536, on_error: str = "raise", overwrite: bool = False,
                 progress: bool = True, encoder_source: Optional[str] = None,
-                log=print) -> Dict[str, Any]:
+                corpus_format: Optional[str] = None, log=print) -> Dict[str, Any]:
   """Builds a saved index from a passage file (DPR .tsv or articles .jsonl).
+
+  The work happens in `out_dir.partial/`. A build interrupted while embedding resumes from it
+  when run again with the same corpus file (path, size and modification time), format,
+  encoder (identity and max_length), dtype, shard size and on_error; a partial build of
+  anything else is discarded first, so that no passage or vector of it is reused. A build
+  that fails before its passages are stored (a missing file, a malformed line) leaves
+  nothing behind.
 
   Args:
     passages: path of the corpus file.
@@ -72,26 +96,46 @@ def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend
     overwrite: replace an existing index at out_dir.
     encoder_source: how to find the encoder again (a path, hub name or asset:NAME), kept in
       the manifest so that `search` needs no --encoder.
+    corpus_format: "tsv" (DPR passages) or "jsonl" (articles); None: from the file's suffix.
   Returns:
     The manifest.
   """
   out_dir = pathlib.Path(out_dir)
   if out_dir.exists() and not overwrite:
-    raise IndexError_(f"{out_dir}: already exists (pass overwrite to replace it)")
-  if backend not in search_lib.BACKENDS:
-    raise IndexError_(f"unknown backend {backend!r}; expected one of {sorted(search_lib.BACKENDS)}")
+    raise IndexError_(f"{out_dir}: already exists (overwrite=True, --overwrite, replaces it)")
+  if dtype not in embed.DTYPES:
+    raise IndexError_(f"unknown dtype {dtype!r}; expected one of {embed.DTYPES}")
+  search_lib.require(backend)  # before any work: a missing library is found now
+  corpus_format = corpus.corpus_format(passages, corpus_format)
+  try:
+    source = os.stat(passages)
+  except FileNotFoundError:
+    raise corpus.CorpusError(f"{passages}: no such file") from None
+  key = {"source": os.path.abspath(passages), "bytes": source.st_size,
+         "mtime_ns": source.st_mtime_ns, "format": corpus_format, "on_error": on_error,
+         "encoder": encoder_identity(encoder_dir), "max_length": encoder.max_length,
+         "dtype": dtype, "shard_size": shard_size}
   work = out_dir.with_name(out_dir.name + ".partial")
+  if work.exists() and _read_key(work) != key:
+    log(f"{work}: a partial build of other input or settings; starting afresh")
+    shutil.rmtree(work)
   work.mkdir(parents=True, exist_ok=True)
+  _write_json(work / BUILD_KEY, key)
 
   store_dir = work / "passages"
   if not (store_dir / corpus.META_FILE).is_file():
     stats = corpus.ReadStats()
-    count = corpus.write_passages(corpus.read_passages(passages, on_error=on_error, stats=stats),
-                                  store_dir)
+    try:
+      count = corpus.write_passages(
+          corpus.read_passages(passages, corpus_format, on_error=on_error, stats=stats),
+          store_dir)
+      if count == 0:
+        raise IndexError_(f"{passages}: no passages")
+    except BaseException:
+      shutil.rmtree(work, ignore_errors=True)  # no embedding has been made yet: keep nothing
+      raise
     log(f"passages: {count} written ({stats.skipped} malformed lines skipped)")
   store = corpus.PassageStore(store_dir)
-  if len(store) == 0:
-    raise IndexError_(f"{passages}: no passages")
   report = embed.embed_store(store, encoder, work / "embeddings", shard_size=shard_size,
                              dtype=dtype, progress=progress)
   log(f"embeddings: {report.written} shards written, {report.skipped} resumed, "
@@ -115,12 +159,11 @@ def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend
                   "source": encoder_source or str(encoder_dir)},
       "dim": encoder.dim, "count": len(store), "dtype": dtype, "metric": "inner_product",
       "shard_size": shard_size, "backend": backend_entry, "source": str(passages),
-      "files": _file_table(work),
+      "files": _file_table(work, skip=(BUILD_KEY,)),
   }
   store.close()
-  tmp = work / (MANIFEST + ".tmp")
-  tmp.write_text(json.dumps(manifest, indent=1))
-  os.replace(tmp, work / MANIFEST)
+  (work / BUILD_KEY).unlink()  # the finished index does not carry it
+  _write_json(work / MANIFEST, manifest)
   if out_dir.exists():  # overwrite: move the old one aside first, so a crash loses neither
     old = out_dir.with_name(out_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

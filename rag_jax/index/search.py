@@ -781,6 +781,16 @@ def _fingerprint(embeddings, rows: int = 64) -> str:
 # faiss HNSW (optional).
 
 
+def _import_faiss():
+  try:
+    import faiss  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise MissingDependencyError(
+        "FaissHnswSearch needs faiss, which is not installed; install the faiss extra: "
+        "pip install 'rag_jax[faiss]'") from None
+  return faiss
+
+
 class FaissHnswSearch:
   """A faiss HNSW graph (Malkov & Yashunin 2018) under the inner product, on the host.
 
@@ -800,12 +810,7 @@ class FaissHnswSearch:
       ef_search: candidate list size while searching (raised to k for larger k).
       measured_recall: a recall measured earlier for this configuration, kept as a record.
     """
-    try:
-      import faiss  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      raise MissingDependencyError(
-          "FaissHnswSearch needs faiss, which is not installed; install the faiss extra: "
-          "pip install 'rag_jax[faiss]'") from None
+    faiss = _import_faiss()
     self.num, self.dim = _check_embeddings(embeddings)
     self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
     self.measured_recall = measured_recall
@@ -835,8 +840,20 @@ class FaissHnswSearch:
 BACKENDS = {cls.name: cls for cls in (ExactSearch, ApproxSearch, ScannSearch, FaissHnswSearch)}
 
 
-def build(name: str, embeddings, **params):
-  """The backend `name` (a key of `BACKENDS`) over embeddings [N, D], with its parameters."""
+# The library each host backend needs (imported by `require`); the on-device ones need jax only.
+_IMPORTS = {"scann": _import_scann, "faiss_hnsw": _import_faiss}
+
+
+def require(name: str) -> None:
+  """Checks, before any work, that backend `name` exists and its library is installed:
+  ValueError or MissingDependencyError (an ImportError), each with a one-line message."""
   if name not in BACKENDS:
     raise ValueError(f"unknown search backend {name!r} (expected one of {sorted(BACKENDS)})")
+  if name in _IMPORTS:
+    _IMPORTS[name]()
+
+
+def build(name: str, embeddings, **params):
+  """The backend `name` (a key of `BACKENDS`) over embeddings [N, D], with its parameters."""
+  require(name)
   return BACKENDS[name](embeddings, **params)
