@@ -3,7 +3,9 @@
 import os
 
 # rag_jax uses transformers for tokenizers and configs only, so its advice at import that
-# PyTorch is missing is noise (every command printed it). A value the user set is kept.
+# PyTorch is missing is noise (every command printed it). This silences all of transformers'
+# advisory warnings in the process (and its children), and only if transformers is imported
+# after rag_jax; a value the user set is kept.
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 # pylint: disable=wrong-import-position

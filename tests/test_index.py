@@ -1,6 +1,7 @@
 """The saved index: resumable embedding, build/load validation, CLI, hot-swapping."""
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -235,16 +236,52 @@ def test_interrupted_build_resumes_only_the_same_input(tmp_path, tiny_encoder_di
   data = lambda m: {f: v for f, v in m["files"].items() if not f.startswith("backend/")}
   assert data(manifest) == data(fresh)  # the same passages and vectors, byte for byte
 
-  # Another corpus in the same place: its own passages and vectors, none of the first's.
-  other = _articles(tmp_path / "other.jsonl", 12, seed=2)
-  (tmp_path / "index").rename(tmp_path / "first-index")
+
+
+@pytest.mark.parametrize("change", ["another file", "the same file rewritten", "touched",
+                                    "a partial without a key", "another dtype"])
+def test_a_partial_build_of_other_input_is_discarded(tmp_path, tiny_encoder_dir, monkeypatch,
+                                                     change):
+  first = _articles(tmp_path / "first.jsonl", 30, seed=1)
   _interrupted_build(tmp_path, first, tiny_encoder_dir, monkeypatch)
-  manifest, logs = _build(tmp_path, other, tiny_encoder_dir)
+  source, kwargs = first, {}
+  if change == "another file":
+    source = _articles(tmp_path / "other.jsonl", 12, seed=2)
+  elif change == "the same file rewritten":
+    _articles(first, 12, seed=2)
+  elif change == "touched":
+    os.utime(first, ns=(0, 10**18))
+  elif change == "a partial without a key":
+    (tmp_path / "index.partial" / saved.BUILD_KEY).unlink()
+  else:
+    kwargs = {"dtype": "float32"}
+  manifest, logs = _build(tmp_path, source, tiny_encoder_dir, **kwargs)
   assert any("starting afresh" in l for l in logs) and any("passages:" in l for l in logs)
+  assert any(" 0 resumed" in l for l in logs), logs
+  # Its own passages, none of the first build's.
   store = corpus.PassageStore(tmp_path / "index" / "passages")
-  want = list(corpus.read_jsonl(other))
-  assert len(store) == len(want) and [store[i]["text"] for i in range(len(store))] == [
-      p["text"] for p in want]
+  want = list(corpus.read_jsonl(source))
+  assert [store[i]["text"] for i in range(len(store))] == [p["text"] for p in want]
+  assert manifest["count"] == len(want)
+
+
+def test_a_crash_while_renaming_into_place_resumes(tmp_path, tiny_encoder_dir, monkeypatch):
+  source = _articles(tmp_path / "a.jsonl", 30)
+  real = os.replace
+
+  def fail_on_the_index(src, dst):
+    if str(src).endswith("index.partial"):
+      raise KeyboardInterrupt
+    real(src, dst)
+  with monkeypatch.context() as m:
+    m.setattr(os, "replace", fail_on_the_index)
+    with pytest.raises(KeyboardInterrupt):
+      _build(tmp_path, source, tiny_encoder_dir)
+  _, logs = _build(tmp_path, source, tiny_encoder_dir)  # the finished partial, resumed
+  assert not any(l.startswith("passages:") for l in logs)
+  assert any(" 0 shards written" in l for l in logs), logs
+  assert not (tmp_path / "index" / saved.BUILD_KEY).exists()
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "index"]
 
 
 @pytest.mark.parametrize("content, message", [

@@ -81,9 +81,10 @@ def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend
   The work happens in `out_dir.partial/`. A build interrupted while embedding resumes from it
   when run again with the same corpus file (path, size and modification time), format,
   encoder (identity and max_length), dtype, shard size and on_error; a partial build of
-  anything else is discarded first, so that no passage or vector of it is reused. A build
-  that fails before its passages are stored (a missing file, a malformed line) leaves
-  nothing behind.
+  anything else is discarded first, so that no passage or vector of it is reused. (A file
+  replaced by another of the same size and the same mtime, as `cp -p` can make, would pass
+  for the same.) A build that fails before its passages are stored (a missing file, a
+  malformed line) leaves nothing behind.
 
   Args:
     passages: path of the corpus file.
@@ -116,15 +117,20 @@ def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend
          "encoder": encoder_identity(encoder_dir), "max_length": encoder.max_length,
          "dtype": dtype, "shard_size": shard_size}
   work = out_dir.with_name(out_dir.name + ".partial")
-  if work.exists() and _read_key(work) != key:
-    log(f"{work}: a partial build of other input or settings; starting afresh")
-    shutil.rmtree(work)
+  if work.exists():
+    found = _read_key(work)
+    if found != key:
+      why = ("has no build key (an older rag_jax's)" if found is None else
+             "is of other input or settings")
+      log(f"{work}: a partial build that {why}; starting afresh")
+      shutil.rmtree(work)
   work.mkdir(parents=True, exist_ok=True)
   _write_json(work / BUILD_KEY, key)
 
   store_dir = work / "passages"
   if not (store_dir / corpus.META_FILE).is_file():
     stats = corpus.ReadStats()
+    shutil.rmtree(store_dir, ignore_errors=True)  # an unfinished store's files, if any
     try:
       count = corpus.write_passages(
           corpus.read_passages(passages, corpus_format, on_error=on_error, stats=stats),
@@ -154,7 +160,7 @@ def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend
   manifest = {
       "format_version": FORMAT_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                  time.gmtime()),
-      "encoder": {**encoder_identity(encoder_dir), "dim": encoder.dim,
+      "encoder": {**key["encoder"], "dim": encoder.dim,
                   "max_length": encoder.max_length,
                   "source": encoder_source or str(encoder_dir)},
       "dim": encoder.dim, "count": len(store), "dtype": dtype, "metric": "inner_product",
@@ -162,16 +168,18 @@ def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend
       "files": _file_table(work, skip=(BUILD_KEY,)),
   }
   store.close()
-  (work / BUILD_KEY).unlink()  # the finished index does not carry it
   _write_json(work / MANIFEST, manifest)
-  if out_dir.exists():  # overwrite: move the old one aside first, so a crash loses neither
-    old = out_dir.with_name(out_dir.name + ".old")
+  # Overwriting, the old index is moved aside first, so that a crash loses neither. (A crash
+  # between the two renames leaves no `out_dir`: the rerun resumes the finished partial.)
+  old = out_dir.with_name(out_dir.name + ".old")
+  if out_dir.exists():
     shutil.rmtree(old, ignore_errors=True)
     os.replace(out_dir, old)
-    os.replace(work, out_dir)
-    shutil.rmtree(old)
-  else:
-    os.replace(work, out_dir)
+  os.replace(work, out_dir)
+  shutil.rmtree(old, ignore_errors=True)
+  # The key goes last: until the rename, a crash leaves a partial that resumes. (The manifest
+  # does not list it, so a key left by a crash here is ignored.)
+  (out_dir / BUILD_KEY).unlink(missing_ok=True)
   return manifest
 
 
