@@ -9,8 +9,9 @@
       backend/          the backend's own files, if it has any (ScaNN)
 
 `build_index` works in `INDEX.partial/` next to the target, so an interrupted build resumes
-(the passage store is kept if complete, finished embedding shards are kept), and renames it
-into place only when everything, manifest last, is written. `load_index` checks the manifest
+(the passage store is kept if complete, finished embedding shards are kept) when it is run
+again on the same input (`build.json` there says which), and renames it into place only when
+everything, manifest last, is written. `load_index` checks the manifest
 against the files and the encoder: an unknown format version, a missing or truncated file, a
 checksum that does not match, or an encoder of another dimension or identity is an
 `IndexError_` naming the file, never a wrong answer.
