@@ -170,14 +170,16 @@ def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend
   }
   store.close()
   _write_json(work / MANIFEST, manifest)
-  # Overwriting, the old index is moved aside first, so that a crash loses neither. (A crash
-  # between the two renames leaves no `out_dir`: the rerun resumes the finished partial.)
-  old = out_dir.with_name(out_dir.name + ".old")
-  if out_dir.exists():
+  if out_dir.exists():  # overwrite: move the old one aside first, so a crash loses neither
+    # (A crash between the two renames leaves `out_dir.old` and no `out_dir`; the rerun
+    # resumes the finished partial, and the old index stays where it is, for the user.)
+    old = out_dir.with_name(out_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     os.replace(out_dir, old)
-  os.replace(work, out_dir)
-  shutil.rmtree(old, ignore_errors=True)
+    os.replace(work, out_dir)
+    shutil.rmtree(old)
+  else:
+    os.replace(work, out_dir)
   # The key goes last: until the rename, a crash leaves a partial that resumes. (The manifest
   # does not list it, so a key left by a crash here is ignored.)
   (out_dir / BUILD_KEY).unlink(missing_ok=True)
