@@ -4,6 +4,7 @@ Bad input ends the program with `error: <one line>` on stderr and exit status 2 
 1 (a failure while running), never a traceback.
 """
 
+import logging
 import os
 import sys
 from typing import Callable, NoReturn
@@ -71,6 +72,11 @@ def use_cpu_cores() -> None:
 
 
 def run(main: Callable) -> None:
-  """absl.app.run with one-line flag errors, one CPU device per core (`use_cpu_cores`)."""
+  """absl.app.run with one-line flag errors, one CPU device per core (`use_cpu_cores`).
+
+  absl logs at INFO, which would print JAX's "Unable to initialize backend 'tpu'" at every
+  start on a machine without one; JAX's backend setup logs only its warnings here.
+  """
   use_cpu_cores()
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   app.run(main, flags_parser=_parse_flags)
