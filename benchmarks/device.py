@@ -13,10 +13,10 @@ CPU only `--quick` makes sense. Three parts, each printing one JSON line as it e
    doc scores -> RAG-Token loss -> grad -> AdamW on every weight, dropout on) at bart-large /
    dpr-base shapes in bfloat16 computation (float32 params and moments), 5 docs, contexts of
    128 tokens, targets of 32, random weights; for each --batches value (16, 64) in turn until
-   one does not fit: seconds per step (median of --steps), generator tokens/s (B * Z * (128 + 32) / s)
-   and MFU = model FLOPs per step / seconds / the card's bf16 dense peak. Model FLOPs are
-   counted by hand (`train_flops`: 3x the forward matmuls, no rematerialisation); XLA's own
-   count of the compiled step is printed beside them as a check.
+   one does not fit: seconds per step (median of --steps), generator tokens/s
+   (B * Z * (128 + 32) / s) and MFU = model FLOPs per step / seconds / the card's bf16 dense
+   peak. Model FLOPs are counted by hand (`train_flops`: 3x the forward matmuls, no
+   rematerialisation); XLA's own count of the compiled step is printed beside them as a check.
 3. search: `ExactSearch` over N = 10M x 768 bfloat16 random vectors made on the device, for
    query batches 1, 32 and 128 and chunk sizes 2^16 (raised to 64 chunks, the most there
    are), the default (None: 16 chunks on a GPU), 2^22 and 2^24 (one chunk); each row gives
@@ -234,14 +234,15 @@ def search(jax, jnp, s: dict, card: dict, copy_tb_s: float, hlo_dir=None):
       # device work alone: the index's jitted top-k on device-resident queries, back to back.
       host_s = _time(functools.partial(index.search, queries[:b], k), 10)
       q = jnp.asarray(queries[:b], jnp.bfloat16)
-      fn, emb_on_device = index._index._fn, index._index.embeddings  # pylint: disable=protected-access
+      inner = index._index  # pylint: disable=protected-access
+      fn, emb_on_device = inner._fn, inner.embeddings  # pylint: disable=protected-access
       seconds = _throughput(jax, functools.partial(fn, q, emb_on_device, k=k))
       if hlo_dir and b == max(s["query_batches"]) and chunk == s["chunks"][-2]:
         # The optimised program, to read offline whether each chunk is copied before its dot.
         with open(os.path.join(hlo_dir, "search_hlo.txt"), "w") as f:
           f.write(fn.lower(q, emb_on_device, k=k).compile().as_text())
       yield {"part": "search", "rows": rows, "dim": dim, "chunk": chunk or "default",
-             "chunk_rows": index._index.chunk_rows,  # pylint: disable=protected-access
+             "chunk_rows": inner.chunk_rows,
              "queries": b,
              **bandwidth(seconds), "ms_end_to_end": round(host_s * 1e3, 3),
              "same_ids_as_full_top_k": same, "max_score_diff": round(close, 4)}

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 
-
 import common
 
 CONTEXT, TARGET, QUESTION = 128, 20, 32

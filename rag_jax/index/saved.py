@@ -57,13 +57,6 @@ def _file_table(root: pathlib.Path, skip=()) -> Dict[str, Dict[str, Any]]:
           if p.is_file() and p.name != MANIFEST and str(p.relative_to(root)) not in skip}
 
 
-def _write_json(path: pathlib.Path, value) -> None:
-  """`value` as JSON at `path`, atomically (written beside it, then renamed)."""
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(value, indent=1))
-  os.replace(tmp, path)
-
-
 def _read_key(work: pathlib.Path) -> Optional[Dict[str, Any]]:
   """What a partial build in `work` was of (None: unknown, e.g. one from before keys)."""
   try:
@@ -126,7 +119,7 @@ def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend
       log(f"{work}: a partial build that {why}; starting afresh")
       shutil.rmtree(work)
   work.mkdir(parents=True, exist_ok=True)
-  _write_json(work / BUILD_KEY, key)
+  search_lib.write_json_atomic(work / BUILD_KEY, key)
 
   store_dir = work / "passages"
   if not (store_dir / corpus.META_FILE).is_file():
@@ -169,7 +162,7 @@ def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend
       "files": _file_table(work, skip=(BUILD_KEY,)),
   }
   store.close()
-  _write_json(work / MANIFEST, manifest)
+  search_lib.write_json_atomic(work / MANIFEST, manifest)
   if out_dir.exists():  # overwrite: move the old one aside first, so a crash loses neither
     # (A crash between the two renames leaves `out_dir.old` and no `out_dir`; the rerun
     # resumes the finished partial, and the old index stays where it is, for the user.)
