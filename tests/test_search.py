@@ -354,6 +354,30 @@ def test_scann_tunes_leaves_to_a_recall_target(rng, caplog):
     scann.tune(embeddings, 1.5)
 
 
+@pytest.mark.parametrize("spread, above_floor", [(4.0, True), (0.0, False)])
+def test_scann_threshold_follows_the_kth_neighbour_cosine(rng, spread, above_floor):
+  # Tight clusters put the 10th neighbour at a high cosine (about 0.95); plain noise in 128
+  # dimensions at a low one (about 0.25), where ScaNN's 0.2 (of the norm) is the floor.
+  embeddings = 3.0 * clustered(rng, 6000, 128, clusters=100, spread=spread)
+  scann = search.ScannSearch(embeddings, num_leaves=50, num_leaves_to_search=5)
+  rows = np.sort(np.random.default_rng(0).choice(len(embeddings), 1000, replace=False))
+  scores = embeddings[rows].astype(np.float64) @ embeddings.astype(np.float64).T
+  scores[np.arange(len(rows)), rows] = -np.inf  # each row's own id is not its neighbour
+  kth = embeddings[np.argsort(-scores, axis=1, kind="stable")[:, 9]].astype(np.float64)
+  norms = np.linalg.norm(embeddings[rows].astype(np.float64), axis=1)
+  cosine = np.median(np.sum(embeddings[rows] * kth, axis=1) / norms / np.linalg.norm(kth, axis=1))
+  relative = max(0.2, 0.55 * cosine)
+  assert (relative > 0.2) == above_floor
+  np.testing.assert_allclose(scann.params()["anisotropic_quantization_threshold"],
+                             relative * np.median(norms), rtol=1e-4)
+  # Given, it is used as it is; with brute force there is no hashing to weigh.
+  assert search.ScannSearch(embeddings, num_leaves=50, num_leaves_to_search=5,
+                            anisotropic_quantization_threshold=0.7).params()[
+                                "anisotropic_quantization_threshold"] == 0.7
+  assert search.ScannSearch(embeddings, brute_force=True).params()[
+      "anisotropic_quantization_threshold"] is None
+
+
 def test_drop_self_removes_the_query_row_or_the_last_id():
   ids = np.array([[5, 7, 9], [1, 2, 3], [4, 8, 0]])
   np.testing.assert_array_equal(search._drop_self(ids, np.array([7, 6, 0]), 2),
