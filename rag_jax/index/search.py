@@ -450,7 +450,7 @@ SCANN_LEAVES_PER_SQRT_N = 1.6
 # the error along a row (which moves its inner products) by the inner products that decide
 # the top k. ScaNN's fixed 0.2 for unit-norm data is the floor. On GloVe-400k (c = 0.71)
 # relative thresholds of 0.3-0.5 reached recall@10 0.95 with 52-55 leaves searched, against
-# 56-62 for 0.2 and 66 for 0.7 (5-10% more QPS); on the 9k MiniLM vectors (c = 0.44), where
+# 56-62 for 0.2 and 66 for 0.7 (5-10% more QPS); on the 9k MiniLM vectors (c = 0.45), where
 # the tree and not the hashing limits recall, 0.2-0.5 made no difference.
 SCANN_MIN_THRESHOLD = 0.2
 SCANN_THRESHOLD_PER_COSINE = 0.55
