@@ -196,16 +196,26 @@ def _time_rounds(settings_: list, queries: np.ndarray, batch: int, repeats: int)
   shared machine then falls on all settings alike instead of on whichever one it overlaps.
   Each pass starts after a pause of SETTLE_S: XLA:CPU's worker threads spin for a few ms
   after a JAX search, and took 30% off the QPS of a ScaNN pass that followed one at once.
+  Where the index changes (the next backend), an untimed pass of its first setting goes
+  first: even after the pause, the first ScaNN pass after the JAX backends' ran 12-18% slow
+  in 3 rounds of 10, and with 9 rounds that could move the median.
   """
+  def one_pass(index):
+    for first in range(0, len(queries), batch):
+      index.search(queries[first:first + batch], K)
+
   times = [[] for _ in settings_]
   for round_ in range(repeats + 1):
+    previous = None
     for times_, (index, attributes) in zip(times, settings_):
       for key, value in attributes.items():
         setattr(index, key, value)
+      if index is not previous:
+        one_pass(index)
+        previous = index
       time.sleep(SETTLE_S)
       start = time.perf_counter()
-      for first in range(0, len(queries), batch):
-        index.search(queries[first:first + batch], K)
+      one_pass(index)
       if round_:
         times_.append(time.perf_counter() - start)
   return [float(np.median(t)) for t in times]
