@@ -20,7 +20,9 @@ itself; inner product; ground truth is the `exact` backend's top-10; recall@10 a
 `search.build`), then QPS: all queries searched in batches of `--batch`, the median of
 `--repeats` passes. The passes are timed after every backend is built, in interleaved
 rounds (one pass of every setting per round, after an untimed round that also compiles the
-JAX backends), so that a slow spell of the machine does not fall on one setting alone.
+JAX backends), so that a slow spell of the machine does not fall on one setting alone; each
+pass follows 50 ms of quiet, and an untimed pass wherever the backend changes (see
+`_time_rounds`).
 
 Settings (N indexed rows, L = round(sqrt(N))):
 
@@ -225,7 +227,8 @@ def bench_dataset(name: str, vectors: np.ndarray, args) -> list:
   """One row per backend x setting (dicts, see `main` for the fields).
 
   Every backend is built first (its build timed, each setting's recall measured), then all
-  settings are timed together (`_time_rounds`).
+  settings are timed together (`_time_rounds`), so all the indexes are held at once (for
+  GloVe, a few hundred MB).
   """
   base, queries = _split(vectors, args.queries, np.random.default_rng(SEED))
   _log(f"{name}: {base.shape[0]} x {base.shape[1]} indexed, {len(queries)} queries")

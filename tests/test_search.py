@@ -378,6 +378,24 @@ def test_scann_threshold_follows_the_kth_neighbour_cosine(rng, spread, above_flo
       "anisotropic_quantization_threshold"] is None
 
 
+def test_scann_finds_the_tuning_neighbours_once(rng, monkeypatch):
+  embeddings = clustered(rng, 6000, 16, clusters=50)
+  built = []
+
+  def counting_exact(*args, **kwargs):
+    built.append(args[0].shape)
+    return exact_search(*args, **kwargs)
+
+  exact_search = search.ExactSearch
+  monkeypatch.setattr(search, "ExactSearch", counting_exact)
+  scann = search.ScannSearch(embeddings, num_leaves=60, recall_target=0.9)
+  scann.tune(embeddings, 0.95)
+  # The threshold and both tunings share one exact search of the tuning rows.
+  assert built == [(6000, 16)]
+  with pytest.raises(ValueError, match="embeddings this searcher was built from"):
+    scann.tune(embeddings[::-1], 0.9)
+
+
 def test_drop_self_removes_the_query_row_or_the_last_id():
   ids = np.array([[5, 7, 9], [1, 2, 3], [4, 8, 0]])
   np.testing.assert_array_equal(search._drop_self(ids, np.array([7, 6, 0]), 2),

@@ -31,7 +31,7 @@ import math
 import os
 import pathlib
 import tempfile
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -442,16 +442,18 @@ SCANN_FORMAT = "rag_jax.scann.v2"  # v2: spherical, training_iterations, tuning
 # thousand rows (9k MiniLM vectors: 3x the QPS of brute force); below, brute force is exact.
 SCANN_TREE_FROM = 5_000
 # Leaves per sqrt(N). On GloVe-400k, 1.6 sqrt(N) leaves reached recall@10 0.95 at the highest
-# QPS of the 1-3 sqrt(N) tried (benchmarks/ann.py); more leaves also cost build time.
+# QPS of the 1-3 sqrt(N) tried (benchmarks/ann.py); with the threshold below, 1.3, 1.6 and
+# 2 sqrt(N) came out alike (39-42k QPS at 0.95). More leaves also cost build time.
 SCANN_LEAVES_PER_SQRT_N = 1.6
 # The anisotropic threshold T, as a fraction of the row norm, is
 #   max(SCANN_MIN_THRESHOLD, SCANN_THRESHOLD_PER_COSINE * c),
-# c the median cosine between a sample row and its k-th neighbour: the hashing then weighs
+# c the median cosine between a tuning row and its k-th neighbour: the hashing then weighs
 # the error along a row (which moves its inner products) by the inner products that decide
-# the top k. ScaNN's fixed 0.2 for unit-norm data is the floor. On GloVe-400k (c = 0.71)
-# relative thresholds of 0.3-0.5 reached recall@10 0.95 with 52-55 leaves searched, against
-# 56-62 for 0.2 and 66 for 0.7 (5-10% more QPS); on the 9k MiniLM vectors (c = 0.45), where
-# the tree and not the hashing limits recall, 0.2-0.5 made no difference.
+# the top k. ScaNN's fixed 0.2 for unit-norm data is the floor. On GloVe-400k (c = 0.71):
+# relative thresholds of 0.3-0.5 reached held-out recall@10 0.95 with 52-55 leaves searched,
+# against 56-62 for 0.2 and 66 for 0.7; tuned, this rule searched 54-61 leaves where 0.2
+# searched 63-74, for 6-9% more QPS at the same held-out recall. On the 9k MiniLM vectors
+# (c = 0.45), where the tree and not the hashing limits recall, 0.2-0.5 made no difference.
 SCANN_MIN_THRESHOLD = 0.2
 SCANN_THRESHOLD_PER_COSINE = 0.55
 # Rows used as queries when `num_leaves_to_search` is tuned to a recall target.
@@ -504,6 +506,16 @@ def _drop_self(ids: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
   return ids[~own].reshape(len(ids), k)
 
 
+class _TuningSample(NamedTuple):
+  """Index rows that stand in for held-out queries (`ScannSearch.tune`, and the threshold)."""
+  rows: np.ndarray        # [Q] their row numbers, sorted
+  queries: np.ndarray     # [Q, D] float32
+  k: int                  # neighbours per query: min(k, N - 1)
+  want: np.ndarray        # [Q, k] exact neighbours, each query's own row left out
+  kth_cosine: float       # median cosine between a query and its k-th neighbour
+  median_norm: float      # median norm of the queries
+
+
 class ScannSearch:
   """ScaNN (Guo et al. 2020) on the host: partition, score with anisotropic hashing, rescore.
 
@@ -523,11 +535,11 @@ class ScannSearch:
     reorder          rows rescored exactly after hashing: 0 with brute force (already exact),
                      else max(100, 10 * k), at most N. A search for a larger k scales it.
     anisotropic_quantization_threshold
-                     max(0.2, 0.55 c) * the median row norm, c the median cosine between a
-                     tuning row and its k-th exact neighbour (see SCANN_THRESHOLD_PER_COSINE;
-                     the anisotropic weight depends on threshold / norm). Only used with
-                     hashing; choosing it costs the tuning rows' exact search, which `tune`
-                     reuses.
+                     max(0.2, 0.55 c) * the tuning rows' median norm, c the median cosine
+                     between a tuning row and its k-th exact neighbour (see
+                     SCANN_THRESHOLD_PER_COSINE; the anisotropic weight depends on
+                     threshold / norm). Only used with hashing; choosing it costs the tuning
+                     rows' exact search (see `tune`), which tuning then reuses.
     training_sample_size
                      rows sampled to train the tree and the hash codebooks:
                      min(N, max(250,000, 100 * num_leaves)); the tree runs
@@ -553,7 +565,8 @@ class ScannSearch:
       k: the number of neighbours the searcher is tuned for (sets the default `reorder`).
       brute_force, num_leaves, num_leaves_to_search, reorder, spherical,
       anisotropic_quantization_threshold, training_sample_size: see the class docstring;
-        None chooses from the data.
+        None chooses from the data. (A threshold left None costs an exact search of 1,000
+        rows, as tuning does, even when `num_leaves_to_search` is given.)
       recall_target: the recall@k that the tuned `num_leaves_to_search` reaches on the
         tuning queries; only used when there is a tree and `num_leaves_to_search` is None.
       dimensions_per_block: dimensions per hashing block; 2 is ScaNN's recommendation.
@@ -578,10 +591,9 @@ class ScannSearch:
     self._fingerprint = _fingerprint(data)  # For `save`: which embeddings this indexes.
     self._tuning = None  # See `_tuning_sample`.
     if not self.brute_force and self.anisotropic_quantization_threshold is None:
-      _, queries, _, _, cosine = self._tuning_sample(data)
-      relative = max(SCANN_MIN_THRESHOLD, SCANN_THRESHOLD_PER_COSINE * cosine)
-      norm = float(np.median(np.linalg.norm(queries, axis=1)))
-      self.anisotropic_quantization_threshold = relative * norm
+      sample = self._tuning_sample(data)
+      relative = max(SCANN_MIN_THRESHOLD, SCANN_THRESHOLD_PER_COSINE * sample.kth_cosine)
+      self.anisotropic_quantization_threshold = relative * sample.median_norm
 
     builder = scann.scann_ops_pybind.builder(data, self.k, "dot_product")
     if self.num_leaves:
@@ -614,17 +626,20 @@ class ScannSearch:
     on a sample of real queries tells.
 
     The tuning queries are `SCANN_TUNING_QUERIES` rows of `embeddings` (the matrix this was
-    built from) taken as held-out queries: each row's own id is dropped from both its exact
-    and its ScaNN neighbours before comparing the top k. The exact neighbours come from
-    `ExactSearch` (a copy of the embeddings on the default device, for that one search) on the
-    first call, and are kept for later calls. Recall grows with the leaves searched, so a
+    built from, checked by its fingerprint) taken as held-out queries: each row's own id is
+    dropped from both its exact and its ScaNN neighbours before comparing the top k. The
+    exact neighbours come from `ExactSearch` (a copy of the embeddings on the default device,
+    for that one search) when the build chose the threshold, or else on the first call, and
+    are kept for later calls. Recall grows with the leaves searched, so a
     bisection over [1, num_leaves] finds the count in about log2(L) passes.
     """
     if not self.num_leaves:
       raise ValueError("tune needs a tree (num_leaves > 0); this searcher has none")
     if not 0.0 < recall_target <= 1.0:
       raise ValueError(f"recall_target must be in (0, 1], got {recall_target!r}")
-    rows, queries, k, want, _ = self._tuning_sample(embeddings)
+    if _fingerprint(embeddings) != self._fingerprint:
+      raise ValueError("tune needs the embeddings this searcher was built from")
+    rows, queries, k, want = self._tuning_sample(embeddings)[:4]
     # As many rescored rows as a search for k serves with, plus the query's own row.
     pre = self.reorder + 1 if self.reorder else None
 
@@ -656,21 +671,23 @@ class ScannSearch:
                       "rescores more exactly", k, recall_target, self.num_leaves, mean, bound)
     return self.tuned_recall
 
-  def _tuning_sample(self, embeddings) -> Tuple[np.ndarray, np.ndarray, int, np.ndarray, float]:
-    """(rows, queries, k, exact neighbours, c): `SCANN_TUNING_QUERIES` rows of `embeddings`
-    as held-out queries, their exact top k without themselves, and the median cosine between
-    a row and its k-th neighbour. Found on the first call (`ExactSearch`, a copy of the
-    embeddings on the default device for that one search) and kept."""
+  def _tuning_sample(self, embeddings) -> _TuningSample:
+    """`SCANN_TUNING_QUERIES` rows of `embeddings` as held-out queries and their exact top k
+    without themselves (see `_TuningSample`). Found on the first call (`ExactSearch`, a copy
+    of the embeddings on the default device for that one search) and kept."""
     if getattr(self, "_tuning", None) is None:
       rng = np.random.default_rng(0)
       rows = np.sort(rng.choice(self.num, min(SCANN_TUNING_QUERIES, self.num), replace=False))
       queries = np.ascontiguousarray(np.asarray(embeddings[rows], np.float32))
       k = min(self.k, self.num - 1)
       want = _drop_self(ExactSearch(embeddings).search(queries, k + 1)[1], rows, k)
-      kth = np.asarray(embeddings[want[:, -1]], np.float32)
-      cosine = np.sum(queries * kth, axis=1) / np.maximum(
-          np.linalg.norm(queries, axis=1) * np.linalg.norm(kth, axis=1), 1e-30)
-      self._tuning = (rows, queries, k, want, float(np.median(cosine)))
+      norms = np.linalg.norm(queries, axis=1)
+      cosine = 0.0  # One row: no neighbour.
+      if k:
+        kth = np.asarray(embeddings[want[:, -1]], np.float32)
+        cosine = float(np.median(np.sum(queries * kth, axis=1) / np.maximum(
+            norms * np.linalg.norm(kth, axis=1), 1e-30)))
+      self._tuning = _TuningSample(rows, queries, k, want, cosine, float(np.median(norms)))
     return self._tuning
 
   def _resolve(self, data: np.ndarray, *, k, brute_force, num_leaves, num_leaves_to_search,
