@@ -331,6 +331,15 @@ def _print_table(rows: list, summaries: list, splits: list) -> None:
           f"(leaves searched {', '.join(str(r['leaves_to_search']) for r in s['per_split'])})")
 
 
+def dataset_names(parser: argparse.ArgumentParser, text: str) -> list:
+  """The comma-separated `--datasets` value as names of DATASETS (else a usage error)."""
+  names = [n.strip() for n in text.split(",") if n.strip()]
+  unknown = sorted(set(names) - set(DATASETS))
+  if unknown or not names:
+    parser.error(f"unknown dataset(s) {unknown}; expected some of {sorted(DATASETS)}")
+  return names
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--datasets", default="glove,wiki",
@@ -345,10 +354,7 @@ def main():
   parser.add_argument("--quick", action="store_true",
                       help=f"smoke run: {QUICK_GLOVE_ROWS:,} GloVe vectors, 3 repeats")
   args = parser.parse_args()
-  names = [n.strip() for n in args.datasets.split(",") if n.strip()]
-  unknown = sorted(set(names) - set(DATASETS))
-  if unknown or not names:
-    parser.error(f"unknown dataset(s) {unknown}; expected some of {sorted(DATASETS)}")
+  names = dataset_names(parser, args.datasets)
   if args.queries < 1 or args.batch < 1 or args.repeats < 1 or args.splits < 0:
     parser.error("--queries, --batch and --repeats must be positive, --splits >= 0")
   if args.quick:
