@@ -22,7 +22,7 @@ itself; inner product; ground truth is the `exact` backend's top-10; recall@10 a
 rounds (one pass of every setting per round, after an untimed round that also compiles the
 JAX backends), so that a slow spell of the machine does not fall on one setting alone; each
 pass follows 50 ms of quiet, and an untimed pass wherever the backend changes (see
-`_time_rounds`).
+`time_rounds`).
 
 Settings (N indexed rows, L = round(sqrt(N))):
 
@@ -78,7 +78,10 @@ GOAL_RECALL = 0.95
 GOAL_QPS_RATIO = 2.0
 GOAL_BUILD_RATIO = 5.0
 QUICK_GLOVE_ROWS = 50_000
-# Seconds of quiet before each timed pass (see `_time_rounds`): 1 ms did not help, 10 ms
+# FAISS HNSW's search-time grid: fine around recall 0.95, so that FAISS is not compared at a
+# needlessly high recall.
+HNSW_EF_SEARCH = (10, 12, 16, 24, 32, 40, 44, 48, 52, 56, 64, 96, 128, 256)
+# Seconds of quiet before each timed pass (see `time_rounds`): 1 ms did not help, 10 ms
 # mostly, 50 ms fully.
 SETTLE_S = 0.05
 
@@ -95,7 +98,7 @@ GLOVE = assets.Asset(
 assets.ASSETS.setdefault(GLOVE_NAME, GLOVE)
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
 
@@ -103,7 +106,7 @@ def _normalise(x: np.ndarray) -> np.ndarray:
   return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def _split(vectors: np.ndarray, num_queries: int, rng: np.random.Generator):
+def split_queries(vectors: np.ndarray, num_queries: int, rng: np.random.Generator):
   """vectors [N, D] -> (indexed [N - Q, D], queries [Q, D]), as the module docstring says."""
   vectors = _normalise(np.asarray(vectors, np.float32))
   # Half the set at most, so that a small dataset still leaves rows to index.
@@ -137,14 +140,14 @@ def load_wiki() -> np.ndarray:
     digest.update(passage.encode("utf-8") + b"\0")
   path = assets.cache_dir() / f"wiki-minilm-l6-v2-{digest.hexdigest()[:16]}.npy"
   if path.is_file():
-    _log(f"wiki: cached embeddings {path}")
+    log(f"wiki: cached embeddings {path}")
     return np.load(path)
   from rag_jax.encoder import TextEncoder  # pylint: disable=import-outside-toplevel
-  _log(f"wiki: encoding {len(passages)} passages (a few minutes; cached afterwards) ...")
+  log(f"wiki: encoding {len(passages)} passages (a few minutes; cached afterwards) ...")
   start = time.perf_counter()
   encoder = TextEncoder.from_pretrained(assets.fetch("all-MiniLM-L6-v2"))
   vectors = encoder.encode(passages)
-  _log(f"wiki: encoded in {time.perf_counter() - start:.0f} s")
+  log(f"wiki: encoded in {time.perf_counter() - start:.0f} s")
   path.parent.mkdir(parents=True, exist_ok=True)
   embed.save_atomic(path, vectors)  # a killed run leaves no truncated cache
   return vectors
@@ -173,13 +176,12 @@ def settings(num: int):
        ("num_leaves_to_search",)),
       # ef_search is read at each search: the graph (the slow part) is built once.
       ("faiss_hnsw", {"m": 32, "ef_construction": 200},
-       [(f"M32 efC200 ef{ef}", {"ef_search": ef})
-        for ef in (10, 12, 16, 24, 32, 40, 44, 48, 52, 56, 64, 96, 128, 256)],
+       [(f"M32 efC200 ef{ef}", {"ef_search": ef}) for ef in HNSW_EF_SEARCH],
        ("ef_search",)),
   ]
 
 
-class _Truth:
+class Truth:
   """The reference for `search.measure_recall`: the exact top-k, computed once per dataset."""
 
   def __init__(self, result):
@@ -190,8 +192,9 @@ class _Truth:
     return self._result
 
 
-def _time_rounds(settings_: list, queries: np.ndarray, batch: int, repeats: int) -> list:
-  """Median seconds of one pass over `queries` for each (index, attributes) setting.
+def time_rounds(settings_: list, queries: np.ndarray, batch: int, repeats: int) -> list:
+  """Seconds of one pass over `queries` in each of `repeats` rounds, for each (index,
+  attributes) setting: [[seconds] * repeats] * settings.
 
   The passes are interleaved: each of `repeats` rounds (after an untimed one, which also
   compiles the JAX backends) times one pass of every setting in turn. A slow spell of this
@@ -220,27 +223,27 @@ def _time_rounds(settings_: list, queries: np.ndarray, batch: int, repeats: int)
       one_pass(index)
       if round_:
         times_.append(time.perf_counter() - start)
-  return [float(np.median(t)) for t in times]
+  return times
 
 
 def bench_dataset(name: str, vectors: np.ndarray, args) -> list:
   """One row per backend x setting (dicts, see `main` for the fields).
 
   Every backend is built first (its build timed, each setting's recall measured), then all
-  settings are timed together (`_time_rounds`), so all the indexes are held at once (for
+  settings are timed together (`time_rounds`), so all the indexes are held at once (for
   GloVe, a few hundred MB).
   """
-  base, queries = _split(vectors, args.queries, np.random.default_rng(SEED))
-  _log(f"{name}: {base.shape[0]} x {base.shape[1]} indexed, {len(queries)} queries")
+  base, queries = split_queries(vectors, args.queries, np.random.default_rng(SEED))
+  log(f"{name}: {base.shape[0]} x {base.shape[1]} indexed, {len(queries)} queries")
   truth = None
   rows, timed = [], []
   for backend, params, variants, search_time in settings(len(base)):
-    _log(f"{name}: building {backend} {params or '(defaults)'} ...")
+    log(f"{name}: building {backend} {params or '(defaults)'} ...")
     start = time.perf_counter()
     index = search.build(backend, base, **params)
     build_s = time.perf_counter() - start
     if truth is None:  # `exact` comes first: its answer is the ground truth.
-      truth = _Truth(index.search(queries, K))
+      truth = Truth(index.search(queries, K))
     for label, changes in variants:
       for key, value in changes.items():
         if key == "tune":
@@ -254,10 +257,10 @@ def bench_dataset(name: str, vectors: np.ndarray, args) -> list:
                    "build_s": round(build_s, 2), "qps": None,
                    "recall_at_10": round(recall, 4), "params": resolved})
       timed.append((index, {key: getattr(index, key) for key in search_time}))
-      _log(f"{name}: {backend} {label}: build {build_s:.1f} s, recall@10 {recall:.4f}")
-  _log(f"{name}: timing {len(timed)} settings, {args.repeats} interleaved rounds ...")
-  for row, seconds in zip(rows, _time_rounds(timed, queries, args.batch, args.repeats)):
-    row["qps"] = round(len(queries) / seconds, 1)
+      log(f"{name}: {backend} {label}: build {build_s:.1f} s, recall@10 {recall:.4f}")
+  log(f"{name}: timing {len(timed)} settings, {args.repeats} interleaved rounds ...")
+  for row, seconds in zip(rows, time_rounds(timed, queries, args.batch, args.repeats)):
+    row["qps"] = round(len(queries) / float(np.median(seconds)), 1)
   return rows
 
 
@@ -265,13 +268,13 @@ def scann_over_splits(name: str, vectors: np.ndarray, args) -> dict:
   """The scann default's held-out recall@10 on `args.splits` further random splits."""
   per_split = []
   for seed in range(SEED + 1, SEED + 1 + args.splits):
-    base, queries = _split(vectors, args.queries, np.random.default_rng(seed))
-    truth = _Truth(search.ExactSearch(base).search(queries, K))
+    base, queries = split_queries(vectors, args.queries, np.random.default_rng(seed))
+    truth = Truth(search.ExactSearch(base).search(queries, K))
     index = search.build("scann", base)
     per_split.append({"seed": seed, "leaves_to_search": index.num_leaves_to_search,
                       "tuned_recall": index.tuned_recall,
                       "recall_at_10": round(search.measure_recall(index, truth, queries, K), 4)})
-    _log(f"{name}: scann default, split {seed}: {per_split[-1]}")
+    log(f"{name}: scann default, split {seed}: {per_split[-1]}")
   recalls = [r["recall_at_10"] for r in per_split]
   return {"splits": name, "backend": "scann", "setting": "default (recall_target 0.95)",
           "per_split": per_split, "mean": round(float(np.mean(recalls)), 4),

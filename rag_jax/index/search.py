@@ -498,6 +498,14 @@ def _chunk(num_queries: int) -> int:
   return max(1, min(SCANN_MAX_CHUNK, -(-num_queries // (cores or 1))))
 
 
+def _scann_result(ids, scores) -> Result:
+  """ScaNN's (ids, scores) as a `Result`: the slots it could not fill (id 0 and a NaN score)
+  become id -1 and score -inf."""
+  ids, scores = np.asarray(ids).astype(np.int64), np.asarray(scores, np.float32)
+  missing = np.isnan(scores)
+  return np.where(missing, -np.inf, scores).astype(np.float32), np.where(missing, -1, ids)
+
+
 def _drop_self(ids: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
   """ids [B, k + 1] -> [B, k]: each query row's own id removed (or else its last id), so that
   rows of the index can stand in for held-out queries."""
@@ -749,10 +757,7 @@ class ScannSearch:
     ids, scores = self._searcher.search_batched_parallel(
         queries, final_num_neighbors=k, pre_reorder_num_neighbors=pre,
         leaves_to_search=self.num_leaves_to_search or None, batch_size=_chunk(len(queries)))
-    ids, scores = np.asarray(ids).astype(np.int64), np.asarray(scores, np.float32)
-    # Slots ScaNN could not fill hold id 0 and a NaN distance.
-    missing = np.isnan(scores)
-    return np.where(missing, -np.inf, scores).astype(np.float32), np.where(missing, -1, ids)
+    return _scann_result(ids, scores)
 
   def params(self) -> Dict[str, Any]:
     return {"k": self.k, "brute_force": self.brute_force, "num_leaves": self.num_leaves,
