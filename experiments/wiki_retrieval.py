@@ -12,7 +12,12 @@ query encoder, and return the top-k articles by inner product (exact MIPS).
 import ml_collections
 
 
+VARIANTS = ("", "small")
+
+
 def get_config(arg: str = ""):
+  if arg not in VARIANTS:
+    raise ValueError(f"unknown config variant {arg!r}; expected one of {VARIANTS[1:]} or none")
   c = ml_collections.ConfigDict()
   # A local HF / sentence-transformers directory, a hub name, or "asset:NAME" (rag_jax.assets).
   c.encoder = "asset:all-MiniLM-L6-v2"

@@ -29,6 +29,8 @@ def load_corpus(spec: str, limit: int = 0) -> List[Dict[str, str]]:
   """The passages [{"title", "text"}] of a corpus spec (today: the wiki summaries asset)."""
   if spec != "asset:wiki-summaries-en":
     raise ValueError(f"unsupported corpus {spec!r} (supported: asset:wiki-summaries-en)")
+  if limit < 0:
+    raise ValueError(f"max_passages must be >= 0 (0: all), got {limit}")
   articles = assets.wiki_summaries(assets.resolve_spec(spec))
   return articles[:limit] if limit else articles
 
@@ -43,6 +45,10 @@ def exact_search(queries: jax.Array, passages: jax.Array, k: int):
 
 def retrieve(config, log=print) -> List[Dict[str, Any]]:
   """Embeds the corpus and the questions and returns, per question, its top-k hits."""
+  if config.k < 1:
+    raise ValueError(f"k must be positive, got {config.k}")
+  if not config.questions:
+    raise ValueError("no questions (the config's `questions`, or --question)")
   encoder = TextEncoder.from_pretrained(assets.resolve_spec(config.encoder),
                                         max_length=config.max_length,
                                         batch_size=config.batch_size).data_parallel()

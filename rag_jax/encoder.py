@@ -61,6 +61,11 @@ class TextEncoder:
   micro_batch: Optional[int] = None
 
   def __post_init__(self):
+    if self.max_length < 2:
+      raise ValueError(f"max_length must be at least 2 (a [CLS] and a [SEP] token), got "
+                       f"{self.max_length}")
+    if self.batch_size < 1:
+      raise ValueError(f"batch_size must be positive, got {self.batch_size}")
     self._apply: Callable = jax.jit(self._pooled, static_argnums=3)
 
   def _pooled(self, params, ids: jax.Array, mask: jax.Array, m: int) -> jax.Array:

@@ -34,3 +34,15 @@ def test_exact_search_matches_argsort():
 def test_unknown_corpus_is_a_clear_error():
   with pytest.raises(ValueError, match="unsupported corpus"):
     ask.load_corpus("asset:nope")
+
+
+def test_a_negative_passage_limit_is_an_error():
+  with pytest.raises(ValueError, match="max_passages must be >= 0"):
+    ask.load_corpus("asset:wiki-summaries-en", -5)
+
+
+def test_no_questions_is_an_error():
+  config = wiki_retrieval.get_config("small")
+  config.questions = []
+  with pytest.raises(ValueError, match="no questions"):
+    ask.retrieve(config, log=lambda *_: None)

@@ -21,6 +21,11 @@ def _run(*args):
     (["--config", "experiments/wiki_retrieval.py", "stray"], 2, "unexpected arguments: stray"),
     (["--config", "experiments/wiki_retrieval.py", "--config.encoder=/nonexistent/model"], 1,
      "/nonexistent/model: no such directory"),
+    (["--config", "experiments/wiki_retrieval.py:smal"], 2, "unknown config variant 'smal'"),
+    # Checked before anything is embedded.
+    (["--config", "experiments/wiki_retrieval.py", "--config.k=0"], 1, "k must be positive"),
+    (["--config", "experiments/wiki_retrieval.py", "--config.max_length=1"], 1,
+     "max_length must be at least 2"),
 ])
 def test_ask_bad_input(args, status, message):
   code, errors, stderr = _run(*args)

@@ -102,6 +102,7 @@ def test_jsonl_skipped_line_does_not_renumber_later_ones(tmp_path):
 
 @pytest.mark.parametrize("line, problem", [
     ("{not json", "bad JSON"),
+    ('{"title": "cut", "te', "bad JSON (Unterminated string starting at: column 18)"),
     ('["a list"]', "expected a JSON object"),
     ('{"text": "no title"}', "missing 'title'"),
     ('{"title": "t"}', "missing 'text'"),
@@ -179,6 +180,12 @@ def test_tsv_bad_header_always_raises(tmp_path, header):
   path.write_text(header + "1\ttext\tT\n", encoding="utf-8")
   message = _error(list, corpus.read_tsv(path, on_error="skip"))
   assert message.startswith(f"{path}: line 1: bad header")
+
+
+def test_tsv_header_of_json_lines_points_at_articles(tmp_path):
+  path = tmp_path / "p.tsv"
+  path.write_text('{"title": "a", "text": "b"}\n', encoding="utf-8")
+  assert "JSON lines are articles: --articles" in _error(list, corpus.read_tsv(path))
 
 
 def test_tsv_empty_file(tmp_path):

@@ -195,7 +195,10 @@ def test_cli_build_search_inspect(tmp_path, tiny_encoder_dir):
                ("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out", out),
                ("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out",
                 tmp_path / "idx3", "--backend", "exact", "--recall-target", "0.9"),
-               ("search", "--index", out, "--query", "x", "-k", "4")):  # 3 passages
+               ("search", "--index", out, "--query", "x", "-k", "4"),  # 3 passages
+               ("search", "--index", tsv, "--query", "x"),  # a file, not an index
+               ("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out",
+                tmp_path / "idx4", "--max-length", "0")):
     proc = _cli(*args)
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
     assert proc.returncode != 0 and len(errors) == 1, proc.stderr
@@ -321,6 +324,42 @@ def test_cli_format_flags_and_a_missing_backend_library(tmp_path, tiny_encoder_d
   err = capsys.readouterr().err.strip().splitlines()
   assert err == ["error: FaissHnswSearch needs faiss, which is not installed"]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "articles.txt"]
+
+
+def test_cli_interrupted_build_is_one_line(tmp_path, tiny_encoder_dir, capsys, monkeypatch):
+  from rag_jax.index import __main__ as index_cli
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(saved, "build_index", interrupted)
+  articles = _articles(tmp_path / "a.jsonl", 3)
+  assert index_cli.main(["build", "--articles", str(articles), "--out", str(tmp_path / "i"),
+                         "--encoder", str(tiny_encoder_dir)]) == 130
+  assert capsys.readouterr().err.splitlines() == [
+      "error: interrupted; run the same command again to resume"]
+
+
+def test_skipped_lines_are_logged(tmp_path, tiny_encoder_dir):
+  source = tmp_path / "a.jsonl"
+  source.write_text('{"title": "a", "text": "b c"}\nnot json\n[]\n')
+  _, logs = _build(tmp_path, source, tiny_encoder_dir, on_error="skip")
+  assert "passages: 1 written (2 malformed lines skipped)" in logs
+  assert [m for m in logs if m.startswith("  skipped ")] == [
+      f"  skipped {source}: line 2: bad JSON (Expecting value: column 1)",
+      f"  skipped {source}: line 3: expected a JSON object, got list"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_index_files_follow_the_umask(tmp_path, tiny_encoder_dir, umask):
+  old = os.umask(umask)
+  try:
+    _build(tmp_path, _articles(tmp_path / "a.jsonl", 5), tiny_encoder_dir)
+  finally:
+    os.umask(old)
+  files = [p for p in (tmp_path / "index").rglob("*") if p.is_file()]
+  assert {p.name for p in files} >= {saved.MANIFEST, "passages.jsonl"}
+  assert {p.relative_to(tmp_path): oct(p.stat().st_mode & 0o777) for p in files} == {
+      p.relative_to(tmp_path): oct(0o666 & ~umask) for p in files}
 
 
 def test_hot_swap_answers_follow_the_new_index(tmp_path):

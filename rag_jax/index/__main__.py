@@ -128,6 +128,10 @@ def main(argv=None) -> int:
   except (ValueError, OSError, ImportError, assets.AssetError) as e:
     print(f"error: {weights.one_line(e)}", file=sys.stderr)
     return 1
+  except KeyboardInterrupt:
+    resume = "; run the same command again to resume" if args.command == "build" else ""
+    print(f"error: interrupted{resume}", file=sys.stderr)
+    return 130
   return 0
 
 

@@ -36,8 +36,8 @@ import json
 import operator
 import os
 import pathlib
-import tempfile
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+import secrets
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -111,8 +111,10 @@ def read_tsv(path: str | os.PathLike, *, on_error: str = "raise",
     if header is None:
       raise CorpusError(f"{path}: empty file (expected the header id, text, title)")
     if sorted(header) != sorted(TSV_COLUMNS):
+      hint = ("; JSON lines are articles: --articles, corpus_format='jsonl'"
+              if header and header[0].lstrip().startswith("{") else "")
       raise CorpusError(f"{path}: line 1: bad header {_short(header)} "
-                        f"(expected the columns id, text, title)")
+                        f"(expected the columns id, text, title{hint})")
     column = {name: i for i, name in enumerate(header)}
     while True:
       # A quoted field may span lines; errors name the line where the row starts.
@@ -221,11 +223,11 @@ def _open(path: pathlib.Path, text: bool):
 def _parse_article(raw: bytes):
   """(article, None) for a well-formed JSONL line, else (None, what is wrong)."""
   try:
-    article = json.loads(raw.decode("utf-8-sig"))
+    article = json.loads(raw.decode("utf-8-sig").rstrip("\r\n"))
   except UnicodeDecodeError as e:
     return None, f"not UTF-8 ({e.reason} at byte {e.start})"
   except json.JSONDecodeError as e:
-    return None, f"bad JSON ({e.msg} at column {e.colno})"
+    return None, f"bad JSON ({e.msg}: column {e.colno})"  # as json words it, less "line 1"
   if not isinstance(article, dict):
     return None, f"expected a JSON object, got {type(article).__name__}"
   for key in ("title", "text"):
@@ -274,9 +276,8 @@ def write_passages(passages: Iterable[Passage], directory: str | os.PathLike) ->
   temps = {}
   try:
     for name in (DATA_FILE, OFFSETS_FILE, META_FILE):
-      fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+      fd, temps[name] = make_temp(directory, name)
       os.close(fd)
-      temps[name] = pathlib.Path(tmp)
 
     offsets = array.array("q", [0])
     digest = hashlib.sha256()
@@ -322,6 +323,22 @@ def _encode(passage: Passage, row: int) -> bytes:
   except UnicodeEncodeError as e:  # Lone surrogates, e.g. from a badly decoded source.
     raise CorpusError(f"passage {row} (id {_short(fields['id'])}): not encodable as UTF-8 "
                       f"({e.reason})") from None
+
+
+def make_temp(directory: pathlib.Path, name: str) -> Tuple[int, pathlib.Path]:
+  """(fd, path) of a new empty file `.{name}.{random}.tmp` in `directory`, open for writing.
+
+  Unlike `tempfile.mkstemp` (mode 0600), the file gets the mode a plain `open` would give
+  under the process's umask, so that what is renamed into place from it can be read by
+  whoever may read the index (a serving account, say).
+  """
+  for _ in range(100):
+    path = pathlib.Path(directory) / f".{name}.{secrets.token_hex(6)}.tmp"
+    try:
+      return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+    except FileExistsError:
+      continue
+  raise FileExistsError(f"{directory}: no free temporary name for {name}")
 
 
 def _sync(f) -> None:

@@ -135,6 +135,10 @@ def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend
       shutil.rmtree(work, ignore_errors=True)  # no embedding has been made yet: keep nothing
       raise
     log(f"passages: {count} written ({stats.skipped} malformed lines skipped)")
+    for message in stats.errors:
+      log(f"  skipped {message}")
+    if stats.skipped > len(stats.errors):
+      log(f"  ... and {stats.skipped - len(stats.errors)} more")
   store = corpus.PassageStore(store_dir)
   report = embed.embed_store(store, encoder, work / "embeddings", shard_size=shard_size,
                              dtype=dtype, progress=progress)
@@ -211,7 +215,8 @@ def read_manifest(directory) -> Dict[str, Any]:
   directory = pathlib.Path(directory)
   path = directory / MANIFEST
   if not directory.is_dir():
-    raise IndexError_(f"{directory}: no such index directory")
+    raise IndexError_(f"{directory}: " + ("not a directory (an index is one)"
+                                          if directory.exists() else "no such index directory"))
   if not path.is_file():
     raise IndexError_(f"{path}: missing manifest")
   try:

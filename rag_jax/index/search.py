@@ -30,13 +30,14 @@ import logging
 import math
 import os
 import pathlib
-import tempfile
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from rag_jax.index import corpus
 
 Array = jax.Array
 Result = Tuple[np.ndarray, np.ndarray]  # scores [B, k] float32, ids [B, k] int64
@@ -472,7 +473,7 @@ SCANN_MAX_CHUNK = 1024
 
 def write_json_atomic(path: pathlib.Path, value) -> None:
   """`value` as JSON at `path`: written to a temporary name beside it, fsync'ed, renamed."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  fd, tmp = corpus.make_temp(path.parent, path.name)
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       json.dump(value, f, indent=2)
@@ -481,7 +482,7 @@ def write_json_atomic(path: pathlib.Path, value) -> None:
       os.fsync(f.fileno())
     os.replace(tmp, path)
   finally:
-    pathlib.Path(tmp).unlink(missing_ok=True)
+    tmp.unlink(missing_ok=True)
 
 
 def _import_scann():
