@@ -7,6 +7,7 @@ query encoder, and return the top-k articles by inner product (exact MIPS).
     python -m rag_jax.ask --config experiments/wiki_retrieval.py
     python -m rag_jax.ask --config experiments/wiki_retrieval.py:small   # 1,000 articles
     python -m rag_jax.ask --config experiments/wiki_retrieval.py --question "Who painted the Mona Lisa?"
+    python -m rag_jax.ask --config experiments/wiki_retrieval.py --config.index=wiki-idx
 """
 
 import ml_collections
@@ -22,6 +23,9 @@ def get_config(arg: str = ""):
   # A local HF / sentence-transformers directory, a hub name, or "asset:NAME" (rag_jax.assets).
   c.encoder = "asset:all-MiniLM-L6-v2"
   c.corpus = "asset:wiki-summaries-en"
+  # A saved index (python -m rag_jax.index build) to search instead of embedding `corpus`:
+  # its passages, embeddings and backend; `encoder` then encodes the questions only.
+  c.index = ""
   c.max_passages = 1000 if arg == "small" else 0  # 0 = all
   c.max_length = 256       # tokens per passage
   c.batch_size = 64

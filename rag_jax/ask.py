@@ -1,8 +1,10 @@
 """Ask questions over the knowledge source: `python -m rag_jax.ask --config CONFIG`.
 
 Today this is the retrieval half of RAG (question -> top-k passages); generation joins it
-when the generator lands. The work is in `retrieve()`, importable and tested; `main` only
-parses flags.
+when the generator lands. The passages are the config's corpus, embedded at every run, or
+a saved index (`--config.index=DIR`, built by `python -m rag_jax.index build`), searched by
+its own backend. The work is in `retrieve()`, importable and tested; `main` only parses
+flags.
 """
 
 import functools
@@ -19,6 +21,8 @@ from rag_jax import assets
 from rag_jax import cli
 from rag_jax import weights
 from rag_jax.encoder import TextEncoder
+from rag_jax.index import saved
+from rag_jax.retriever import Retriever
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (experiments/*.py).")
 _QUESTION = flags.DEFINE_multi_string("question", None, "A question (repeatable); overrides "
@@ -44,14 +48,26 @@ def exact_search(queries: jax.Array, passages: jax.Array, k: int):
 
 
 def retrieve(config, log=print) -> List[Dict[str, Any]]:
-  """Embeds the corpus and the questions and returns, per question, its top-k hits."""
+  """Per question, its top-k hits: from the saved index `config.index` if one is set,
+  else from the config's corpus, embedded here."""
   if config.k < 1:
     raise ValueError(f"k must be positive, got {config.k}")
   if not config.questions:
     raise ValueError("no questions (the config's `questions`, or --question)")
+  questions = list(config.questions)
+  index = None
+  if config.get("index"):
+    start = time.perf_counter()
+    index = saved.load_index(config.index)  # validated: manifest, files, checksums
+    log(f"loaded {config.index}: {len(index.passages)} passages, {index.dim}-d "
+        f"{index.manifest['dtype']}, backend {index.manifest['backend']['name']} "
+        f"({time.perf_counter() - start:.1f} s)")
   encoder = TextEncoder.from_pretrained(assets.resolve_spec(config.encoder),
                                         max_length=config.max_length,
                                         batch_size=config.batch_size).data_parallel()
+  if index is not None:
+    found = Retriever(encoder, index).retrieve(questions, min(config.k, len(index.passages)))
+    return [{"question": r["question"], "hits": r["hits"]} for r in found]
   corpus = load_corpus(config.corpus, config.max_passages)
   if not corpus:
     raise ValueError("the corpus is empty")
@@ -61,7 +77,6 @@ def retrieve(config, log=print) -> List[Dict[str, Any]]:
   seconds = time.perf_counter() - start
   log(f"embedded {len(corpus)} passages in {seconds:.1f} s ({len(corpus) / seconds:.1f} "
       f"passages/s, {encoder.dim}-d, {jax.default_backend()})")
-  questions = list(config.questions)
   scores, ids = exact_search(jnp.asarray(encoder.encode(questions)), jnp.asarray(vectors), k=k)
   results = []
   for q, row_scores, row_ids in zip(questions, np.asarray(scores), np.asarray(ids)):
@@ -79,7 +94,8 @@ def main(argv):
     config.questions = _QUESTION.value
   try:
     results = retrieve(config)
-  except (ValueError, OSError, assets.AssetError) as e:  # WeightsError is a ValueError
+  # WeightsError and IndexError_ are ValueErrors; ImportError: a backend's library is missing.
+  except (ValueError, OSError, ImportError, assets.AssetError) as e:
     cli.fail(weights.one_line(e))
   for r in results:
     print(f"\nQ: {r['question']}")

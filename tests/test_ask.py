@@ -1,10 +1,15 @@
 """The main job end to end on real weights and real text (a slice of the corpus)."""
 
+import json
+
 import numpy as np
 import pytest
 
 from experiments import wiki_retrieval
 from rag_jax import ask
+from rag_jax import assets
+from rag_jax.encoder import TextEncoder
+from rag_jax.index import saved
 
 
 def test_retrieve_finds_the_article_a_question_is_about():
@@ -46,3 +51,26 @@ def test_no_questions_is_an_error():
   config.questions = []
   with pytest.raises(ValueError, match="no questions"):
     ask.retrieve(config, log=lambda *_: None)
+
+
+def test_retrieve_from_a_saved_index(tmp_path):
+  """The same questions over a saved index of the same articles: the same top hit."""
+  config = wiki_retrieval.get_config("small")
+  config.max_passages = 40
+  articles = ask.load_corpus(config.corpus, config.max_passages)
+  source = tmp_path / "articles.jsonl"
+  source.write_text("".join(json.dumps(a) + "\n" for a in articles))
+  encoder_dir = assets.resolve_spec(config.encoder)
+  saved.build_index(source, TextEncoder.from_pretrained(encoder_dir), encoder_dir,
+                    tmp_path / "index", backend="exact", progress=False, log=lambda m: None)
+  picks = [articles[3], articles[17], articles[31]]
+  config.questions = [f"What is {p['title']}?" for p in picks]
+  config.index = str(tmp_path / "index")
+  logs = []
+  results = ask.retrieve(config, log=logs.append)
+  assert [r["hits"][0]["title"] for r in results] == [p["title"] for p in picks]
+  assert all(len(r["hits"]) == config.k for r in results)
+  assert logs[0].startswith(f"loaded {config.index}: ") and "backend exact" in logs[0]
+  config.index = str(tmp_path / "nope")
+  with pytest.raises(ValueError, match="no such index directory"):
+    ask.retrieve(config, log=logs.append)
