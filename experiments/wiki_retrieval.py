@@ -18,14 +18,15 @@ VARIANTS = ("", "small")
 
 def get_config(arg: str = ""):
   if arg not in VARIANTS:
-    raise ValueError(f"unknown config variant {arg!r}; expected one of {VARIANTS[1:]} or none")
+    raise ValueError(f"unknown config variant {arg!r}; expected 'small' or none")
   c = ml_collections.ConfigDict()
   # A local HF / sentence-transformers directory, a hub name, or "asset:NAME" (rag_jax.assets).
   c.encoder = "asset:all-MiniLM-L6-v2"
   c.corpus = "asset:wiki-summaries-en"
-  # A saved index (python -m rag_jax.index build) to search instead of embedding `corpus`:
-  # its passages, embeddings and backend; `encoder` then encodes the questions only.
+  # A saved index (python -m rag_jax.index build) to search instead of embedding `corpus`,
+  # and the questions' encoder for it ("": the index's own, which its manifest names).
   c.index = ""
+  c.query_encoder = ""
   c.max_passages = 1000 if arg == "small" else 0  # 0 = all
   c.max_length = 256       # tokens per passage
   c.batch_size = 64

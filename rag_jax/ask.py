@@ -48,29 +48,30 @@ def exact_search(queries: jax.Array, passages: jax.Array, k: int):
 
 
 def retrieve(config, log=print) -> List[Dict[str, Any]]:
-  """Per question, its top-k hits: from the saved index `config.index` if one is set,
-  else from the config's corpus, embedded here."""
+  """Per question, its top-k hits {"id", "score", "title", "text"}: from the saved index
+  `config.index` if one is set (ids are its passage ids), else from the config's corpus,
+  embedded here (ids are row numbers).
+
+  With an index, the questions are encoded by the index's own encoder (its manifest names
+  it, and its identity is checked), unless `config.query_encoder` names another, such as a
+  DPR question encoder paired with the index's document encoder (only its dimension can be
+  checked then). `config.encoder`, `corpus` and `max_passages` are for the embedded corpus.
+  """
   if config.k < 1:
     raise ValueError(f"k must be positive, got {config.k}")
   if not config.questions:
     raise ValueError("no questions (the config's `questions`, or --question)")
+  if config.max_length < 2:  # TextEncoder checks it too, but only once its weights are loaded
+    raise ValueError(f"max_length must be at least 2, got {config.max_length}")
   questions = list(config.questions)
-  index = None
   if config.get("index"):
-    start = time.perf_counter()
-    index = saved.load_index(config.index)  # validated: manifest, files, checksums
-    log(f"loaded {config.index}: {len(index.passages)} passages, {index.dim}-d "
-        f"{index.manifest['dtype']}, backend {index.manifest['backend']['name']} "
-        f"({time.perf_counter() - start:.1f} s)")
-  encoder = TextEncoder.from_pretrained(assets.resolve_spec(config.encoder),
-                                        max_length=config.max_length,
-                                        batch_size=config.batch_size).data_parallel()
-  if index is not None:
-    found = Retriever(encoder, index).retrieve(questions, min(config.k, len(index.passages)))
-    return [{"question": r["question"], "hits": r["hits"]} for r in found]
+    return _retrieve_from_index(config, questions, log)
   corpus = load_corpus(config.corpus, config.max_passages)
   if not corpus:
     raise ValueError("the corpus is empty")
+  encoder = TextEncoder.from_pretrained(assets.resolve_spec(config.encoder),
+                                        max_length=config.max_length,
+                                        batch_size=config.batch_size).data_parallel()
   k = min(config.k, len(corpus))
   start = time.perf_counter()
   vectors = encoder.encode([f"{p['title']}. {p['text']}" for p in corpus])
@@ -84,6 +85,26 @@ def retrieve(config, log=print) -> List[Dict[str, Any]]:
              "text": corpus[i]["text"]} for s, i in zip(row_scores, row_ids)]
     results.append({"question": q, "hits": hits})
   return results
+
+
+def _retrieve_from_index(config, questions: List[str], log) -> List[Dict[str, Any]]:
+  start = time.perf_counter()
+  index = saved.load_index(config.index)  # validated: manifest, files, checksums
+  log(f"loaded {config.index}: {len(index.passages)} passages, {index.dim}-d "
+      f"{index.manifest['dtype']}, backend {index.manifest['backend']['name']} "
+      f"({time.perf_counter() - start:.1f} s)")
+  spec = config.get("query_encoder") or index.manifest["encoder"].get("source")
+  if not spec:
+    raise ValueError(f"{config.index}: the manifest names no encoder; set "
+                     f"--config.query_encoder")
+  directory = weights.resolve(assets.resolve_spec(spec))
+  encoder = TextEncoder.from_pretrained(directory, max_length=config.max_length,
+                                        batch_size=config.batch_size).data_parallel()
+  if not config.get("query_encoder"):
+    saved.check_encoder(index.manifest, encoder, directory)
+  log(f"questions encoded by {spec}")
+  found = Retriever(encoder, index).retrieve(questions, min(config.k, len(index.passages)))
+  return [{"question": r["question"], "hits": r["hits"]} for r in found]
 
 
 def main(argv):

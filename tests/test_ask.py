@@ -1,6 +1,8 @@
 """The main job end to end on real weights and real text (a slice of the corpus)."""
 
 import json
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -61,16 +63,40 @@ def test_retrieve_from_a_saved_index(tmp_path):
   source = tmp_path / "articles.jsonl"
   source.write_text("".join(json.dumps(a) + "\n" for a in articles))
   encoder_dir = assets.resolve_spec(config.encoder)
-  saved.build_index(source, TextEncoder.from_pretrained(encoder_dir), encoder_dir,
-                    tmp_path / "index", backend="exact", progress=False, log=lambda m: None)
+  encoder = TextEncoder.from_pretrained(encoder_dir)
+  saved.build_index(source, encoder, encoder_dir, tmp_path / "index", backend="exact",
+                    progress=False, log=lambda m: None)
   picks = [articles[3], articles[17], articles[31]]
   config.questions = [f"What is {p['title']}?" for p in picks]
+  config.encoder = "/not/used/with/an/index"  # the index names its own
   config.index = str(tmp_path / "index")
   logs = []
   results = ask.retrieve(config, log=logs.append)
   assert [r["hits"][0]["title"] for r in results] == [p["title"] for p in picks]
   assert all(len(r["hits"]) == config.k for r in results)
   assert logs[0].startswith(f"loaded {config.index}: ") and "backend exact" in logs[0]
+  assert logs[1] == f"questions encoded by {encoder_dir}"
   config.index = str(tmp_path / "nope")
   with pytest.raises(ValueError, match="no such index directory"):
     ask.retrieve(config, log=logs.append)
+
+
+def test_a_saved_index_checks_its_question_encoder(tmp_path):
+  config = wiki_retrieval.get_config("small")
+  source = tmp_path / "articles.jsonl"
+  source.write_text("".join(json.dumps(a) + "\n" for a in ask.load_corpus(config.corpus, 5)))
+  encoder_dir = pathlib.Path(assets.resolve_spec(config.encoder))
+  # The manifest names a copy whose config differs: not the encoder the index was built with.
+  other = tmp_path / "other-encoder"
+  shutil.copytree(encoder_dir, other)
+  settings = json.loads((other / "config.json").read_text())
+  (other / "config.json").write_text(json.dumps({**settings, "note": "changed"}))
+  saved.build_index(source, TextEncoder.from_pretrained(encoder_dir), encoder_dir,
+                    tmp_path / "index", backend="exact", encoder_source=str(other),
+                    progress=False, log=lambda m: None)
+  config.index = str(tmp_path / "index")
+  with pytest.raises(ValueError, match="is not the one the index was built with"):
+    ask.retrieve(config, log=lambda m: None)
+  # A question encoder of its own (DPR-style) is checked by its dimension only.
+  config.query_encoder = str(other)
+  assert len(ask.retrieve(config, log=lambda m: None)[0]["hits"]) == config.k

@@ -189,20 +189,22 @@ def test_cli_build_search_inspect(tmp_path, tiny_encoder_dir):
   proc = _cli("inspect", "--index", out)
   assert proc.returncode == 0 and "checksums ok" in proc.stdout
   # Bad input: one line, non-zero.
-  for args in (("search", "--index", tmp_path / "nope", "--query", "x"),
-               ("build", "--passages", tmp_path / "missing.tsv", "--encoder", tiny_encoder_dir,
-                "--out", tmp_path / "idx2"),
-               ("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out", out),
-               ("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out",
-                tmp_path / "idx3", "--backend", "exact", "--recall-target", "0.9"),
-               ("search", "--index", out, "--query", "x", "-k", "4"),  # 3 passages
-               ("search", "--index", tsv, "--query", "x"),  # a file, not an index
-               ("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out",
-                tmp_path / "idx4", "--max-length", "0")):
+  for args, message in (
+      (("search", "--index", tmp_path / "nope", "--query", "x"), "no such index directory"),
+      (("build", "--passages", tmp_path / "missing.tsv", "--encoder", tiny_encoder_dir,
+        "--out", tmp_path / "idx2"), "missing.tsv: no such file"),
+      (("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out", out),
+       "already exists"),
+      (("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out", tmp_path / "idx3",
+        "--backend", "exact", "--recall-target", "0.9"), "applies to approx and scann"),
+      (("search", "--index", out, "--query", "x", "-k", "4"), "exceeds the index's 3"),
+      (("search", "--index", tsv, "--query", "x"), "psgs.tsv: not a directory"),
+      (("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out", tmp_path / "idx4",
+        "--max-length", "0"), "--max-length must be at least 2")):
     proc = _cli(*args)
     errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
     assert proc.returncode != 0 and len(errors) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert message in errors[0] and "Traceback" not in proc.stderr
   assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "psgs.tsv"]  # nothing partial
 
 
@@ -336,7 +338,7 @@ def test_cli_interrupted_build_is_one_line(tmp_path, tiny_encoder_dir, capsys, m
   assert index_cli.main(["build", "--articles", str(articles), "--out", str(tmp_path / "i"),
                          "--encoder", str(tiny_encoder_dir)]) == 130
   assert capsys.readouterr().err.splitlines() == [
-      "error: interrupted; run the same command again to resume"]
+      "error: interrupted; the same command resumes from the finished embedding shards"]
 
 
 def test_skipped_lines_are_logged(tmp_path, tiny_encoder_dir):

@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
   b.add_argument("--shard-size", type=int, default=65536,
                  help="passages per embedding shard (default: %(default)s)")
   b.add_argument("--max-length", type=int, default=None, help="tokens per passage")
-  b.add_argument("--skip-malformed", action="store_true", help="skip and count bad lines")
+  b.add_argument("--skip-malformed", action="store_true",
+                 help="skip bad lines (counted, and the first few listed)")
   b.add_argument("--overwrite", action="store_true")
   b.add_argument("--no-progress", action="store_true")
   s = sub.add_parser("search", help="query an index")
@@ -68,6 +69,8 @@ def _encoder(spec, **kwargs):
 def build(args) -> None:
   if args.batch_size <= 0 or args.shard_size <= 0:
     raise saved.IndexError_("--batch-size and --shard-size must be positive")
+  if args.max_length is not None and args.max_length < 2:
+    raise saved.IndexError_(f"--max-length must be at least 2, got {args.max_length}")
   backend_params = {}
   if args.recall_target is not None:
     if args.backend not in ("approx", "scann"):
@@ -129,7 +132,8 @@ def main(argv=None) -> int:
     print(f"error: {weights.one_line(e)}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
-    resume = "; run the same command again to resume" if args.command == "build" else ""
+    resume = ("; the same command resumes from the finished embedding shards"
+              if args.command == "build" else "")
     print(f"error: interrupted{resume}", file=sys.stderr)
     return 130
   return 0
