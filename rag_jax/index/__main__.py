@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _encoder(spec, **kwargs):
-  directory = weights.resolve(assets.resolve_spec(spec))
+  directory = weights.resolve(spec)
   return TextEncoder.from_pretrained(directory, **kwargs), directory
 
 
