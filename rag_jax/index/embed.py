@@ -126,10 +126,14 @@ def embed_store(store: PassageStore, encoder: TextEncoder, out_dir, *, shard_siz
       continue
     if max_shards is not None and report.written >= max_shards:
       break
+    tokens = _tokenize_pairs(encoder, store.get_many(range(lo, hi)))
+    # Batches of similar lengths, each padded to its own bucket: in store order nearly every
+    # batch holds one long passage and pads all of its rows to it.
+    order = np.argsort([len(t) for t in tokens], kind="stable")
     vectors = np.empty((hi - lo, encoder.dim), np.float32)
-    for b in range(lo, hi, encoder.batch_size):
-      rows = store.get_many(range(b, min(hi, b + encoder.batch_size)))
-      vectors[b - lo:b - lo + len(rows)] = _encode_pairs(encoder, rows)
+    for b in range(0, hi - lo, encoder.batch_size):
+      rows = order[b:b + encoder.batch_size]
+      vectors[rows] = encoder.encode_tokens(*encoder.pad([tokens[i] for i in rows]))
       bar.update(len(rows))
       report.passages += len(rows)
     save_atomic(path, to_storage(vectors, dtype))
@@ -139,11 +143,10 @@ def embed_store(store: PassageStore, encoder: TextEncoder, out_dir, *, shard_siz
   return report
 
 
-def _encode_pairs(encoder: TextEncoder, rows: List[dict]) -> np.ndarray:
-  """Passages -> [n, D] float32 via (title, text) pairs, padded to a length bucket."""
-  tok = encoder.tokenizer([r["title"] for r in rows], [r["text"] for r in rows],
-                          truncation="only_second", max_length=encoder.max_length)["input_ids"]
-  return encoder.encode_tokens(*encoder.pad(tok))
+def _tokenize_pairs(encoder: TextEncoder, rows: List[dict]) -> List[List[int]]:
+  """Passages -> token ids of their (title, text) pairs, the text truncated to fit."""
+  return encoder.tokenizer([r["title"] for r in rows], [r["text"] for r in rows],
+                           truncation="only_second", max_length=encoder.max_length)["input_ids"]
 
 
 def load_embeddings(directory, count: int, dim: int, dtype: str, shard_size: int) -> np.ndarray:
