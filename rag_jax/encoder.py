@@ -113,7 +113,8 @@ class TextEncoder:
 
   def data_parallel(self, devices: Optional[Sequence[Any]] = None) -> "TextEncoder":
     """This encoder with each batch split over `devices` (default: the local ones) and the
-    params replicated on them; itself when there is one device.
+    params replicated on them; itself when there is one device, or when it is split over
+    those devices already (a new encoder would compile its programs again).
 
     On a CPU host with one XLA device per core (`jax_num_cpu_devices`, which the command-line
     entry points set; see `rag_jax.cli.use_cpu_cores`), each core then encodes its share of a
@@ -122,6 +123,9 @@ class TextEncoder:
     """
     devices = list(jax.local_devices() if devices is None else devices)
     if len(devices) == 1:
+      return self
+    if (self.data_sharding is not None
+        and list(self.data_sharding.mesh.devices.flat) == devices):
       return self
     mesh = jax.sharding.Mesh(np.array(devices), ("data",))
     batch = -(-self.batch_size // len(devices)) * len(devices)

@@ -419,6 +419,8 @@ from rag_jax.index import corpus, embed
 assert len(jax.local_devices()) == 8
 store = corpus.PassageStore({str(tmp_path / 'store')!r})
 encoder = TextEncoder.from_pretrained({str(tiny_encoder_dir)!r}, batch_size=8)
+split = encoder.data_parallel()  # split over the same devices again: the same encoder
+assert split.data_parallel() is split and split.data_parallel(jax.local_devices()[:4]) is not split
 for p in (0, 1):
   embed.embed_store(store, encoder, {str(tmp_path / 'eight')!r}, shard_size=16, progress=False,
                     dtype="float32", process_index=p, process_count=2)

@@ -30,6 +30,7 @@ from rag_jax.encoder import TextEncoder
 from rag_jax.index.corpus import PassageStore
 
 DTYPES = ("float32", "float16", "bfloat16")
+TOKENIZE_CHUNK = 4096  # passages tokenized per tokenizer call (see `_tokenize_pairs`)
 
 
 class EmbedError(ValueError):
@@ -143,10 +144,20 @@ def embed_store(store: PassageStore, encoder: TextEncoder, out_dir, *, shard_siz
   return report
 
 
-def _tokenize_pairs(encoder: TextEncoder, rows: List[dict]) -> List[List[int]]:
-  """Passages -> token ids of their (title, text) pairs, the text truncated to fit."""
-  return encoder.tokenizer([r["title"] for r in rows], [r["text"] for r in rows],
-                           truncation="only_second", max_length=encoder.max_length)["input_ids"]
+def _tokenize_pairs(encoder: TextEncoder, rows: List[dict]) -> List[np.ndarray]:
+  """Passages -> int32 token ids of their (title, text) pairs, the text truncated to fit.
+
+  In chunks of TOKENIZE_CHUNK rows, keeping only the ids: a shard of 65,536 passages then
+  holds ~36 MB of them, where the tokenizer's whole output for it would take ~2.5 GB.
+  """
+  ids = []
+  for start in range(0, len(rows), TOKENIZE_CHUNK):
+    chunk = rows[start:start + TOKENIZE_CHUNK]
+    ids += [np.asarray(t, np.int32) for t in encoder.tokenizer(
+        [r["title"] for r in chunk], [r["text"] for r in chunk], truncation="only_second",
+        max_length=encoder.max_length, return_token_type_ids=False,
+        return_attention_mask=False)["input_ids"]]
+  return ids
 
 
 def load_embeddings(directory, count: int, dim: int, dtype: str, shard_size: int) -> np.ndarray:
