@@ -68,7 +68,7 @@ import time
 import numpy as np
 
 from rag_jax import assets
-from rag_jax.index import embed
+from rag_jax.index import files
 from rag_jax.index import search
 
 K = 10
@@ -149,7 +149,7 @@ def load_wiki() -> np.ndarray:
   vectors = encoder.encode(passages)
   log(f"wiki: encoded in {time.perf_counter() - start:.0f} s")
   path.parent.mkdir(parents=True, exist_ok=True)
-  embed.save_atomic(path, vectors)  # a killed run leaves no truncated cache
+  files.save_npy(path, vectors)  # a killed run leaves no truncated cache
   return vectors
 
 

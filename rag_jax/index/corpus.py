@@ -36,10 +36,11 @@ import json
 import operator
 import os
 import pathlib
-import secrets
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
+
+from rag_jax.index import files
 
 Passage = Dict[str, str]  # {"id": str, "title": str, "text": str}
 
@@ -276,7 +277,7 @@ def write_passages(passages: Iterable[Passage], directory: str | os.PathLike) ->
   temps = {}
   try:
     for name in (DATA_FILE, OFFSETS_FILE, META_FILE):
-      fd, temps[name] = make_temp(directory, name)
+      fd, temps[name] = files.make_temp(directory, name)
       os.close(fd)
 
     offsets = array.array("q", [0])
@@ -287,22 +288,22 @@ def write_passages(passages: Iterable[Passage], directory: str | os.PathLike) ->
         f.write(line)
         digest.update(line)
         offsets.append(offsets[-1] + len(line))
-      _sync(f)
+      files.sync(f)
     with open(temps[OFFSETS_FILE], "wb") as f:
       np.save(f, np.frombuffer(offsets, dtype=np.int64), allow_pickle=False)
-      _sync(f)
+      files.sync(f)
     count = len(offsets) - 1
     meta = {"format": FORMAT, "count": count, "data_bytes": offsets[-1],
             "sha256": digest.hexdigest()}
     with open(temps[META_FILE], "w", encoding="utf-8") as f:
       json.dump(meta, f, indent=2)
       f.write("\n")
-      _sync(f)
+      files.sync(f)
 
     # meta.json last: it is what says a store is there at all.
     for name in (DATA_FILE, OFFSETS_FILE, META_FILE):
       os.replace(temps.pop(name), directory / name)
-    _sync_directory(directory)
+    files.sync_directory(directory)
   finally:
     for tmp in temps.values():
       tmp.unlink(missing_ok=True)
@@ -323,41 +324,6 @@ def _encode(passage: Passage, row: int) -> bytes:
   except UnicodeEncodeError as e:  # Lone surrogates, e.g. from a badly decoded source.
     raise CorpusError(f"passage {row} (id {_short(fields['id'])}): not encodable as UTF-8 "
                       f"({e.reason})") from None
-
-
-def make_temp(directory: pathlib.Path, name: str) -> Tuple[int, pathlib.Path]:
-  """(fd, path) of a new empty file `.{name}.{random}.tmp` in `directory`, open for writing.
-
-  Unlike `tempfile.mkstemp` (mode 0600), the file gets the mode a plain `open` would give
-  under the process's umask, so that what is renamed into place from it can be read by
-  whoever may read the index (a serving account, say).
-  """
-  for _ in range(100):
-    path = pathlib.Path(directory) / f".{name}.{secrets.token_hex(6)}.tmp"
-    try:
-      return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
-    except FileExistsError:
-      continue
-  raise FileExistsError(f"{directory}: no free temporary name for {name}")
-
-
-def _sync(f) -> None:
-  f.flush()
-  os.fsync(f.fileno())
-
-
-def _sync_directory(directory: pathlib.Path) -> None:
-  """Makes the renames durable; not every platform can open a directory, which is fine."""
-  try:
-    fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
 
 
 class PassageStore:

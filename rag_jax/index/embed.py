@@ -16,7 +16,6 @@ Passages are encoded as DPR encodes them: the tokenizer's text pair (title, text
 """
 
 import dataclasses
-import os
 import pathlib
 import time
 from typing import List, Optional
@@ -27,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rag_jax.encoder import TextEncoder
+from rag_jax.index import files
 from rag_jax.index.corpus import PassageStore
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -54,16 +54,6 @@ def from_storage(x: np.ndarray, dtype: str) -> np.ndarray:
   if dtype == "bfloat16":
     return x.view(ml_dtypes.bfloat16).astype(np.float32)
   return x.astype(np.float32)
-
-
-def save_atomic(path: pathlib.Path, array: np.ndarray) -> None:
-  """np.save to a temporary name in the same directory, fsync, then rename into place."""
-  tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  with open(tmp, "wb") as f:
-    np.save(f, array)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 @dataclasses.dataclass
@@ -137,7 +127,7 @@ def embed_store(store: PassageStore, encoder: TextEncoder, out_dir, *, shard_siz
       vectors[rows] = encoder.encode_tokens(*encoder.pad([tokens[i] for i in rows]))
       bar.update(len(rows))
       report.passages += len(rows)
-    save_atomic(path, to_storage(vectors, dtype))
+    files.save_npy(path, to_storage(vectors, dtype))
     report.written += 1
   bar.close()
   report.seconds = time.perf_counter() - start

@@ -30,6 +30,7 @@ from rag_jax import assets
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import corpus
 from rag_jax.index import embed
+from rag_jax.index import files
 from rag_jax.index import search as search_lib
 
 FORMAT_VERSION = 1
@@ -119,7 +120,7 @@ def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend
       log(f"{work}: a partial build that {why}; starting afresh")
       shutil.rmtree(work)
   work.mkdir(parents=True, exist_ok=True)
-  search_lib.write_json_atomic(work / BUILD_KEY, key)
+  files.write_json(work / BUILD_KEY, key)
 
   store_dir = work / "passages"
   if not (store_dir / corpus.META_FILE).is_file():
@@ -166,7 +167,7 @@ def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend
       "files": _file_table(work, skip=(BUILD_KEY,)),
   }
   store.close()
-  search_lib.write_json_atomic(work / MANIFEST, manifest)
+  files.write_json(work / MANIFEST, manifest)
   if out_dir.exists():  # overwrite: move the old one aside first, so a crash loses neither
     # (A crash between the two renames leaves `out_dir.old` and no `out_dir`; the rerun
     # resumes the finished partial, and the old index stays where it is, for the user.)

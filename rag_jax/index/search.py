@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from rag_jax.index import corpus
+from rag_jax.index import files
 
 Array = jax.Array
 Result = Tuple[np.ndarray, np.ndarray]  # scores [B, k] float32, ids [B, k] int64
@@ -471,20 +471,6 @@ SCANN_TUNING_Z = 1.645
 SCANN_MAX_CHUNK = 1024
 
 
-def write_json_atomic(path: pathlib.Path, value) -> None:
-  """`value` as JSON at `path`: written to a temporary name beside it, fsync'ed, renamed."""
-  fd, tmp = corpus.make_temp(path.parent, path.name)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(value, f, indent=2)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
-
-
 def _import_scann():
   try:
     import scann  # pylint: disable=g-import-not-at-top
@@ -785,7 +771,7 @@ class ScannSearch:
     self._searcher.serialize(str(directory), relative_path=True)
     meta = {"format": SCANN_FORMAT, "count": self.num, "dim": self.dim,
             "fingerprint": self._fingerprint, "params": self.params()}
-    write_json_atomic(directory / SCANN_META, meta)
+    files.write_json(directory / SCANN_META, meta)
 
   @classmethod
   def load(cls, directory: str | os.PathLike, embeddings) -> "ScannSearch":
