@@ -3,10 +3,13 @@
     model = RagModel.from_pretrained("path/to/rag-token-nq")     # HF save_pretrained layout
     nll = model.loss(context_input_ids, context_attention_mask, doc_scores, labels,
                      kind="token")                                # [batch], HF's loss
+    nll = model.rag.loss(params, context_input_ids, ...)          # the same, pure
 
-Everything numeric is a pure function of a params pytree `{"question_encoder", "generator"}`
-(`loss_fn`, `doc_scores_fn`), so `jax.jit` and `jax.grad` apply; the methods without `_fn`
-use the model's own params. Layouts follow HF's RAG: contexts are `[batch * docs, length]`,
+Two layers. `Rag` is the computation: the modules and the RAG config, no params; every
+method is a pure function of a params pytree `{"question_encoder", "generator"}`, so
+`jax.jit` and `jax.grad` apply and a train step owns (and donates) the params. `RagModel` is
+the thin inference wrapper: a `Rag`, its params and tokenizers, for `generate`, `retrieve`
+and scoring with the checkpoint's own params. Layouts follow HF's RAG: contexts are `[batch * docs, length]`,
 the docs of example b in rows `b * docs ... b * docs + docs - 1`; labels are `[batch, T]`,
 padded with the generator's pad id, fed unshifted to the decoder and scored shifted left.
 
@@ -81,85 +84,23 @@ def shift_left(labels: Array, pad_token_id: int) -> Array:
   return jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], pad_token_id)], axis=1)
 
 
-@dataclasses.dataclass
-class RagModel:
-  """A RAG model: DPR-style question encoder, BART generator, and their params.
+@dataclasses.dataclass(frozen=True)
+class Rag:
+  """The RAG computation: question encoder and generator modules, the RAG config, no params.
+
+  Every method is a pure function of `params = {"question_encoder", "generator"}`. The class
+  is hashable, so it may be a static argument of `jax.jit`.
 
   Attributes:
     question_encoder: BertEncoder producing q(x) [B, D].
     generator: Bart.
-    params: {"question_encoder": ..., "generator": ...}.
     config: RagConfig.
-    question_tokenizer, generator_tokenizer: HF tokenizers, when the checkpoint has them.
   """
   question_encoder: bert_lib.BertEncoder
   generator: bart_lib.Bart
-  params: Params
   config: RagConfig = RagConfig()
-  question_tokenizer: Any = None
-  generator_tokenizer: Any = None
-  generation_defaults: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
-  def __post_init__(self):
-    self._loss = jax.jit(self.loss_fn, static_argnames=("kind", "epsilon", "exclude_bos_score"))
-    self._posteriors = jax.jit(self._posteriors_fn)
-    self._score_cache = jax.jit(self._score_cache_fn, static_argnums=(3, 4, 5))
-
-  # ----------------------------------------------------------------------------------------
-  # Loading.
-
-  @classmethod
-  def from_pretrained(cls, path_or_name, *, dtype=jnp.float32, **overrides) -> "RagModel":
-    """Loads an HF RAG checkpoint (`RagTokenForGeneration` / `RagSequenceForGeneration`
-    `.save_pretrained` layout: one config.json with `question_encoder` and `generator`
-    sub-configs, weights under `rag.question_encoder.` and `rag.generator.`)."""
-    directory = weights.resolve(path_or_name)
-    hf = weights.read_json(directory / "config.json")
-    if hf.get("model_type") != "rag":
-      raise weights.WeightsError(f"{directory}: unsupported architecture "
-                                 f"{hf.get('model_type')!r} for RagModel (expected rag)")
-    for part in ("question_encoder", "generator"):
-      if not isinstance(hf.get(part), dict):
-        raise weights.WeightsError(f"{directory / 'config.json'}: no {part} config")
-    try:
-      config = RagConfig.from_hf(hf, **overrides)
-    except (TypeError, ValueError) as e:
-      raise weights.WeightsError(f"{directory / 'config.json'}: {e}") from None
-    state = weights.read_state_dict(directory)
-    q_module, q_params = weights.load_bert(
-        directory, config=hf["question_encoder"], state=state, dtype=dtype,
-        prefix="rag.question_encoder.question_encoder.bert_model.")
-    g_module, g_params = weights.load_bart(directory, config=hf["generator"], state=state,
-                                           dtype=dtype, prefix="rag.generator.")
-    known = ("rag.question_encoder.question_encoder.", "rag.generator.")
-    stray = sorted(k for k in state if not k.startswith(known))
-    if stray:
-      raise weights.WeightsError(f"{directory}: unexpected parameter {stray[0]}")
-    tokenizers = [_optional_tokenizer(directory / sub)
-                  for sub in ("question_encoder_tokenizer", "generator_tokenizer")]
-    generation = dict(hf["generator"])
-    if (directory / "generation_config.json").is_file():
-      generation.update(weights.read_json(directory / "generation_config.json"))
-    defaults = {k: generation[k] for k in GENERATION_DEFAULTS if generation.get(k) is not None}
-    return cls(q_module, g_module, {"question_encoder": q_params, "generator": g_params},
-               config, *tokenizers, generation_defaults=defaults)
-
-  @classmethod
-  def from_parts(cls, question_encoder, generator, *, dtype=jnp.float32,
-                 **config) -> "RagModel":
-    """Builds a RAG model from a DPR question encoder and a BART checkpoint (paths or hub
-    names), e.g. facebook/dpr-question_encoder-single-nq-base + facebook/bart-large."""
-    rag_config = RagConfig(**config)
-    question_encoder, generator = weights.resolve(question_encoder), weights.resolve(generator)
-    q_module, q_params = weights.load_bert(question_encoder, dtype=dtype)
-    g_module, g_params = weights.load_bart(generator, dtype=dtype)
-    return cls(q_module, g_module, {"question_encoder": q_params, "generator": g_params},
-               rag_config, _optional_tokenizer(question_encoder), _optional_tokenizer(generator))
-
-  # ----------------------------------------------------------------------------------------
-  # Pure functions of params.
-
-  def question_vectors_fn(self, params: Params, input_ids: Array,
+  def question_vectors(self, params: Params, input_ids: Array,
                           attention_mask: Optional[Array] = None, *, deterministic: bool = True,
                           rngs: Optional[Dict[str, Array]] = None) -> Array:
     """q(x): [B, L] question tokens -> [B, D] float32."""
@@ -167,24 +108,21 @@ class RagModel:
                                        attention_mask, deterministic=deterministic,
                                        rngs=rngs)[1]
 
-  def doc_scores_fn(self, params: Params, input_ids: Array, attention_mask: Optional[Array],
+  def doc_scores(self, params: Params, input_ids: Array, attention_mask: Optional[Array],
                     doc_embeds: Array, *, deterministic: bool = True,
                     rngs: Optional[Dict[str, Array]] = None) -> Array:
     """q(x) . d(z) with the document vectors frozen: [B, L], [B, Z, D] -> [B, Z].
 
     The gradient reaches the question encoder only; the documents receive none.
     """
-    q = self.question_vectors_fn(params, input_ids, attention_mask,
+    q = self.question_vectors(params, input_ids, attention_mask,
                                  deterministic=deterministic, rngs=rngs)
     return jnp.einsum("bd,bzd->bz", q, jax.lax.stop_gradient(doc_embeds.astype(jnp.float32)))
 
-  def loss_fn(self, params: Params, context_input_ids: Array, context_attention_mask: Array,
-              doc_scores: Array, labels: Array, *, kind: str = "token",
-              epsilon: Optional[float] = None,
-              exclude_bos_score: Optional[bool] = None, deterministic: bool = True,
-              rngs: Optional[Dict[str, Array]] = None,
-              drop_first: Optional[Array] = None,
-              decoder_cache: Optional[bart_lib.DecoderCache] = None) -> Array:
+  def loss(self, params: Params, context_input_ids: Array, context_attention_mask: Array,
+           doc_scores: Array, labels: Array, *, kind: str = "token",
+           epsilon: Optional[float] = None, exclude_bos_score: Optional[bool] = None,
+           deterministic: bool = True, rngs: Optional[Dict[str, Array]] = None) -> Array:
     """Per-example negative log-likelihood [B], as HF RAG's forward `loss` (reduce_loss=False).
 
     One deliberate difference: RAG-Sequence always counts log p(z|x). HF adds it to the second
@@ -200,6 +138,20 @@ class RagModel:
       epsilon: label smoothing, as HF applies it; default: the config's label_smoothing.
       exclude_bos_score: RAG-Sequence only; default from the config.
       deterministic, rngs: dropout.
+    """
+    return self.nll(params, context_input_ids, context_attention_mask, doc_scores, labels,
+                    kind=kind, epsilon=epsilon, exclude_bos_score=exclude_bos_score,
+                    deterministic=deterministic, rngs=rngs)
+
+  def nll(self, params: Params, context_input_ids: Optional[Array],
+          context_attention_mask: Array, doc_scores: Array, labels: Array, *, kind: str,
+          epsilon: Optional[float], exclude_bos_score: Optional[bool],
+          deterministic: bool = True, rngs: Optional[Dict[str, Array]] = None,
+          drop_first: Optional[Array] = None,
+          decoder_cache: Optional[bart_lib.DecoderCache] = None) -> Array:
+    """`loss` with the two knobs thorough decoding's scoring pass needs.
+
+    Args:
       drop_first: RAG-Sequence only: [B] bool, rows whose first target position is not
         scored, replacing HF's batch-wide BOS rule (thorough decoding scores the candidates
         of each example as HF does, one example per call).
@@ -208,6 +160,7 @@ class RagModel:
         context_attention_mask is the mask of the cache's encoder rows, and the labels are
         decoded in one cached pass: scoring many candidates on the same contexts projects
         them once; `decoding.encoder_cache` makes one whose candidates share them).
+    The rest as `loss`.
     """
     if kind not in KINDS:
       raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
@@ -216,7 +169,7 @@ class RagModel:
       exclude_bos_score = self.config.exclude_bos_score
     if epsilon is None:
       epsilon = self.config.label_smoothing
-    bos = self._bos_token_id
+    bos = self.bos_token_id
     labels = jnp.where(labels < 0, g.pad_token_id, labels)
     b, z = doc_scores.shape
     t = labels.shape[1]
@@ -265,7 +218,7 @@ class RagModel:
       return -ll
     return (1.0 - epsilon) * -ll + (epsilon / g.vocab_size) * -smooth_ll
 
-  def marginal_log_probs_fn(self, params: Params, context_input_ids: Array,
+  def marginal_log_probs(self, params: Params, context_input_ids: Array,
                             context_attention_mask: Array, doc_scores: Array,
                             decoder_input_ids: Array) -> Array:
     """RAG-Token's marginalised next-token log-probs [B, T, V] (HF's do_marginalize=True)."""
@@ -275,13 +228,120 @@ class RagModel:
                                   jnp.repeat(decoder_input_ids, z, axis=0))
     return marginalize.rag_token_marginal(logits.reshape(b, z, *logits.shape[1:]), doc_scores)
 
+  def posteriors(self, params: Params, context_input_ids: Array, context_attention_mask: Array,
+                 doc_scores: Array, sequences: Array) -> Array:
+    """p(z | x, y_i, y_<i): [B * Z, S], [B * Z, S], [B, Z], [B, T] -> [B, Z, T - 1]; see
+    RagModel.doc_posteriors."""
+    b, z = doc_scores.shape
+    dec_in, targets = sequences[:, :-1], sequences[:, 1:]
+    logits = self.generator.apply({"params": params["generator"]}, context_input_ids,
+                                  context_attention_mask, jnp.repeat(dec_in, z, axis=0))
+    lp, _ = marginalize.target_log_probs(logits.reshape(b, z, *logits.shape[1:]),
+                                         jnp.repeat(targets[:, None], z, axis=1))
+    joint = lp + marginalize.doc_log_probs(doc_scores)[:, :, None]               # [B, Z, T-1]
+    return jax.nn.softmax(joint, axis=1)
+
+  @property
+  def bos_token_id(self) -> int:
+    """The BOS that RAG-Sequence's first-position rule looks for: the RAG config's, else the
+    generator's."""
+    g = self.generator.config
+    return g.bos_token_id if self.config.bos_token_id is None else self.config.bos_token_id
+
+
+@dataclasses.dataclass
+class RagModel:
+  """A RAG model for inference: a `Rag`, its params and tokenizers.
+
+  Attributes:
+    rag: the computation (modules and RAG config).
+    params: {"question_encoder": ..., "generator": ...}.
+    question_tokenizer, generator_tokenizer: HF tokenizers, when the checkpoint has them.
+    generation_defaults: the checkpoint's generation settings.
+  """
+  rag: Rag
+  params: Params
+  question_tokenizer: Any = None
+  generator_tokenizer: Any = None
+  generation_defaults: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    self._loss = jax.jit(self.rag.nll, static_argnames=("kind", "epsilon", "exclude_bos_score"))
+    self._posteriors = jax.jit(self.rag.posteriors)
+    self._score_cache = jax.jit(self._score_cache_fn, static_argnums=(3, 4, 5))
+
+  # ----------------------------------------------------------------------------------------
+  # Loading.
+
+  @classmethod
+  def from_pretrained(cls, path_or_name, *, dtype=jnp.float32, **overrides) -> "RagModel":
+    """Loads an HF RAG checkpoint (`RagTokenForGeneration` / `RagSequenceForGeneration`
+    `.save_pretrained` layout: one config.json with `question_encoder` and `generator`
+    sub-configs, weights under `rag.question_encoder.` and `rag.generator.`)."""
+    directory = weights.resolve(path_or_name)
+    hf = weights.read_json(directory / "config.json")
+    if hf.get("model_type") != "rag":
+      raise weights.WeightsError(f"{directory}: unsupported architecture "
+                                 f"{hf.get('model_type')!r} for RagModel (expected rag)")
+    for part in ("question_encoder", "generator"):
+      if not isinstance(hf.get(part), dict):
+        raise weights.WeightsError(f"{directory / 'config.json'}: no {part} config")
+    try:
+      config = RagConfig.from_hf(hf, **overrides)
+    except (TypeError, ValueError) as e:
+      raise weights.WeightsError(f"{directory / 'config.json'}: {e}") from None
+    state = weights.read_state_dict(directory)
+    q_module, q_params = weights.load_bert(
+        directory, config=hf["question_encoder"], state=state, dtype=dtype,
+        prefix="rag.question_encoder.question_encoder.bert_model.")
+    g_module, g_params = weights.load_bart(directory, config=hf["generator"], state=state,
+                                           dtype=dtype, prefix="rag.generator.")
+    known = ("rag.question_encoder.question_encoder.", "rag.generator.")
+    stray = sorted(k for k in state if not k.startswith(known))
+    if stray:
+      raise weights.WeightsError(f"{directory}: unexpected parameter {stray[0]}")
+    tokenizers = [_optional_tokenizer(directory / sub)
+                  for sub in ("question_encoder_tokenizer", "generator_tokenizer")]
+    generation = dict(hf["generator"])
+    if (directory / "generation_config.json").is_file():
+      generation.update(weights.read_json(directory / "generation_config.json"))
+    defaults = {k: generation[k] for k in GENERATION_DEFAULTS if generation.get(k) is not None}
+    return cls(Rag(q_module, g_module, config),
+               {"question_encoder": q_params, "generator": g_params}, *tokenizers,
+               generation_defaults=defaults)
+
+  @classmethod
+  def from_parts(cls, question_encoder, generator, *, dtype=jnp.float32,
+                 **config) -> "RagModel":
+    """Builds a RAG model from a DPR question encoder and a BART checkpoint (paths or hub
+    names), e.g. facebook/dpr-question_encoder-single-nq-base + facebook/bart-large."""
+    rag_config = RagConfig(**config)
+    question_encoder, generator = weights.resolve(question_encoder), weights.resolve(generator)
+    q_module, q_params = weights.load_bert(question_encoder, dtype=dtype)
+    g_module, g_params = weights.load_bart(generator, dtype=dtype)
+    return cls(Rag(q_module, g_module, rag_config),
+               {"question_encoder": q_params, "generator": g_params},
+               _optional_tokenizer(question_encoder), _optional_tokenizer(generator))
+
+  @property
+  def question_encoder(self) -> bert_lib.BertEncoder:
+    return self.rag.question_encoder
+
+  @property
+  def generator(self) -> bart_lib.Bart:
+    return self.rag.generator
+
+  @property
+  def config(self) -> RagConfig:
+    return self.rag.config
+
   # ----------------------------------------------------------------------------------------
   # Conveniences with the model's own params.
 
   def loss(self, context_input_ids, context_attention_mask, doc_scores, labels, *,
            kind: str = "token", epsilon: Optional[float] = None,
            exclude_bos_score: Optional[bool] = None) -> Array:
-    """`loss_fn` with the model's params, jitted; [B] per-example NLL."""
+    """`Rag.loss` with the model's params, jitted; [B] per-example NLL."""
     return self._loss(self.params, jnp.asarray(context_input_ids),
                       jnp.asarray(context_attention_mask), jnp.asarray(doc_scores),
                       jnp.asarray(labels), kind=kind, epsilon=epsilon,
@@ -377,13 +437,6 @@ class RagModel:
                                      (gen_len + 1).reshape(shape), num_return_sequences)
     return _pad_rows([np.asarray(y) for row in picks for y, _ in row], pad_token_id)
 
-  @property
-  def _bos_token_id(self) -> int:
-    """The BOS that RAG-Sequence's first-position rule looks for: the RAG config's, else the
-    generator's."""
-    g = self.generator.config
-    return g.bos_token_id if self.config.bos_token_id is None else self.config.bos_token_id
-
   def _score_cache_fn(self, params, context_input_ids, context_attention_mask, length: int,
                       copies: int, z: int) -> bart_lib.DecoderCache:
     """An empty decoding cache for `length` positions over [B * Z] contexts, each example's Z
@@ -431,7 +484,7 @@ class RagModel:
     c = -(-c // chunk) * chunk
     picked = np.array([u + u[:1] * (c - len(u)) for u in uniques])           # [B, C]
     cands = np.take_along_axis(seqs[:, :, :length], picked[:, :, None], axis=1)  # [B, C, T]
-    bos = self._bos_token_id
+    bos = self.rag.bos_token_id
     drop_first = jnp.asarray(np.repeat([np.all(seqs[i, :, 1] == bos) for i in range(b)], chunk))
     # One encoder pass and one cross-attention projection over the B * Z contexts; every chunk
     # of candidates reuses it (chunk * Z decoder rows per example attending to its Z).
@@ -470,17 +523,6 @@ class RagModel:
                                        jnp.asarray(doc_scores, jnp.float32),
                                        jnp.asarray(sequences)))
 
-  def _posteriors_fn(self, params, context_input_ids, context_attention_mask, doc_scores,
-                  sequences):
-    b, z = doc_scores.shape
-    dec_in, targets = sequences[:, :-1], sequences[:, 1:]
-    logits = self.generator.apply({"params": params["generator"]}, context_input_ids,
-                                  context_attention_mask, jnp.repeat(dec_in, z, axis=0))
-    lp, _ = marginalize.target_log_probs(logits.reshape(b, z, *logits.shape[1:]),
-                                         jnp.repeat(targets[:, None], z, axis=1))
-    joint = lp + marginalize.doc_log_probs(doc_scores)[:, :, None]               # [B, Z, T-1]
-    return jax.nn.softmax(joint, axis=1)
-
   def question_text_encoder(self, batch_size: int = 64):
     """The question encoder as a TextEncoder (for a Retriever), sharing this model's params."""
     from rag_jax.encoder import TextEncoder  # pylint: disable=import-outside-toplevel
@@ -498,7 +540,7 @@ class RagModel:
     Returns:
       {"context_input_ids", "context_attention_mask": [B * k, max_combined_length],
        "doc_scores": [B, k] (q . d from the index), "doc_embeds": [B, k, D] (the frozen d(z),
-       for `doc_scores_fn` under grad), "hits": the passages, "index": who answered}.
+       for `Rag.doc_scores` under grad), "hits": the passages, "index": who answered}.
     """
     k = k or self.config.n_docs
     results = retriever.retrieve(list(questions), k)

@@ -119,7 +119,7 @@ def test_marginalized_logits_match_hf_do_marginalize(tmp_path, rng):
              context_attention_mask=torch.tensor(ctx_mask), doc_scores=torch.tensor(doc_scores),
              decoder_input_ids=torch.tensor(labels, dtype=torch.long), n_docs=4,
              do_marginalize=True).logits.numpy()
-  ours = model.marginal_log_probs_fn(model.params, ctx, ctx_mask, doc_scores, labels)
+  ours = model.rag.marginal_log_probs(model.params, ctx, ctx_mask, doc_scores, labels)
   assert ours.shape == ref.shape
   assert max_abs(ours, ref) < 1e-4
 
@@ -149,8 +149,8 @@ def test_gradients_match_torch_autograd(tmp_path, rng, kind):
   hf_grads = {k: p.grad.numpy() for k, p in hf.named_parameters() if p.grad is not None}
 
   def total(params, docs):
-    scores = model.doc_scores_fn(params, q_ids, q_mask, docs)
-    return model.loss_fn(params, ctx, ctx_mask, scores, labels, kind=kind).sum()
+    scores = model.rag.doc_scores(params, q_ids, q_mask, docs)
+    return model.rag.loss(params, ctx, ctx_mask, scores, labels, kind=kind).sum()
 
   value, (grads, doc_grads) = jax.value_and_grad(total, argnums=(0, 1))(model.params, doc_embeds)
   np.testing.assert_allclose(value, loss.item(), rtol=1e-5)
@@ -192,7 +192,7 @@ def test_missing_documents_stay_finite(tmp_path, rng):
   doc_scores[2, :] = -np.inf    # a padding example: no documents at all
   for kind in ("token", "sequence", "soft"):
     for eps in (0.0, 0.1):
-      fn = lambda p, s: model.loss_fn(p, ctx, ctx_mask, s, labels, kind=kind, epsilon=eps).sum()
+      fn = lambda p, s: model.rag.loss(p, ctx, ctx_mask, s, labels, kind=kind, epsilon=eps).sum()
       value, (g_params, g_scores) = jax.value_and_grad(fn, argnums=(0, 1))(model.params,
                                                                           doc_scores)
       assert np.isfinite(value), (kind, eps)
@@ -210,7 +210,7 @@ def test_soft_retrieval_gradient_reaches_doc_scores(tmp_path, rng):
   _save_rag(tmp_path, "token", 3, seed=5)
   model = RagModel.from_pretrained(tmp_path)
   ctx, ctx_mask, doc_scores, labels = _batch(rng, 3)
-  fn = lambda s: model.loss_fn(model.params, ctx, ctx_mask, s, labels, kind="soft").sum()
+  fn = lambda s: model.rag.loss(model.params, ctx, ctx_mask, s, labels, kind="soft").sum()
   g = jax.grad(fn)(doc_scores)
   assert np.abs(g).max() > 1e-4
   # One document (all others missing) reduces soft retrieval to that document's NLL.

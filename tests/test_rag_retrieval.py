@@ -62,15 +62,15 @@ def test_rag_model_retrieves_scores_and_follows_a_swapped_index(tmp_path):
   assert all(h["title"].startswith("a") for row in batch["hits"] for h in row)
   # The index's scores are q . d(z) of this model's question encoder.
   q_ids, q_mask = encoder.tokenize(questions)
-  recomputed = model.doc_scores_fn(model.params, q_ids, q_mask, batch["doc_embeds"])
+  recomputed = model.rag.doc_scores(model.params, q_ids, q_mask, batch["doc_embeds"])
   np.testing.assert_allclose(recomputed, batch["doc_scores"], rtol=1e-4, atol=1e-4)
   labels = np.array([[2, 0, 7, 9, 2], [2, 0, 11, 2, 1]], np.int32)
   loss = model.loss(batch["context_input_ids"], batch["context_attention_mask"],
                     batch["doc_scores"], labels)
   assert np.isfinite(loss).all()
-  grads = jax.grad(lambda p: model.loss_fn(
+  grads = jax.grad(lambda p: model.rag.loss(
       p, batch["context_input_ids"], batch["context_attention_mask"],
-      model.doc_scores_fn(p, q_ids, q_mask, batch["doc_embeds"]), labels).sum())(model.params)
+      model.rag.doc_scores(p, q_ids, q_mask, batch["doc_embeds"]), labels).sum())(model.params)
   assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads["question_encoder"]))
 
   retriever.swap(indexes[1])  # new knowledge, same model

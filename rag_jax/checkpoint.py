@@ -1,0 +1,49 @@
+"""Checkpoints of a training run with orbax: the train state and the grain iterator's
+position, written asynchronously by every process together, the last `keep` kept.
+
+orbax writes each step into a temporary directory and renames it into place when complete,
+so an interrupted write never passes for a checkpoint.
+"""
+
+import pathlib
+from typing import Optional
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class Manager:
+  """A CheckpointManager for {"state": TrainState, "data": grain iterator}."""
+
+  def __init__(self, directory: pathlib.Path, keep: int):
+    self._manager = ocp.CheckpointManager(
+        pathlib.Path(directory).absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=True))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, iterator) -> None:
+    """Starts writing step `step` (in the background); the next save waits for it."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)))
+
+  def restore_latest(self, state, iterator):
+    """The latest checkpoint's state, placed as `state` is (its shapes, dtypes and
+    shardings), with `iterator` moved to its position; None when there is none."""
+    step = self._manager.latest_step()
+    if step is None:
+      return None
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        data=grain.checkpoint.CheckpointRestore(iterator)))
+    return restored["state"]
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,130 @@
+"""Examples and passages -> token arrays, and the grain iterator over training batches.
+
+Everything is tokenized once, up front, into numpy arrays indexed by example (or passage)
+row; a batch is a gather of rows. The iterator yields *global* batches of row numbers (the
+same sequence on every host and every mesh), and each host takes its own slice, so a run on
+1 device and on 8, or on 1 process and on 2, sees the same batches.
+
+Shapes: N = examples, M = passages, Lq = question tokens, Q = the question's generator
+tokens, P = a passage's generator tokens (L - 2), T = target tokens, G = gold passages.
+"""
+
+import collections
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+
+import grain
+import jax
+import numpy as np
+
+from rag_jax import rag as rag_lib
+from rag_jax import train_step
+from rag_jax.data import Example
+
+
+def context_format(tokenizer, length: int) -> train_step.ContextFormat:
+  """The generator tokenizer's special tokens around one input of `length` tokens."""
+  specials = tokenizer("")["input_ids"]
+  if len(specials) != 2:
+    raise ValueError(f"the generator tokenizer frames a text with {len(specials)} special "
+                     "tokens; RAG's contexts need a start and an end token")
+  return train_step.ContextFormat(length=length, start_id=specials[0], end_id=specials[1],
+                                  pad_id=tokenizer.pad_token_id)
+
+
+def _content(tokenizer, texts: Sequence[str], max_len: int) -> Tuple[np.ndarray, np.ndarray]:
+  """Token ids without special tokens, truncated to max_len: [n, max_len] int32 (padded with
+  0; only the first `lengths` count) and lengths [n] int32."""
+  ids = tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                  max_length=max_len)["input_ids"] if texts else []
+  out = np.zeros((len(ids), max_len), np.int32)
+  lengths = np.zeros(len(ids), np.int32)
+  for i, row in enumerate(ids):
+    out[i, :len(row)] = row
+    lengths[i] = len(row)
+  return out, lengths
+
+
+def tokenize_passages(passages, tokenizer, config: rag_lib.RagConfig,
+                      fmt: train_step.ContextFormat, chunk: int = 4096
+                      ) -> Tuple[np.ndarray, np.ndarray]:
+  """Each passage's part of the generator input, `prefix + title / text //`.
+
+  Args:
+    passages: a sequence of objects with `title` and `text` (a PassageStore).
+  Returns:
+    tokens [M, P] int32 and lengths [M] int32.
+  """
+  parts = []
+  for start in range(0, len(passages), chunk):
+    rows = [passages[i] for i in range(start, min(start + chunk, len(passages)))]
+    texts = [rag_lib.format_context(p["title"], p["text"], "", config).rstrip() for p in rows]
+    parts.append(_content(tokenizer, texts, fmt.length - 2))
+  return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+
+def tokenize_examples(examples: List[Example], *, question_tokenizer, generator_tokenizer,
+                      fmt: train_step.ContextFormat, max_question_length: int,
+                      max_target_length: int, target: Callable[[Example], str],
+                      title_rows: Dict[str, List[int]]) -> Dict[str, np.ndarray]:
+  """The arrays a batch is gathered from.
+
+  Returns:
+    question_ids, question_mask [N, Lq] (query encoder); question_tokens [N, P] and
+    question_length [N] (the question's part of the generator input, `" " + question`);
+    labels [N, T] (the target framed by the generator's start and end tokens, padded);
+    gold [N, G] rows of the gold passages (-1 = none), from `title_rows`.
+  """
+  sources = [e.source for e in examples]
+  q = question_tokenizer(sources, max_length=max_question_length, truncation=True,
+                         padding="max_length", return_tensors="np")
+  question_tokens, question_length = _content(generator_tokenizer, [" " + s for s in sources],
+                                              fmt.length - 2)
+  labels = generator_tokenizer([target(e) for e in examples], max_length=max_target_length,
+                               truncation=True, padding="max_length",
+                               return_tensors="np")["input_ids"].astype(np.int32)
+  gold_rows = [[r for t in e.gold_titles for r in title_rows.get(t, ())] for e in examples]
+  gold = np.full((len(examples), max(1, max(map(len, gold_rows), default=1))), -1, np.int64)
+  for i, rows in enumerate(gold_rows):
+    gold[i, :len(rows)] = rows
+  return {"question_ids": q["input_ids"].astype(np.int32),
+          "question_mask": q["attention_mask"].astype(np.int32),
+          "question_tokens": question_tokens, "question_length": question_length,
+          "labels": labels, "gold": gold}
+
+
+def title_rows(passages) -> Dict[str, List[int]]:
+  """Article title -> the rows of its passages."""
+  rows = collections.defaultdict(list)
+  for i in range(len(passages)):
+    rows[passages[i]["title"]].append(i)
+  return dict(rows)
+
+
+def train_batches(num_examples: int, batch_size: int, seed: int) -> grain.DatasetIterator:
+  """An endless grain iterator of global batches of example rows [batch_size], in a new
+  order every epoch (grain's shuffle of a repeated dataset; batches run across epoch ends).
+  Its position is checkpointed through `grain.checkpoint`."""
+  if num_examples < batch_size:
+    raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples")
+  ds = grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat().batch(batch_size)
+  return iter(ds.to_iter_dataset())
+
+
+def host_rows(rows: np.ndarray) -> np.ndarray:
+  """This process's contiguous share of a global batch of rows."""
+  n, count = len(rows), jax.process_count()
+  if n % count:
+    raise ValueError(f"batch {n} does not split over {count} processes")
+  share = n // count
+  return rows[jax.process_index() * share:(jax.process_index() + 1) * share]
+
+
+def gather(arrays: Dict[str, np.ndarray], rows: np.ndarray) -> Dict[str, np.ndarray]:
+  return {k: v[rows] for k, v in arrays.items()}
+
+
+def iterate_eval(num: int, batch_size: int) -> Iterator[np.ndarray]:
+  """Eval rows in order, the last batch padded by repeating row 0 (its results dropped)."""
+  for start in range(0, num, batch_size):
+    rows = np.arange(start, min(start + batch_size, num))
+    yield np.concatenate([rows, np.zeros(batch_size - len(rows), rows.dtype)])

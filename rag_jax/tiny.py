@@ -1,0 +1,109 @@
+"""Tiny random checkpoints in HF's directory layout, for the `:tiny` configs and the tests.
+
+`write(directory, words)` writes a DPR question encoder and a BART generator, each a
+`config.json`, a `model.safetensors` under HF's parameter names and a word-level WordPiece
+tokenizer over `words`, so that every loader, the index builder and the trainer run on them
+exactly as on real checkpoints, in seconds and with no model hub.
+
+The generator's vocabulary puts [CLS] / [PAD] / [SEP] at 0 / 1 / 2, BART's <s> / <pad> / </s>.
+"""
+
+import json
+import pathlib
+import shutil
+import tempfile
+from typing import Iterable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+
+from rag_jax import weights
+from rag_jax.models import bart as bart_lib
+from rag_jax.models import bert as bert_lib
+
+QUESTION_ENCODER = dict(model_type="dpr", vocab_size=0, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=4, intermediate_size=64,
+                        max_position_embeddings=64, projection_dim=0,
+                        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+GENERATOR = dict(model_type="bart", vocab_size=0, d_model=32, encoder_layers=2,
+                 decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+                 encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=128,
+                 dropout=0.1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                 decoder_start_token_id=2, forced_bos_token_id=None, forced_eos_token_id=2)
+BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+BART_SPECIALS = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"]  # <s> <pad> </s> <unk> <mask>
+
+
+def _hf_arrays(params, names) -> dict:
+  """Our param tree -> {HF name: array}, the inverse of weights.convert_state_dict."""
+  out = {}
+  for path, value in flax.traverse_util.flatten_dict(params).items():
+    value = np.asarray(value, np.float32)
+    if path[-1] == "kernel":  # [in..., out...] -> nn.Linear's [out, in]
+      n_in = 2 if path[-2] == "out" and value.ndim == 3 else 1
+      value = value.reshape(int(np.prod(value.shape[:n_in])), -1).T
+    elif path[-1] == "bias":
+      value = value.reshape(-1)
+    out[names(path)[0]] = np.ascontiguousarray(value)
+  return out
+
+
+def _tokenizer(directory: pathlib.Path, specials, words, **kwargs):
+  import transformers  # pylint: disable=import-outside-toplevel
+  vocab = directory / "vocab.txt"
+  vocab.write_text("\n".join(specials + list(words)) + "\n")
+  tok = transformers.BertTokenizerFast(str(vocab), **kwargs)
+  tok.save_pretrained(str(directory))
+  return tok
+
+
+def write(directory, words: Iterable[str], seed: int = 0) -> pathlib.Path:
+  """Writes `question_encoder/` and `generator/` under `directory` (made atomically: a
+  finished directory is reused as it is). Returns `directory`.
+
+  Args:
+    directory: where to write.
+    words: the vocabulary (lowercase words; both tokenizers lowercase their input).
+    seed: the params' seed.
+  """
+  directory = pathlib.Path(directory)
+  if (directory / "generator" / "model.safetensors").is_file():
+    return directory
+  words = sorted(set(words))
+  directory.parent.mkdir(parents=True, exist_ok=True)
+  # A private temporary directory renamed into place: concurrent writers (the processes of a
+  # multi-host test) each finish their own, and the first rename wins.
+  work = pathlib.Path(tempfile.mkdtemp(prefix=directory.name + ".", dir=directory.parent))
+  kq, kg = jax.random.split(jax.random.PRNGKey(seed))
+  ids = jnp.ones((1, 4), jnp.int32)
+
+  q_hf = dict(QUESTION_ENCODER, vocab_size=len(BERT_SPECIALS) + len(words))
+  q_module = bert_lib.BertEncoder(bert_lib.BertConfig.from_hf(q_hf))
+  q_params = flax.linen.meta.unbox(q_module.init(kq, ids, ids)["params"])
+  q_dir = work / "question_encoder"
+  q_dir.mkdir(exist_ok=True)
+  (q_dir / "config.json").write_text(json.dumps(q_hf, indent=1))
+  prefix = "question_encoder.bert_model."
+  safetensors.numpy.save_file(
+      _hf_arrays(q_params, lambda p: [prefix + n for n in weights.bert_names(p)]),
+      str(q_dir / "model.safetensors"))
+  _tokenizer(q_dir, BERT_SPECIALS, words)
+
+  g_hf = dict(GENERATOR, vocab_size=len(BART_SPECIALS) + len(words))
+  g_module = bart_lib.Bart(bart_lib.BartConfig.from_hf(g_hf))
+  g_params = flax.linen.meta.unbox(g_module.init(kg, ids, ids, ids)["params"])
+  g_dir = work / "generator"
+  g_dir.mkdir(exist_ok=True)
+  (g_dir / "config.json").write_text(json.dumps(g_hf, indent=1))
+  safetensors.numpy.save_file(_hf_arrays(g_params, weights.bart_names),
+                              str(g_dir / "model.safetensors"))
+  _tokenizer(g_dir, BART_SPECIALS, words, cls_token="[CLS]", pad_token="[PAD]",
+             sep_token="[SEP]", unk_token="[UNK]", mask_token="[MASK]")
+  try:
+    work.rename(directory)
+  except OSError:  # another writer finished first
+    shutil.rmtree(work)
+  return directory

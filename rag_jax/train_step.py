@@ -1,0 +1,291 @@
+"""The RAG training step: state, optimizer, retrieval inside the step, and the update.
+
+One jitted function per retrieval mode, both built from the same loss:
+
+- `device`: the frozen passage vectors and their pre-tokenized passages live on the mesh,
+  split by rows over every mesh axis (`DeviceIndex`). The step encodes the questions with the
+  *current* query encoder, takes the exact top-k (each shard's, then a global merge), gathers
+  the winners' vectors and tokens (each shard contributes its own rows, then a psum) and joins
+  them with the question into the generator's contexts: no host round trip.
+- `host`: any saved index (ScaNN, FAISS, ...) is searched between `encode_questions` (jitted)
+  and the step, which gets the retrieved ids, vectors and passage tokens in the batch.
+
+Both recompute the doc scores q(x) . stop_gradient(d(z)) under the gradient, so the query
+encoder learns through them; the document encoder is not in the state at all (frozen by
+construction). Retrieval uses q(x) without dropout (a top-k is not differentiated, and
+dropout noise in the search would only add variance); the doc scores under the gradient use
+it with dropout, as HF does.
+
+Shapes: B = global batch, Z = docs retrieved (k), Lq = question tokens, Q = the question's
+generator tokens, P = a passage's generator tokens, L = context length, T = target length,
+D = retrieval dim, N = passages.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Dict, Optional, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from rag_jax import rag as rag_lib
+from rag_jax import sharding
+
+Array = jax.Array
+Batch = Dict[str, Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run carries from step to step (and checkpoints)."""
+  step: Array          # int32 scalar
+  params: Any          # {"question_encoder", "generator"}: the trainable params only
+  opt_state: Any
+  rng: Array           # the run's base key; step s uses fold_in(rng, s)
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextFormat:
+  """How a passage and a question join into one generator input, as HF's RagRetriever
+  tokenizes `prefix + title / text // question`: [start] passage question [end], truncated
+  to `length` (the question is what truncation cuts first, as in HF), then padded.
+
+  Passages are pre-tokenized without special tokens (`prefix + title / text //`), questions
+  as `" " + question` without special tokens, so that joining the two token lists is the
+  tokenization of the whole string wherever the tokenizer splits at spaces (WordPiece, and
+  byte-level BPE with its leading-space tokens).
+  """
+  length: int          # L, HF's max_combined_length
+  start_id: int        # the tokenizer's first special token (BART: <s>, BERT: [CLS])
+  end_id: int          # its last (BART: </s>, BERT: [SEP])
+  pad_id: int
+
+
+def join_contexts(passages: Array, passage_length: Array, question: Array,
+                  question_length: Array, fmt: ContextFormat) -> Tuple[Array, Array]:
+  """Joins each example's Z passages with its question (HF's layout, example-major).
+
+  Args:
+    passages: [B, Z, P] int32 content tokens; passage_length: [B, Z].
+    question: [B, Q] int32 content tokens; question_length: [B].
+    fmt: the ContextFormat.
+  Returns:
+    context ids [B * Z, L] int32 and their attention mask [B * Z, L] int32.
+  """
+  b, z, p = passages.shape
+  pos = jnp.arange(fmt.length - 2)                                           # [L - 2]
+  lp = passage_length[:, :, None]                                            # [B, Z, 1]
+  from_passage = jnp.take_along_axis(passages, jnp.clip(pos, 0, p - 1)[None, None].repeat(
+      b, 0).repeat(z, 1), axis=2)                                            # [B, Z, L - 2]
+  q_pos = jnp.clip(pos[None, None] - lp, 0, question.shape[1] - 1)          # [B, Z, L - 2]
+  from_question = jnp.take_along_axis(question[:, None].repeat(z, 1), q_pos, axis=2)
+  content = jnp.where(pos < lp, from_passage, from_question)
+  n = jnp.minimum(lp + question_length[:, None, None], fmt.length - 2)      # [B, Z, 1]
+  content = jnp.where(pos < n, content, fmt.pad_id)
+  ids = jnp.concatenate([jnp.full((b, z, 1), fmt.start_id, content.dtype), content,
+                         jnp.full((b, z, 1), fmt.pad_id, content.dtype)], axis=2)  # [B, Z, L]
+  full = jnp.arange(fmt.length)[None, None]
+  ids = jnp.where(full == n + 1, fmt.end_id, ids)
+  mask = (full <= n + 1).astype(jnp.int32)
+  return ids.reshape(b * z, fmt.length).astype(jnp.int32), mask.reshape(b * z, fmt.length)
+
+
+# ------------------------------------------------------------------------------------------
+# The index on the mesh.
+
+
+@flax.struct.dataclass
+class DeviceIndex:
+  """Frozen passage vectors and tokens on the mesh, rows split over every mesh axis.
+
+  Row r of each array is passage r (padding rows past `num` score -inf); shard s holds rows
+  [s * rows_per_shard, (s + 1) * rows_per_shard).
+  """
+  embeddings: Array        # [N', D] in the index dtype
+  tokens: Array            # [N', P] int32
+  lengths: Array           # [N'] int32
+  num: int = flax.struct.field(pytree_node=False)
+  rows_per_shard: int = flax.struct.field(pytree_node=False)
+  axes: Tuple[str, ...] = flax.struct.field(pytree_node=False)
+  mesh: Any = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, mesh, embeddings: np.ndarray, tokens: np.ndarray, lengths: np.ndarray,
+             dtype=jnp.float32) -> "DeviceIndex":
+    """Places [N, D] vectors, [N, P] tokens and [N] lengths on `mesh`, each device reading
+    only its own rows from the host arrays (which may be memory maps)."""
+    axes = sharding.index_axes(mesh)
+    shards = int(np.prod([mesh.shape[a] for a in axes]))
+    num = len(embeddings)
+    rows = -(-num // shards)
+
+    def place(host, dtype):
+      shape = (rows * shards,) + host.shape[1:]
+      spec = NamedSharding(mesh, P(axes, *([None] * (host.ndim - 1))))
+
+      def block(index):
+        start, stop, _ = index[0].indices(shape[0])
+        out = np.zeros((stop - start,) + host.shape[1:], dtype)
+        real = np.asarray(host[min(start, num):min(stop, num)], dtype)
+        out[:len(real)] = real
+        return out
+      return jax.make_array_from_callback(shape, spec, block)
+    return cls(place(embeddings, jnp.dtype(dtype)), place(tokens, np.int32),
+               place(lengths, np.int32), num, rows, axes, mesh)
+
+  def search(self, queries: Array, k: int) -> Tuple[Array, Array]:
+    """Exact top-k by inner product: [B, D] -> scores [B, k] float32, ids [B, k] int32.
+
+    Each shard scores its rows and keeps its top k; the shards' candidates are merged. Ties
+    go to the lower row, as a stable sort would.
+    """
+    mesh, axes, rows, num = self.mesh, self.axes, self.rows_per_shard, self.num
+
+    def local(q, emb):
+      offset = _shard_index(axes) * rows
+      s = jnp.einsum("bd,nd->bn", q.astype(emb.dtype), emb, preferred_element_type=jnp.float32,
+                     precision=jax.lax.Precision.HIGHEST)
+      ids = offset + jnp.arange(emb.shape[0], dtype=jnp.int32)
+      s = jnp.where(ids[None] < num, s, -jnp.inf)
+      vals, cols = jax.lax.top_k(s, min(k, emb.shape[0]))
+      return vals, ids[cols]
+    vals, ids = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axes, None)),
+                              out_specs=(P(None, axes), P(None, axes)))(queries, self.embeddings)
+    # Candidates of all shards, side by side: [B, shards * k]. Sort by (-score, id) so that
+    # equal scores keep the lower row, then keep k.
+    order = jnp.lexsort((ids, -vals), axis=-1)[:, :k]
+    return jnp.take_along_axis(vals, order, 1), jnp.take_along_axis(ids, order, 1)
+
+  def gather(self, ids: Array) -> Tuple[Array, Array, Array]:
+    """Rows of the winners: ids [B, Z] -> vectors [B, Z, D] float32, tokens [B, Z, P],
+    lengths [B, Z]. Each shard fills in the rows it holds, zeros elsewhere; a psum adds the
+    shards' parts (exactly: one of them is non-zero)."""
+    mesh, axes, rows = self.mesh, self.axes, self.rows_per_shard
+
+    def local(ids, emb, tok, lens):
+      mine = ids - _shard_index(axes) * rows
+      inside = (mine >= 0) & (mine < emb.shape[0])
+      mine = jnp.clip(mine, 0, emb.shape[0] - 1)
+      pick = lambda table: jnp.where(
+          inside.reshape(inside.shape + (1,) * (table.ndim - 1)), table[mine], 0)
+      return tuple(jax.lax.psum(pick(t), axes)
+                   for t in (emb.astype(jnp.float32), tok, lens))
+    return jax.shard_map(local, mesh=mesh,
+                         in_specs=(P(), P(axes, None), P(axes, None), P(axes)),
+                         out_specs=(P(), P(), P()))(ids, self.embeddings, self.tokens,
+                                                    self.lengths)
+
+
+def _shard_index(axes: Tuple[str, ...]) -> Array:
+  """This shard's number along the flattened `axes` (row-major, as PartitionSpec splits)."""
+  return jax.lax.axis_index(axes)
+
+
+# ------------------------------------------------------------------------------------------
+# Optimizer and state.
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  """AdamW with linear warmup, then linear or cosine decay to 0 by `num_train_steps`, and
+  global-norm clipping. config: learning_rate, warmup_steps, num_train_steps, decay
+  ("linear" | "cosine" | "constant"), weight_decay, max_grad_norm, adam_b1, adam_b2, adam_eps.
+  """
+  decay_steps = max(1, config.num_train_steps - config.warmup_steps)
+  warmup = optax.linear_schedule(0.0, config.learning_rate, max(1, config.warmup_steps))
+  decays = {
+      "linear": optax.linear_schedule(config.learning_rate, 0.0, decay_steps),
+      "cosine": optax.cosine_decay_schedule(config.learning_rate, decay_steps),
+      "constant": optax.constant_schedule(config.learning_rate),
+  }
+  if config.decay not in decays:
+    raise ValueError(f"decay must be one of {sorted(decays)}, got {config.decay!r}")
+  schedule = optax.join_schedules([warmup, decays[config.decay]], [config.warmup_steps])
+  return optax.chain(
+      optax.clip_by_global_norm(config.max_grad_norm),
+      optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
+                  weight_decay=config.weight_decay))
+
+
+def create_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=jax.random.PRNGKey(seed))
+
+
+# ------------------------------------------------------------------------------------------
+# The step.
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """What the loss needs besides the model: static under jit."""
+  kind: str = "token"              # "token" | "sequence"
+  k: int = 5                       # docs per question
+  label_smoothing: float = 0.0
+  doc_temperature: float = 1.0     # p(z|x) = softmax(scores / doc_temperature)
+  context: Optional[ContextFormat] = None
+
+
+def encode_questions(rag: rag_lib.Rag, params, batch: Batch) -> Array:
+  """q(x) without dropout, for the search: [B, Lq] -> [B, D] float32."""
+  return rag.question_vectors(params, batch["question_ids"], batch["question_mask"])
+
+
+def retrieve_on_device(rag: rag_lib.Rag, params, batch: Batch, index: DeviceIndex,
+                       k: int) -> Batch:
+  """The batch with the current query encoder's top-k docs: doc_ids [B, Z],
+  doc_embeds [B, Z, D], passage_tokens [B, Z, P], passage_length [B, Z]."""
+  q = jax.lax.stop_gradient(encode_questions(rag, params, batch))
+  _, ids = index.search(q, k)
+  embeds, tokens, lengths = index.gather(ids)
+  return dict(batch, doc_ids=ids, doc_embeds=embeds, passage_tokens=tokens,
+              passage_length=lengths)
+
+
+def contexts_and_scores(rag: rag_lib.Rag, params, batch: Batch, cfg: StepConfig, *,
+                        deterministic: bool = True, rngs=None) -> Tuple[Array, Array, Array]:
+  """Generator contexts [B * Z, L] (ids, mask) and the doc scores [B, Z] / temperature."""
+  ctx, ctx_mask = join_contexts(batch["passage_tokens"], batch["passage_length"],
+                                batch["question_tokens"], batch["question_length"], cfg.context)
+  scores = rag.doc_scores(params, batch["question_ids"], batch["question_mask"],
+                          batch["doc_embeds"], deterministic=deterministic, rngs=rngs)
+  valid = batch["doc_ids"] >= 0
+  return ctx, ctx_mask, jnp.where(valid, scores / cfg.doc_temperature, -jnp.inf)
+
+
+def loss_fn(rag: rag_lib.Rag, params, batch: Batch, rng: Array, cfg: StepConfig) -> Array:
+  """Mean per-example RAG NLL of a retrieved batch, dropout on."""
+  kq, kg = jax.random.split(rng)
+  ctx, ctx_mask, scores = contexts_and_scores(rag, params, batch, cfg, deterministic=False,
+                                              rngs={"dropout": kq})
+  nll = rag.loss(params, ctx, ctx_mask, scores, batch["labels"], kind=cfg.kind,
+                 epsilon=cfg.label_smoothing, deterministic=False, rngs={"dropout": kg})
+  return nll.mean()
+
+
+def train_step(state: TrainState, batch: Batch, index: Optional[DeviceIndex], *,
+               rag: rag_lib.Rag, tx: optax.GradientTransformation,
+               cfg: StepConfig) -> Tuple[TrainState, Dict[str, Array]]:
+  """One update. `index` is the DeviceIndex in `device` mode; None in `host` mode, where the
+  batch carries the retrieved docs. Returns the new state and {"loss", "grad_norm"}."""
+  if index is not None:
+    batch = retrieve_on_device(rag, state.params, batch, index, cfg.k)
+  rng = jax.random.fold_in(state.rng, state.step)
+  loss, grads = jax.value_and_grad(functools.partial(loss_fn, rag, cfg=cfg))(
+      state.params, batch, rng)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+  return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def jit_train_step(rag: rag_lib.Rag, tx, cfg: StepConfig, state_sharding):
+  """`train_step` under one jax.jit, the state donated and kept in `state_sharding` (the
+  inputs come placed: the state, the batch over the data axes, the index over the mesh)."""
+  fn = functools.partial(train_step, rag=rag, tx=tx, cfg=cfg)
+  mesh = jax.tree.leaves(state_sharding)[0].mesh
+  metrics = {"loss": sharding.replicated(mesh), "grad_norm": sharding.replicated(mesh)}
+  return jax.jit(fn, out_shardings=(state_sharding, metrics), donate_argnums=(0,))
