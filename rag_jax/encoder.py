@@ -13,12 +13,13 @@ tokens stay in cache, which made MiniLM encoding 1.25x faster on a 2-core Xeon
 import dataclasses
 import functools
 import json
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rag_jax import sharding
 from rag_jax import weights
 from rag_jax.models import bert
 
@@ -50,7 +51,7 @@ class TextEncoder:
       None: the default device.
     micro_batch: rows each device runs at a time (a `lax.map` over its rows); None: on CPU
       devices CPU_MICRO_BATCH in all (CPU_MICRO_BATCH / devices each, when `data_sharding`
-      splits the rows over a mesh axis), on accelerators the whole batch; 0: the whole batch.
+      splits the rows over mesh axes), on accelerators the whole batch; 0: the whole batch.
   """
   module: bert.BertEncoder
   params: Any
@@ -89,18 +90,18 @@ class TextEncoder:
     split = lambda x: x.reshape(n // m, m, length)
     return jax.lax.map(lambda x: apply(*x), (split(ids), split(mask))).reshape(n, -1)
 
-  def _batch_axis(self) -> Optional[str]:
-    """The mesh axis `data_sharding` splits the rows over, when it splits only those."""
-    sharding = self.data_sharding
-    if not isinstance(sharding, jax.sharding.NamedSharding) or not sharding.spec:
+  def _batch_axis(self) -> Union[None, str, Tuple[str, ...]]:
+    """The mesh axes `data_sharding` splits the rows over, when it splits only those."""
+    split = self.data_sharding
+    if not isinstance(split, jax.sharding.NamedSharding) or not split.spec:
       return None
-    first, rest = sharding.spec[0], tuple(sharding.spec[1:])
-    return first if isinstance(first, str) and not any(rest) else None
+    first, rest = split.spec[0], tuple(split.spec[1:])
+    return first if first and isinstance(first, (str, tuple)) and not any(rest) else None
 
   def _rows_at_a_time(self, n: int) -> int:
     """How many of the rows each device holds (of a batch of n) it runs at a time."""
     axis = self._batch_axis()
-    shards = self.data_sharding.mesh.shape[axis] if axis else 1
+    shards = sharding.axes_size(self.data_sharding.mesh, axis) if axis else 1
     rows = n // shards
     m = self.micro_batch
     if m is None:
@@ -111,28 +112,35 @@ class TextEncoder:
       m = max(1, CPU_MICRO_BATCH // shards) if cpu else 0
     return m if 0 < m < rows and rows % m == 0 else rows
 
-  def data_parallel(self, devices: Optional[Sequence[Any]] = None) -> "TextEncoder":
-    """This encoder with each batch split over `devices` (default: the local ones) and the
-    params replicated on them; itself when there is one device, or when it is split over
-    those devices already (a new encoder would compile its programs again).
+  def data_parallel(self, devices: Optional[Sequence[Any]] = None, *,
+                    mesh: Optional[jax.sharding.Mesh] = None) -> "TextEncoder":
+    """This encoder with each batch split over sharding.DATA_AXES of a mesh and the params
+    replicated on it; itself when the mesh has one device, or when it is split over that mesh
+    already (a new encoder would compile its programs again).
+
+    Args:
+      devices: the mesh is `sharding.make_mesh({"data": -1}, devices)`; default: the local
+        devices (each process encodes its own texts).
+      mesh: a mesh from `sharding.make_mesh` to use instead (e.g. the training mesh).
 
     On a CPU host with one XLA device per core (`jax_num_cpu_devices`, which the command-line
     entry points set; see `rag_jax.cli.use_cpu_cores`), each core then encodes its share of a
     batch in micro-batches of its own: MiniLM encodes ~10% faster on 2 cores (78 -> 86
     passages/s, `benchmarks/encode.py`).
     """
-    devices = list(jax.local_devices() if devices is None else devices)
-    if len(devices) == 1:
+    if mesh is None:
+      mesh = sharding.make_mesh({"data": -1},
+                                jax.local_devices() if devices is None else devices)
+    if mesh.size == 1:
       return self
-    if (self.data_sharding is not None
-        and list(self.data_sharding.mesh.devices.flat) == devices):
+    split = sharding.batch_sharding(mesh)
+    if self.data_sharding == split:
       return self
-    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
-    batch = -(-self.batch_size // len(devices)) * len(devices)
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shards = sharding.data_size(mesh)
+    batch = -(-self.batch_size // shards) * shards
     return dataclasses.replace(
-        self, params=jax.device_put(self.params, replicated), batch_size=batch,
-        data_sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+        self, params=jax.device_put(self.params, sharding.replicated(mesh)), batch_size=batch,
+        data_sharding=split)
 
   @classmethod
   def from_pretrained(cls, path_or_name, *, dtype=jnp.float32, max_length: Optional[int] = None,

@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny random HF PyTorch models saved with `save_pretrained`."""
+"""Shared fixtures: tiny random HF PyTorch models saved with `save_pretrained`; the environment
+of subprocesses that need several (fake CPU) devices."""
+
+import os
+from typing import Dict, Optional
 
 import numpy as np
 import pytest
@@ -25,6 +29,22 @@ def padded_batch(rng: np.random.Generator, lengths, vocab: int, pad_id: int, low
     mask[i, :n] = 1
   ids = np.where(mask == 1, ids, pad_id)
   return ids.astype(np.int32), mask.astype(np.int32)
+
+
+def subprocess_env(devices: Optional[int] = None) -> Dict[str, str]:
+  """This process's environment, with the repository first on PYTHONPATH.
+
+  Args:
+    devices: also ask for this many CPU devices (XLA_FLAGS, JAX_PLATFORMS=cpu): jax fixes the
+      device count when it starts, so tests of meshes run in a fresh interpreter.
+  """
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo,
+                                                                  os.environ.get("PYTHONPATH")])))
+  if devices is not None:
+    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+  return env
 
 
 def max_abs(a, b) -> float:

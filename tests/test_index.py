@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import randomize_
+from conftest import randomize_, subprocess_env
 from rag_jax import assets
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import corpus
@@ -425,9 +425,8 @@ for p in (0, 1):
   embed.embed_store(store, encoder, {str(tmp_path / 'eight')!r}, shard_size=16, progress=False,
                     dtype="float32", process_index=p, process_count=2)
 """
-  env = dict(__import__("os").environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                        timeout=600, check=False)
+  proc = subprocess.run([sys.executable, "-c", script], env=subprocess_env(devices=8),
+                        capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr
   eight = embed.load_embeddings(tmp_path / "eight", len(store), 16, "float32", 16)
   np.testing.assert_allclose(eight, reference, atol=1e-5)

@@ -2,7 +2,6 @@
 
 import json
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import subprocess_env
 from rag_jax.index import search
 
 
@@ -158,13 +158,6 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _subprocess_env():
-  """This process's environment, with the repository first on PYTHONPATH."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo,
-                                                                   os.environ.get("PYTHONPATH")])))
-
-
 _MULTI_PROCESS_SCRIPT = textwrap.dedent("""
     import json, os, sys
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
@@ -198,7 +191,7 @@ def test_sharded_exact_over_two_processes(rng, tmp_path):
   with socket.socket() as s:
     s.bind(("localhost", 0))
     address = f"localhost:{s.getsockname()[1]}"
-  env = _subprocess_env()
+  env = subprocess_env()
   procs = [subprocess.Popen([sys.executable, "-c", _MULTI_PROCESS_SCRIPT, str(i), address,
                              str(path)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -225,7 +218,7 @@ def test_sharded_exact_equals_one_device(rng, tmp_path):
     path = tmp_path / f"{name}.npz"
     np.savez(path, embeddings=data[name][0], queries=data[name][1])
     args[name] = (str(path), chunk_size, k)
-  env = _subprocess_env()
+  env = subprocess_env()
   proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT, json.dumps(args)], env=env,
                         capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -1,8 +1,9 @@
 """Embedding a passage store with the frozen document encoder: sharded, resumable, atomic.
 
 The rows 0..N-1 of a `PassageStore` are cut into shards of `shard_size` rows. Each shard is
-encoded in jitted batches split over all local devices (data parallel: the batch axis of the
-inputs is sharded over a 1-D mesh of `jax.local_devices()`, the params are replicated) and
+encoded in jitted batches split over all local devices (data parallel, `TextEncoder.data_parallel`:
+the batch axis of the inputs is sharded over `sharding.DATA_AXES` of
+`sharding.make_mesh({"data": -1}, jax.local_devices())`, the params are replicated) and
 written as `shard-00042.npy`: first under a temporary name, fsync'ed, then renamed. An
 interrupted build therefore leaves only whole shards behind, and `embed_store` skips the
 shards that are already there: it resumes where it stopped, with identical results.
@@ -102,8 +103,9 @@ def embed_store(store: PassageStore, encoder: TextEncoder, out_dir, *, shard_siz
   n = len(store)
   n_shards = -(-n // shard_size)
   mine = [j for j in range(n_shards) if j % process_count == process_index]
-  devices = jax.local_devices()
-  encoder = encoder.data_parallel(devices)
+  # Local devices only: each process of a multi-host job encodes its own shards, with no
+  # collective between processes.
+  encoder = encoder.data_parallel(jax.local_devices())
   report = EmbedReport(shards=len(mine), written=0, skipped=0, passages=0, seconds=0.0)
   start = time.perf_counter()
   bar = tqdm(total=sum(min(shard_size, n - j * shard_size) for j in mine), unit="passage",

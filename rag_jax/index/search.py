@@ -30,17 +30,20 @@ import logging
 import math
 import os
 import pathlib
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rag_jax import sharding
 from rag_jax.index import files
 
 Array = jax.Array
 Result = Tuple[np.ndarray, np.ndarray]  # scores [B, k] float32, ids [B, k] int64
+# The mesh axis, or axes, the passages are split over (`sharding.index_axes(mesh)`: all).
+AxisName = Union[str, Tuple[str, ...]]
 
 DTYPES = ("float32", "bfloat16")
 
@@ -84,6 +87,19 @@ def _check_dtype(dtype) -> str:
 
 def _to_host(scores: Array, ids: Array) -> Result:
   return np.asarray(scores, np.float32), np.asarray(ids).astype(np.int64)
+
+
+def _check_axes(axis_name: Union[str, Sequence[str]], mesh: Optional[Mesh]) -> AxisName:
+  """axis_name as a str or a tuple of mesh axes (a JSON list from `params()` too), checked
+  against the mesh."""
+  axes = axis_name if isinstance(axis_name, str) else tuple(axis_name)
+  names = (axes,) if isinstance(axes, str) else axes
+  if not names or not all(isinstance(a, str) for a in names):
+    raise ValueError(f"axis_name must be a mesh axis or a tuple of them, got {axis_name!r}")
+  if mesh is not None and any(a not in mesh.axis_names for a in names):
+    raise ValueError(f"axis_name {axes!r} is not an axis (or axes) of the mesh "
+                     f"{tuple(mesh.axis_names)}")
+  return axes
 
 
 # ------------------------------------------------------------------------------------------
@@ -221,25 +237,28 @@ def _chunked_top_k(queries: Array, chunks: Tuple[Array, ...], k: int, *, select:
 
 
 class _DeviceIndex:
-  """Embeddings on device (one device, or row-sharded over a mesh axis) and a jitted top-k.
+  """Embeddings on device (one device, or row-sharded over mesh axes) and a jitted top-k.
 
   Not a backend: `ExactSearch` and `ApproxSearch` each hold one and differ only in `select`
   and in whether it goes through block maxima (`blocked`).
+
+  Layout: shard s (the devices' linear index over `axis_name`, row-major in its order, as
+  `lax.axis_index` counts) holds global rows [s * rows_per_shard, (s + 1) * rows_per_shard),
+  the last shards padded with zero rows that never win. `embeddings` is a tuple of chunks;
+  chunk i is [num_shards * C_i, D], its rows sharded over `axis_name`, shard s's block being
+  rows [a_i, a_i + C_i) of that shard's rows.
   """
 
   def __init__(self, embeddings, *, select: Select, blocked: bool, chunk_size: Optional[int],
-               dtype: str, mesh: Optional[Mesh], axis_name: str):
+               dtype: str, mesh: Optional[Mesh], axis_name: AxisName):
     self.num, self.dim = _check_embeddings(embeddings)
     if chunk_size is not None and (isinstance(chunk_size, bool)
                                    or not isinstance(chunk_size, (int, np.integer))
                                    or chunk_size < 1):
       raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    if mesh is not None and axis_name not in mesh.axis_names:
-      raise ValueError(f"axis_name {axis_name!r} is not an axis of the mesh "
-                       f"{tuple(mesh.axis_names)}")
     self.dtype = jnp.dtype(dtype)
-    self.num_shards = 1 if mesh is None else mesh.shape[axis_name]
-    per_shard = -(-self.num // self.num_shards)
+    self.num_shards = 1 if mesh is None else sharding.axes_size(mesh, axis_name)
+    self.rows_per_shard = per_shard = -(-self.num // self.num_shards)
     self.chunk_rows = _chunk_rows(per_shard, chunk_size, _gpu_layout())
     bounds = [(i, min(i + self.chunk_rows, per_shard))
               for i in range(0, per_shard, self.chunk_rows)]
@@ -261,6 +280,7 @@ class _DeviceIndex:
                                              per_shard, a, b) for a, b in bounds)
       fn = functools.partial(_sharded_top_k, top_k=top_k, num_valid=self.num,
                              per_shard=per_shard, mesh=mesh, axis_name=axis_name)
+    self.top_k_fn = fn  # (queries, chunks, k) -> (scores, ids): pure, for any jit
     self._fn = jax.jit(fn, static_argnames="k")
 
   def search(self, queries, k: int) -> Result:
@@ -269,17 +289,17 @@ class _DeviceIndex:
     return _to_host(*self._fn(queries, self.embeddings, k=int(k)))
 
 
-def _place_sharded(embeddings, dtype, mesh: Mesh, axis_name: str, per_shard: int, first: int,
-                   stop: int) -> Array:
+def _place_sharded(embeddings, dtype, mesh: Mesh, axis_name: AxisName, per_shard: int,
+                   first: int, stop: int) -> Array:
   """Rows [first, stop) of every device's shard, as one [shards * (stop - first), D] array
-  sharded by rows over `axis_name`.
+  sharded by rows over `axis_name` (one axis or several, see `_DeviceIndex`).
 
-  Device d's shard is rows [d * per_shard, (d + 1) * per_shard) of embeddings [N, D]; rows
+  Shard d's rows are [d * per_shard, (d + 1) * per_shard) of embeddings [N, D]; rows
   past N are zeros, masked at search time. Each device's block is read and padded on its
   own, so the host never holds a padded copy of the whole matrix (which may be a memory map).
   """
   num, dim = embeddings.shape
-  shards, rows = mesh.shape[axis_name], stop - first
+  shards, rows = sharding.axes_size(mesh, axis_name), stop - first
 
   def block(index):
     start, _, _ = index[0].indices(shards * rows)
@@ -289,16 +309,17 @@ def _place_sharded(embeddings, dtype, mesh: Mesh, axis_name: str, per_shard: int
     out[:len(real)] = real
     return out
 
-  sharding = NamedSharding(mesh, P(axis_name, None))
-  return jax.make_array_from_callback((shards * rows, dim), sharding, block)
+  return jax.make_array_from_callback((shards * rows, dim),
+                                     NamedSharding(mesh, P(axis_name, None)), block)
 
 
 def _sharded_top_k(queries: Array, chunks: Tuple[Array, ...], k: int, *, top_k,
-                   num_valid: int, per_shard: int, mesh: Mesh, axis_name: str
+                   num_valid: int, per_shard: int, mesh: Mesh, axis_name: AxisName
                    ) -> Tuple[Array, Array]:
   """Each shard's top-k with global row ids, then the best k of all shards' candidates."""
 
   def local(queries, chunks):
+    # Over several axes, axis_index is the row-major linear index, as the rows are placed.
     offset = jax.lax.axis_index(axis_name) * per_shard
     return top_k(queries, chunks, k, row_offset=offset, num_valid=num_valid)
 
@@ -317,7 +338,18 @@ def _sharded_top_k(queries: Array, chunks: Tuple[Array, ...], k: int, *, top_k,
 
 
 class _OnDevice:
-  """What the two on-device backends share: they search through a `_DeviceIndex`."""
+  """What the two on-device backends share: they search through a `_DeviceIndex`.
+
+  Besides `search`, `top_k(queries, device_arrays, k)` is the same search as a pure function
+  to call inside the caller's own jit, the embeddings passed as an argument (not closed over,
+  which would make them constants of the caller's program):
+
+      arrays = index.device_arrays
+      step = jax.jit(lambda params, arrays, batch: ... index.top_k(q, arrays, k) ...)
+      step(params, arrays, batch)
+
+  Global row g lives on shard g // rows_per_shard (see `_DeviceIndex` for the layout).
+  """
   _index: _DeviceIndex
 
   def __len__(self) -> int:
@@ -326,6 +358,31 @@ class _OnDevice:
   def search(self, queries, k: int) -> Result:
     """queries [B, D] -> scores [B, k] float32, ids [B, k] int64, best first."""
     return self._index.search(queries, k)
+
+  @property
+  def device_arrays(self) -> Tuple[Array, ...]:
+    """The embeddings as held on device: a tuple of chunks [num_shards * C_i, D] in the
+    search dtype, each sharded by rows over the mesh's `axis_name` (when there is a mesh)."""
+    return self._index.embeddings
+
+  @property
+  def rows_per_shard(self) -> int:
+    """Rows of the [N, D] embeddings each shard holds: row g is on shard g // this."""
+    return self._index.rows_per_shard
+
+  def top_k(self, queries: Array, arrays: Tuple[Array, ...], k: int) -> Tuple[Array, Array]:
+    """`search` as a traceable function, for use inside another jit.
+
+    Args:
+      queries: [B, D] (cast to the search dtype).
+      arrays: `device_arrays` (or arrays of the same shapes and shardings).
+      k: a Python int, 1 <= k <= len(self).
+    Returns:
+      scores [B, k] float32 and row ids [B, k] int32, best first; what `search` returns.
+    """
+    _check_query(queries, k, self._index.num, self._index.dim)
+    return self._index.top_k_fn(jnp.asarray(queries).astype(self._index.dtype), arrays,
+                                k=int(k))
 
 
 class ExactSearch(_OnDevice):
@@ -336,13 +393,13 @@ class ExactSearch(_OnDevice):
   With a mesh, the embeddings are sharded by rows over `axis_name` (padded to a multiple of
   its size with rows that never win), each device finds its local top-k under `shard_map`,
   and the shards' candidates are merged; the answer is the one-device answer. Every search
-  is jitted, once per (B, k).
+  is jitted, once per (B, k). `top_k` runs the same inside a caller's jit (see `_OnDevice`).
   """
 
   name = "exact"
 
   def __init__(self, embeddings, *, chunk_size: Optional[int] = None, dtype="float32",
-               mesh: Optional[Mesh] = None, axis_name: str = "data"):
+               mesh: Optional[Mesh] = None, axis_name: AxisName = "data"):
     """
     Args:
       embeddings: [N, D] float (numpy, memory map or jax array); N must stay below 2**31.
@@ -353,13 +410,16 @@ class ExactSearch(_OnDevice):
         chunks). Memory beyond the embeddings is O(B * chunk).
       dtype: "float32" or "bfloat16" (jnp dtypes accepted): how the embeddings are stored
         and multiplied; scores accumulate in float32 either way.
-      mesh: shard the embeddings over this mesh's `axis_name` axis; None for one device.
-      axis_name: the mesh axis the passages are split over.
+      mesh: shard the embeddings over this mesh's `axis_name` axes; None for one device.
+      axis_name: the mesh axis the passages are split over, or a tuple of axes (e.g.
+        `sharding.index_axes(mesh)`: every device of a (data, fsdp, model) mesh holds
+        1/size of the rows).
     """
-    self.chunk_size, self.dtype, self.axis_name = chunk_size, _check_dtype(dtype), axis_name
+    self.chunk_size, self.dtype = chunk_size, _check_dtype(dtype)
+    self.axis_name = _check_axes(axis_name, mesh)
     self._index = _DeviceIndex(embeddings, select=jax.lax.top_k, blocked=True,
                                chunk_size=chunk_size, dtype=self.dtype, mesh=mesh,
-                               axis_name=axis_name)
+                               axis_name=self.axis_name)
     self.num_shards = self._index.num_shards
 
   def params(self) -> Dict[str, Any]:
@@ -383,7 +443,7 @@ class ApproxSearch(_OnDevice):
 
   def __init__(self, embeddings, *, recall_target: float = 0.95,
                chunk_size: Optional[int] = None, dtype="float32", mesh: Optional[Mesh] = None,
-               axis_name: str = "data", measured_recall: Optional[float] = None):
+               axis_name: AxisName = "data", measured_recall: Optional[float] = None):
     """
     Args:
       embeddings, chunk_size, dtype, mesh, axis_name: as for `ExactSearch`.
@@ -393,14 +453,14 @@ class ApproxSearch(_OnDevice):
     if not 0.0 < recall_target <= 1.0:
       raise ValueError(f"recall_target must be in (0, 1], got {recall_target}")
     self.recall_target, self.chunk_size = float(recall_target), chunk_size
-    self.dtype, self.axis_name = _check_dtype(dtype), axis_name
+    self.dtype, self.axis_name = _check_dtype(dtype), _check_axes(axis_name, mesh)
     self.measured_recall = measured_recall
     select = functools.partial(_approx_max_k, recall_target=self.recall_target)
     # Off TPUs approx_max_k is an exact top-k, and block maxima make it cheaper, as for exact.
     self._index = _DeviceIndex(embeddings, select=select,
                                blocked=jax.default_backend() != "tpu",
                                chunk_size=chunk_size, dtype=self.dtype, mesh=mesh,
-                               axis_name=axis_name)
+                               axis_name=self.axis_name)
     self.num_shards = self._index.num_shards
 
   def params(self) -> Dict[str, Any]:

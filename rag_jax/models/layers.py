@@ -64,6 +64,24 @@ def dense_init(std: float):
   return nn.initializers.normal(stddev=std)
 
 
+class _FullRankPartitioned(nn.LogicallyPartitioned):
+  """A logically partitioned param whose sharding constraint applies only at its full rank.
+
+  DenseGeneral creates a [D, H, K] kernel (and an [H, K] bias) flat, [D, H * K], and unboxes
+  it before reshaping it (flax issue #3676); under a mesh and logical rules
+  (`sharding.axis_rules`) the constraint of the full rank on the flat array is an error. The
+  reshaped param is constrained as usual.
+  """
+
+  def unbox(self, apply_constraint=True):
+    return super().unbox(apply_constraint and jnp.ndim(self.value) == len(self.names))
+
+
+def _partitioned(init, names: Tuple[str, ...]):
+  """`nn.with_logical_partitioning` for DenseGeneral's params (see _FullRankPartitioned)."""
+  return lambda *args: _FullRankPartitioned(init(*args), names)
+
+
 def dense(features, axes: Tuple[str, ...], *, in_axis=-1, dtype, std=0.02, use_bias=True,
           name=None) -> nn.DenseGeneral:
   """A DenseGeneral whose kernel and bias carry logical axis names."""
@@ -71,8 +89,8 @@ def dense(features, axes: Tuple[str, ...], *, in_axis=-1, dtype, std=0.02, use_b
   out_axes = axes[n_in:]
   return nn.DenseGeneral(
       features=features, axis=in_axis, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-      kernel_init=nn.with_logical_partitioning(dense_init(std), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, out_axes),
+      kernel_init=_partitioned(dense_init(std), axes),
+      bias_init=_partitioned(nn.initializers.zeros, out_axes),
       name=name)
 
 
