@@ -7,9 +7,9 @@ Every mesh has the three axes of MESH_AXES, in that order, size-1 axes included:
          `embed` dimension, so that each device holds 1/fsdp of every big kernel;
   model  tensor parallelism over heads, mlp and vocab (size 1 unless asked for).
 
-Models only name their axes (`batch, docs, length, embed, embed_out, heads, kv, mlp, vocab`);
-`logical_rules` maps those names onto the mesh and `shardings_for` turns an abstract param or
-train-state tree into NamedShardings:
+Models only name their axes (LOGICAL_AXES: `batch, docs, length, layers, embed, embed_out,
+heads, kv, mlp, vocab`); `logical_rules` maps those names onto the mesh and `shardings_for`
+turns an abstract param or train-state tree into NamedShardings:
 
     mesh = sharding.make_mesh({"data": 2, "fsdp": -1})
     rules = sharding.logical_rules(fsdp=True)
@@ -40,7 +40,8 @@ Rules = Tuple[Tuple[str, MeshAxes], ...]
 
 # The logical axis names that rag_jax.models use, each with a rule in `logical_rules`;
 # a name outside this set in a param tree is an error in `shardings_for`.
-LOGICAL_AXES = ("batch", "docs", "length", "embed", "embed_out", "heads", "kv", "mlp", "vocab")
+LOGICAL_AXES = ("batch", "docs", "length", "layers", "embed", "embed_out", "heads", "kv", "mlp",
+                "vocab")
 
 
 def make_mesh(shape: Optional[Mapping[str, int]] = None,
@@ -100,7 +101,8 @@ def logical_rules(fsdp: bool = False) -> Rules:
 
   `batch` goes over DATA_AXES; `heads`, `mlp` and `vocab` over "model" (tensor parallel);
   `embed` over "fsdp" when `fsdp`, else replicated; `kv` (the head dim, which shares kernels
-  with `heads`), `docs`, `length` and `embed_out` (pooled / projected vectors) are replicated.
+  with `heads`), `docs`, `length`, `layers` (the stacked dimension of scanned layers) and
+  `embed_out` (pooled / projected vectors) are replicated.
   Flax gives each mesh axis to the first rule that claims it within an array, so `batch`
   comes first: an activation [batch, length, embed] keeps fsdp for its rows, and only params
   (which have no batch dimension) put `embed` over fsdp.
@@ -114,6 +116,7 @@ def logical_rules(fsdp: bool = False) -> Rules:
       ("batch", DATA_AXES),
       ("docs", None),
       ("length", None),
+      ("layers", None),
       ("heads", "model"),
       ("kv", None),
       ("mlp", "model"),
