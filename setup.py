@@ -23,12 +23,16 @@ setuptools.setup(
         "tensorflow-datasets>=4.9.9",
         "grain>=0.2.10",
         "tqdm>=4.66",
+        "tensorboardX>=2.6",  # rag_jax.train: TensorBoard event files without TensorFlow
+        "gguf>=0.10",  # decoder-only weights (SmolLM2) from GGUF files
         "numpy>=1.26",
         "matplotlib>=3.8",  # rag_jax.viz: document-posterior heatmaps
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls a CUDA build of several GB.
-        "test": ["pytest>=8", "torch==2.13.0", "sentence-transformers>=5.0", "faiss-cpu>=1.8"],
+        # accelerate: transformers loads a GGUF model (the Llama reference) only with it.
+        "test": ["pytest>=8", "torch==2.13.0", "sentence-transformers>=5.0", "faiss-cpu>=1.8",
+                 "accelerate>=1.0"],
         "faiss": ["faiss-cpu>=1.8"],
     },
 )

@@ -55,41 +55,46 @@ BART_TINY = dict(vocab_size=101, d_model=32, encoder_layers=2, decoder_layers=2,
                  decoder_ffn_dim=41, max_position_embeddings=64)
 
 
+# The generator's special tokens in the benchmarks' random batches (BART's <s>, </s>, <pad>).
+START, END, PAD = 0, 2, 1
+
+
 def rag_token_inputs(batch: int, docs: int, *, question: int, context: int, target: int,
-                     question_vocab: int, vocab: int, dim: int):
-  """Random inputs of `rag_token_train_step`, as numpy (int32 ids, float32 vectors): ids from
-  3 up (clear of BART's specials), labels framed by eos (2), document vectors N(0, 0.01)."""
+                     question_vocab: int, vocab: int, dim: int) -> dict:
+  """A random retrieved batch of `rag_jax.train_step.train_step`, as numpy: ids from 3 up
+  (clear of BART's specials), labels framed by eos (2), document vectors N(0, 0.01); each
+  context is `context` tokens, the question's 8 tokens after its passage's.
+
+  Keys: question_ids, question_mask [B, Lq]; question_tokens [B, P], question_length [B];
+  passage_tokens [B, Z, P], passage_length [B, Z]; doc_ids [B, Z]; doc_embeds [B, Z, D];
+  labels [B, T] (P = context - 2).
+  """
   rng = np.random.default_rng(0)
+  p = context - 2
   q_ids = rng.integers(3, question_vocab, size=(batch, question)).astype(np.int32)
-  ctx = rng.integers(3, vocab, size=(batch * docs, context)).astype(np.int32)
   labels = rng.integers(3, vocab, size=(batch, target)).astype(np.int32)
   labels[:, 0], labels[:, -1] = 2, 2
-  doc_embeds = rng.standard_normal((batch, docs, dim)).astype(np.float32) * 0.1
-  return q_ids, np.ones_like(q_ids), ctx, np.ones_like(ctx), labels, doc_embeds
+  return {"question_ids": q_ids, "question_mask": np.ones_like(q_ids),
+          "question_tokens": rng.integers(3, vocab, size=(batch, p)).astype(np.int32),
+          "question_length": np.full(batch, 8, np.int32),
+          "passage_tokens": rng.integers(3, vocab, size=(batch, docs, p)).astype(np.int32),
+          "passage_length": np.full((batch, docs), p - 8, np.int32),
+          "doc_ids": np.tile(np.arange(docs, dtype=np.int32), (batch, 1)),
+          "doc_embeds": rng.standard_normal((batch, docs, dim)).astype(np.float32) * 0.1,
+          "labels": labels}
 
 
-def rag_token_train_step(model, tx):
-  """The RAG-Token training step that the benchmarks time, jitted, params and optimizer
-  state donated: step(params, opt_state, key, inputs) -> (params, opt_state, loss).
+def step_config(docs: int, context: int):
+  """The RAG-Token StepConfig of the benchmarks' batches."""
+  from rag_jax import train_step  # pylint: disable=import-outside-toplevel
+  return train_step.StepConfig(kind="token", k=docs, context=train_step.ContextFormat(
+      length=context, start_id=START, end_id=END, pad_id=PAD))
 
-  inputs = (question ids [B, Lq], their mask, contexts [B * Z, Lc], their mask,
-  labels [B, Lt], document vectors [B, Z, D]). Question encoder -> doc scores against the
-  frozen document vectors -> RAG-Token loss (summed over the batch) -> gradient -> `tx`
-  (AdamW in the benchmarks) over every parameter, dropout on.
-  """
-  import jax  # pylint: disable=import-outside-toplevel
-  import optax  # pylint: disable=import-outside-toplevel
 
-  def loss_fn(params, key, inputs):
-    q_ids, q_mask, ctx, ctx_mask, labels, doc_embeds = inputs
-    kq, kg = jax.random.split(key)
-    scores = model.doc_scores_fn(params, q_ids, q_mask, doc_embeds, deterministic=False,
-                                 rngs={"dropout": kq})
-    return model.loss_fn(params, ctx, ctx_mask, scores, labels, kind="token",
-                         deterministic=False, rngs={"dropout": kg}).sum()
-
-  def step(params, opt_state, key, inputs):
-    loss, grads = jax.value_and_grad(loss_fn)(params, key, inputs)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-  return jax.jit(step, donate_argnums=(0, 1))
+def contexts(inputs: dict, docs: int, context: int):
+  """The generator contexts [B * Z, context] (ids, mask) the step joins from `inputs`."""
+  from rag_jax import train_step  # pylint: disable=import-outside-toplevel
+  ids, mask = train_step.join_contexts(inputs["passage_tokens"], inputs["passage_length"],
+                                       inputs["question_tokens"], inputs["question_length"],
+                                       step_config(docs, context).context)
+  return np.asarray(ids), np.asarray(mask)

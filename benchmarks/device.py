@@ -119,7 +119,7 @@ def train_flops(dpr: dict, bart: dict, batch: int, docs: int, question: int, con
 
 
 def _rag_model(jax, jnp, s: dict):
-  """A bfloat16 RagModel at the shapes of `s`, without params, and init() -> random params
+  """A bfloat16 Rag (modules, no params) at the shapes of `s`, and init() -> random params
   (the same on every call)."""
   from rag_jax import rag  # pylint: disable=import-outside-toplevel
   from rag_jax.models import bart as bart_lib  # pylint: disable=import-outside-toplevel
@@ -134,35 +134,32 @@ def _rag_model(jax, jnp, s: dict):
     return {"question_encoder": init_q(kq, ids, ids)["params"],
             "generator": init_g(kg, ids, ids, ids)["params"]}
   # Params stay out of the model: each training step takes (and donates) a fresh set.
-  return rag.RagModel(q_module, g_module, None, rag.RagConfig(n_docs=s["docs"])), init
+  return rag.Rag(q_module, g_module, rag.RagConfig(n_docs=s["docs"])), init
 
 
 def _train_inputs(jnp, s: dict, batch: int):
   arrays = common.rag_token_inputs(batch, s["docs"], question=s["question"], context=s["context"],
                                    target=s["target"], question_vocab=s["dpr"]["vocab_size"],
                                    vocab=s["bart"]["vocab_size"], dim=s["dpr"]["hidden_size"])
-  return tuple(jnp.asarray(a) for a in arrays)
+  return {k: jnp.asarray(a) for k, a in arrays.items()}
 
 
 def train(jax, jnp, s: dict, card: dict, steps: int):
   import optax  # pylint: disable=import-outside-toplevel
-  model, init = _rag_model(jax, jnp, s)
+  from rag_jax import train_step as step_lib  # pylint: disable=import-outside-toplevel
+  rag, init = _rag_model(jax, jnp, s)
   tx = optax.adamw(1e-5, weight_decay=0.01)
   for batch in s["batches"]:
-    step = common.rag_token_train_step(model, tx)
-    params = init()
-    opt_state = tx.init(params)
+    step = step_lib.jit_train_step(rag, tx, common.step_config(s["docs"], s["context"]))
     inputs = _train_inputs(jnp, s, batch)
-    key = jax.random.PRNGKey(0)
     try:
-      compiled = step.lower(params, opt_state, key, inputs).compile()
-      state = {"params": params, "opt": opt_state}
+      state = {"state": step_lib.create_state(init(), tx, seed=0)}
+      compiled = step.lower(state["state"], inputs, None).compile()
 
       def run():
-        state["params"], state["opt"], loss = compiled(state["params"], state["opt"], key,
-                                                       inputs)
-        loss.block_until_ready()
-        state["loss"] = float(loss)
+        state["state"], metrics = compiled(state["state"], inputs, None)
+        metrics["loss"].block_until_ready()
+        state["loss"] = float(metrics["loss"])
       seconds = _time(run, steps)
     except Exception as e:  # pylint: disable=broad-except  (out of memory ends the sweep)
       if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
@@ -183,7 +180,6 @@ def train(jax, jnp, s: dict, card: dict, steps: int):
            "mfu": round(flops / seconds / (peak * 1e12), 3) if peak else None,
            "loss": round(state["loss"], 3)}
     state.clear()  # the next batch's params and moments get the memory
-    del params, opt_state
 
 
 def _make_rows(jax, jnp, rows: int, dim: int):

@@ -47,8 +47,10 @@ def _measure_hf(batch, docs, steps, path):
   torch.manual_seed(0)
   model = _hf_model(docs, path).train()
   opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
-  q_ids, q_mask, ctx, ctx_mask, labels, doc_embeds = (torch.tensor(x) for x in _inputs(batch,
-                                                                                       docs))
+  inputs = _inputs(batch, docs)
+  ctx, ctx_mask = (torch.tensor(x) for x in common.contexts(inputs, docs, CONTEXT))
+  q_ids, q_mask, labels, doc_embeds = (torch.tensor(inputs[k]) for k in (
+      "question_ids", "question_mask", "labels", "doc_embeds"))
   q_ids, ctx, labels = q_ids.long(), ctx.long(), labels.long()
   losses = []
 
@@ -57,7 +59,7 @@ def _measure_hf(batch, docs, steps, path):
     q = model.rag.question_encoder(q_ids, attention_mask=q_mask)[0]
     scores = torch.bmm(q.unsqueeze(1), doc_embeds.transpose(1, 2)).squeeze(1)
     loss = model(context_input_ids=ctx, context_attention_mask=ctx_mask, doc_scores=scores,
-                 labels=labels, n_docs=docs, reduce_loss=False).loss.sum()
+                 labels=labels, n_docs=docs, reduce_loss=False).loss.mean()
     loss.backward()
     opt.step()
     losses.append(loss.item())
@@ -69,24 +71,21 @@ def _measure_hf(batch, docs, steps, path):
 def _measure_jax(batch, docs, steps, path):
   import jax  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
+  from rag_jax import train_step as step_lib  # pylint: disable=import-outside-toplevel
   from rag_jax.rag import RagModel  # pylint: disable=import-outside-toplevel
   model = RagModel.from_pretrained(path)
   tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
-  params = model.params
-  opt_state = tx.init(params)
   inputs = _inputs(batch, docs)
-  train_step = common.rag_token_train_step(model, tx)
-  state = {"params": params, "opt": opt_state, "key": jax.random.PRNGKey(0), "losses": []}
-  del params, opt_state
-  model.params = None  # the step owns (and donates) the only copy
+  # The library's step; it owns (and donates) the only copy of the params.
+  train_step = step_lib.jit_train_step(model.rag, tx, common.step_config(docs, CONTEXT))
+  run = {"state": step_lib.create_state(model.params, tx, seed=0), "losses": []}
+  model.params = None
 
   def step():
-    state["key"], key = jax.random.split(state["key"])
-    state["params"], state["opt"], loss = train_step(state["params"], state["opt"], key,
-                                                     inputs)
-    state["losses"].append(float(loss))
+    run["state"], metrics = train_step(run["state"], inputs, None)
+    run["losses"].append(float(metrics["loss"]))
   seconds = common.median_seconds(step, steps)
-  return {"seconds": seconds, "peak_rss_gb": common.peak_rss_gb(), "loss": state["losses"][0],
+  return {"seconds": seconds, "peak_rss_gb": common.peak_rss_gb(), "loss": run["losses"][0],
           "version": jax.__version__}
 
 

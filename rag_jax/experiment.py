@@ -137,9 +137,12 @@ class Run:
     """One training step on global batch `rows` of the training split."""
     arrays = input_pipeline.gather(self.train.arrays, input_pipeline.host_rows(rows))
     if self.device_index is not None:
-      batch = self.place({k: v for k, v in arrays.items() if k != "gold"})
-      return self._step(state, batch, self.device_index)
-    return self._step(state, self.retrieved(state.params, arrays), None)
+      batch, index = self.place({k: v for k, v in arrays.items() if k != "gold"}), self.device_index
+    else:
+      batch, index = self.retrieved(state.params, arrays), None
+    # Traced under the logical axis rules, so the models' activation constraints apply.
+    with sharding.axis_rules(self.mesh, sharding.logical_rules(self.config.fsdp)):
+      return self._step(state, batch, index)
 
 
 def _load_model(config, workdir: pathlib.Path, words) -> Tuple[rag_lib.RagModel, str]:
@@ -277,8 +280,7 @@ def build(config, workdir: pathlib.Path) -> Run:
   device_index = None
   if config.retrieval.mode == "device":
     device_index = step_lib.DeviceIndex.create(mesh, index.embeddings, passage_tokens,
-                                               passage_length,
-                                               DTYPES[config.retrieval.dtype])
+                                               passage_length, config.retrieval.dtype)
   run = Run(config=config, mesh=mesh, rag=rag, question_tokenizer=model.question_tokenizer,
             generator_tokenizer=g_tok, step_config=step_config, state=state,
             train=tokenize(train_examples), eval=tokenize(eval_examples), index=index,

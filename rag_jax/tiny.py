@@ -12,7 +12,7 @@ import json
 import pathlib
 import shutil
 import tempfile
-from typing import Iterable
+from typing import Iterable, Optional
 
 import flax
 import jax
@@ -51,6 +51,13 @@ def _hf_arrays(params, names) -> dict:
   return out
 
 
+def _shapes(base: dict, overrides: Optional[dict], vocab: int) -> dict:
+  """An HF config: `base` with `overrides`, the vocabulary at least the tokenizer's."""
+  config = dict(base, **(overrides or {}))
+  config["vocab_size"] = max(vocab, config.get("vocab_size") or 0)
+  return config
+
+
 def _tokenizer(directory: pathlib.Path, specials, words, **kwargs):
   import transformers  # pylint: disable=import-outside-toplevel
   vocab = directory / "vocab.txt"
@@ -60,7 +67,9 @@ def _tokenizer(directory: pathlib.Path, specials, words, **kwargs):
   return tok
 
 
-def write(directory, words: Iterable[str], seed: int = 0) -> pathlib.Path:
+def write(directory, words: Iterable[str], seed: int = 0, *,
+          question_encoder: Optional[dict] = None, generator: Optional[dict] = None
+          ) -> pathlib.Path:
   """Writes `question_encoder/` and `generator/` under `directory` (made atomically: a
   finished directory is reused as it is). Returns `directory`.
 
@@ -68,6 +77,8 @@ def write(directory, words: Iterable[str], seed: int = 0) -> pathlib.Path:
     directory: where to write.
     words: the vocabulary (lowercase words; both tokenizers lowercase their input).
     seed: the params' seed.
+    question_encoder, generator: HF config fields overriding the tiny shapes (e.g. dpr-base
+      and bart-base for a benchmark); a vocab_size there is kept if it covers the words.
   """
   directory = pathlib.Path(directory)
   if (directory / "generator" / "model.safetensors").is_file():
@@ -80,7 +91,7 @@ def write(directory, words: Iterable[str], seed: int = 0) -> pathlib.Path:
   kq, kg = jax.random.split(jax.random.PRNGKey(seed))
   ids = jnp.ones((1, 4), jnp.int32)
 
-  q_hf = dict(QUESTION_ENCODER, vocab_size=len(BERT_SPECIALS) + len(words))
+  q_hf = _shapes(QUESTION_ENCODER, question_encoder, len(BERT_SPECIALS) + len(words))
   q_module = bert_lib.BertEncoder(bert_lib.BertConfig.from_hf(q_hf))
   q_params = flax.linen.meta.unbox(q_module.init(kq, ids, ids)["params"])
   q_dir = work / "question_encoder"
@@ -92,7 +103,7 @@ def write(directory, words: Iterable[str], seed: int = 0) -> pathlib.Path:
       str(q_dir / "model.safetensors"))
   _tokenizer(q_dir, BERT_SPECIALS, words)
 
-  g_hf = dict(GENERATOR, vocab_size=len(BART_SPECIALS) + len(words))
+  g_hf = _shapes(GENERATOR, generator, len(BART_SPECIALS) + len(words))
   g_module = bart_lib.Bart(bart_lib.BartConfig.from_hf(g_hf))
   g_params = flax.linen.meta.unbox(g_module.init(kg, ids, ids, ids)["params"])
   g_dir = work / "generator"

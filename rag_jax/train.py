@@ -5,18 +5,18 @@ frozen, retrieval in the loop with the current query encoder.
 
 A run in a workdir that holds checkpoints resumes from the latest by itself (params,
 optimizer state, step, RNG and the data iterator's position). SIGTERM (a preemption notice)
-saves a checkpoint and exits 0. A NaN or infinite loss stops the run with a one-line error;
-no checkpoint is written after it, so the last one is good. The workdir gets
-`metrics.jsonl` (one JSON object per line: train lines `step`, `loss` (the mean since the
-last line), `grad_norm`, `steps_per_s`; eval lines `step` and `eval/...`), TensorBoard event
-files and `checkpoints/`.
+saves a checkpoint and exits 0. A NaN or infinite loss (or gradient norm) stops the run with
+a one-line error; no checkpoint is written after it, so the last one is good. The workdir
+gets `metrics.jsonl` (one JSON object per line: train lines `step`, `loss` (the mean since
+the last line), `grad_norm`, `steps_per_s`; eval lines `step` and `eval/...`), TensorBoard
+event files and `checkpoints/`.
 """
 
 import json
 import pathlib
 import signal
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from absl import flags
 from absl import logging
@@ -81,15 +81,18 @@ class _Preemption:
     signal.signal(signal.SIGTERM, self._previous)
 
 
-def _check_finite(losses, step: int, last_saved: Optional[int]) -> float:
-  """The mean of the losses since the last check; a non-finite one ends the run."""
+def _check_finite(losses, norms, step: int, last_saved: Optional[int]) -> Tuple[float, float]:
+  """The mean loss and gradient norm of the steps since the last check; a non-finite one ends
+  the run (a NaN gradient makes NaN params, whose loss may still read finite)."""
   values = np.asarray(jax.device_get(losses), np.float64)
-  if not np.all(np.isfinite(values)):
-    bad = step - len(values) + 1 + int(np.argmin(np.isfinite(values)))
-    kept = f"the last checkpoint (step {last_saved}) is kept" if last_saved else "no checkpoint"
-    raise TrainingError(f"loss is {values[~np.isfinite(values)][0]} at step {bad}; stopping "
-                        f"({kept})")
-  return float(values.mean())
+  grads = np.asarray(jax.device_get(norms), np.float64)
+  for what, v in (("loss", values), ("gradient norm", grads)):
+    if not np.all(np.isfinite(v)):
+      bad = step - len(v) + 1 + int(np.argmin(np.isfinite(v)))
+      kept = (f"the last checkpoint (step {last_saved}) is kept" if last_saved
+              else "no checkpoint was written")
+      raise TrainingError(f"{what} is {v[~np.isfinite(v)][0]} at step {bad}; stopping ({kept})")
+  return float(values.mean()), float(grads.mean())
 
 
 def train_and_evaluate(config, workdir) -> Dict[str, Any]:
@@ -123,22 +126,22 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
       progress.update(1)
       save = step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
       if step % config.log_every_steps == 0 or save or preemption.requested:
-        loss = _check_finite(pending, step, last_saved)
+        loss, grad_norm = _check_finite(pending, norms, step, last_saved)
         now = time.perf_counter()
-        last = {"loss": loss, "grad_norm": float(np.mean(jax.device_get(norms))),
+        last = {"loss": loss, "grad_norm": grad_norm,
                 "steps_per_s": (step - tick_step) / max(now - tick, 1e-9)}
         if step % config.log_every_steps == 0:
           writer.write(step, last)
           progress.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{last['steps_per_s']:.2f}")
         pending, norms, tick, tick_step = [], [], now, step
-      if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+      if step % config.eval_every_steps == 0:
         last.update(evaluation.evaluate(run, state.params))
         writer.write(step, {k: v for k, v in last.items() if k.startswith("eval/")})
       if save or preemption.requested:
         manager.save(step, state, batches)
         last_saved = step
-      if step % config.eval_every_steps == 0 or save:
-        tick = time.perf_counter()  # steps/s counts training steps only
+      if step % config.eval_every_steps == 0:
+        tick = time.perf_counter()  # steps/s counts the training loop, not the eval
       if preemption.requested:
         ended = "preempted"
         break

