@@ -101,22 +101,22 @@ class Rag:
   config: RagConfig = RagConfig()
 
   def question_vectors(self, params: Params, input_ids: Array,
-                          attention_mask: Optional[Array] = None, *, deterministic: bool = True,
-                          rngs: Optional[Dict[str, Array]] = None) -> Array:
+                       attention_mask: Optional[Array] = None, *, deterministic: bool = True,
+                       rngs: Optional[Dict[str, Array]] = None) -> Array:
     """q(x): [B, L] question tokens -> [B, D] float32."""
     return self.question_encoder.apply({"params": params["question_encoder"]}, input_ids,
                                        attention_mask, deterministic=deterministic,
                                        rngs=rngs)[1]
 
   def doc_scores(self, params: Params, input_ids: Array, attention_mask: Optional[Array],
-                    doc_embeds: Array, *, deterministic: bool = True,
-                    rngs: Optional[Dict[str, Array]] = None) -> Array:
+                 doc_embeds: Array, *, deterministic: bool = True,
+                 rngs: Optional[Dict[str, Array]] = None) -> Array:
     """q(x) . d(z) with the document vectors frozen: [B, L], [B, Z, D] -> [B, Z].
 
     The gradient reaches the question encoder only; the documents receive none.
     """
     q = self.question_vectors(params, input_ids, attention_mask,
-                                 deterministic=deterministic, rngs=rngs)
+                              deterministic=deterministic, rngs=rngs)
     return jnp.einsum("bd,bzd->bz", q, jax.lax.stop_gradient(doc_embeds.astype(jnp.float32)))
 
   def loss(self, params: Params, context_input_ids: Array, context_attention_mask: Array,
@@ -219,8 +219,8 @@ class Rag:
     return (1.0 - epsilon) * -ll + (epsilon / g.vocab_size) * -smooth_ll
 
   def marginal_log_probs(self, params: Params, context_input_ids: Array,
-                            context_attention_mask: Array, doc_scores: Array,
-                            decoder_input_ids: Array) -> Array:
+                         context_attention_mask: Array, doc_scores: Array,
+                         decoder_input_ids: Array) -> Array:
     """RAG-Token's marginalised next-token log-probs [B, T, V] (HF's do_marginalize=True)."""
     b, z = doc_scores.shape
     logits = self.generator.apply({"params": params["generator"]}, context_input_ids,
