@@ -10,6 +10,8 @@ Three entry points (use `Bart.apply(..., method=...)`):
   `decode(decoder_input_ids, encoder_states, encoder_mask)` -> logits [B, T, V], teacher forced;
   `init_cache(encoder_states, max_length)` + `decode_step(ids, cache, encoder_mask)` ->
       incremental decoding, one or more new positions per call.
+With `scan_layers=True` the encoder and the teacher-forced decoder run their layers as one
+`nn.scan` each (rag_jax.models.scan); cached decoding then needs the unscanned module.
 
 Shapes: B = batch, S = source length, T = target length, D = d_model, V = vocab, H = heads,
 K = head width, L = cache length, N = decoder layers.
@@ -25,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from rag_jax.models import layers
+from rag_jax.models import scan
 
 Array = jax.Array
 POSITION_OFFSET = 2  # BART's learned positions start at row 2 (a fairseq legacy).
@@ -181,10 +184,21 @@ class Bart(nn.Module):
     dtype: computation dtype; parameters stay float32 and logits are returned in float32.
     remat: rematerialisation of the layers in training, one of layers.REMAT_POLICIES
       ("none", "dots", "full"): less activation memory for some recomputation.
+    scan_layers: run the encoder's and the teacher-forced decoder's layers as one `nn.scan`
+      each (rag_jax.models.scan): compiled once, params under "encoder_layers" and
+      "decoder_layers" stacked [N, ...] instead of "encoder_layers_0", ... (`scan.stack_layers`
+      / `scan.unstack_layers` convert). `init_cache` / `decode_step` need the unscanned module.
   """
   config: BartConfig
   dtype: Any = jnp.float32
   remat: str = "none"
+  scan_layers: bool = False
+
+  @property
+  def layer_stacks(self) -> dict:
+    """{name: number of layers} of the layer stacks (see rag_jax.models.scan)."""
+    return {"encoder_layers": self.config.encoder_layers,
+            "decoder_layers": self.config.decoder_layers}
 
   def setup(self):
     c = self.config
@@ -205,10 +219,10 @@ class Bart(nn.Module):
         "encoder_embed_norm")
     self.decoder_positions, self.decoder_embed_norm = pos("decoder_positions"), norm(
         "decoder_embed_norm")
-    self.encoder_layers = [BartLayer(c, False, self.dtype, name=f"encoder_layers_{i}")
-                           for i in range(c.encoder_layers)]
-    self.decoder_layers = [BartLayer(c, True, self.dtype, name=f"decoder_layers_{i}")
-                           for i in range(c.decoder_layers)]
+    self.encoder_layers = scan.make_stack(lambda name: BartLayer(c, False, self.dtype, name=name),
+                                          "encoder_layers", c.encoder_layers, self.scan_layers)
+    self.decoder_layers = scan.make_stack(lambda name: BartLayer(c, True, self.dtype, name=name),
+                                          "decoder_layers", c.decoder_layers, self.scan_layers)
     if not c.tie_word_embeddings:
       self.lm_head = layers.dense(c.vocab_size, ("embed", "vocab"), dtype=self.dtype,
                                   std=c.init_std, use_bias=False, name="lm_head")
@@ -242,11 +256,9 @@ class Bart(nn.Module):
                     self.encoder_positions,
                     self.encoder_embed_norm, deterministic)
     bias = layers.padding_bias(attention_mask)
-    run = layers.remat(lambda layer, x, bias: layer(x, bias, deterministic=deterministic)[0],
-                       self.remat)
-    for layer in self.encoder_layers:
-      x = run(layer, x, bias)
-    return x
+    return scan.apply_stack(
+        lambda layer, x, bias: layer(x, bias, deterministic=deterministic)[0],
+        self.encoder_layers, x, bias, remat=self.remat, length=self.config.encoder_layers)
 
   def logits(self, hidden: Array) -> Array:
     """Decoder states [B, T, D] -> float32 logits [B, T, V]."""
@@ -280,13 +292,22 @@ class Bart(nn.Module):
     if decoder_mask is not None:
       self_bias = self_bias + layers.padding_bias(decoder_mask)
     cross_bias = None if encoder_mask is None else layers.padding_bias(encoder_mask)
-    run = layers.remat(
+    x = scan.apply_stack(
         lambda layer, x, states, self_bias, cross_bias: layer(
             x, self_bias, cross_kv=layer.project_cross_kv(states), cross_bias=cross_bias,
-            deterministic=deterministic)[0], self.remat)
-    for layer in self.decoder_layers:
-      x = run(layer, x, encoder_states, self_bias, cross_bias)
+            deterministic=deterministic)[0],
+        self.decoder_layers, x, encoder_states, self_bias, cross_bias, remat=self.remat,
+        length=self.config.decoder_layers)
     return x if return_hidden else self.logits(x)
+
+  def _check_unscanned(self, method: str):
+    # A cache per layer, written step by step, does not fit a scan over stacked layers; the
+    # trainer's generation converts the params once instead.
+    if self.scan_layers:
+      raise ValueError(
+          f"Bart.{method} does not support scan_layers=True; decode with the unscanned module: "
+          "rag_jax.models.scan.unstack_layers(params, module) and "
+          "module.clone(scan_layers=False)")
 
   def init_cache(self, encoder_states: Array, max_length: int) -> DecoderCache:
     """An empty decoding cache for `max_length` target positions; projects the encoder once.
@@ -295,6 +316,7 @@ class Bart(nn.Module):
       encoder_states: [B, S, D] from `encode`.
       max_length: L, the most target positions that will be decoded (<= max_position_embeddings).
     """
+    self._check_unscanned("init_cache")
     self._check_length(max_length, "init_cache max_length")
     b = encoder_states.shape[0]
     c = self.config
@@ -320,6 +342,7 @@ class Bart(nn.Module):
     Returns:
       float32 logits [B, T, V] and the advanced cache.
     """
+    self._check_unscanned("decode_step")
     rows, sources = decoder_input_ids.shape[0], cache.cross_attn[0].key.shape[0]
     if rows != sources * cache.cross_copies:
       raise ValueError(f"decode_step: {rows} decoder rows for a cache of {sources} encoder rows "

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from rag_jax.models import layers
+from rag_jax.models import scan
 
 Array = jax.Array
 
@@ -97,10 +98,19 @@ class BertEncoder(nn.Module):
     config: the BertConfig (pooling and projection included).
     dtype: computation dtype; parameters stay float32 and pooled outputs are float32.
     remat: rematerialisation of the layers in training (layers.REMAT_POLICIES).
+    scan_layers: run the layers as one `nn.scan` (rag_jax.models.scan): compiled once, params
+      under "layers" stacked [num_hidden_layers, ...] instead of "layers_0", "layers_1", ...
+      (`scan.stack_layers` / `scan.unstack_layers` convert).
   """
   config: BertConfig
   dtype: Any = jnp.float32
   remat: str = "none"
+  scan_layers: bool = False
+
+  @property
+  def layer_stacks(self) -> dict:
+    """{name: number of layers} of the layer stacks (see rag_jax.models.scan)."""
+    return {"layers": self.config.num_hidden_layers}
 
   @nn.compact
   def __call__(self, input_ids: Array, attention_mask: Optional[Array] = None,
@@ -136,9 +146,11 @@ class BertEncoder(nn.Module):
     x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
 
     bias = layers.padding_bias(attention_mask)
-    run = layers.remat(lambda layer, x, bias: layer(x, bias, deterministic), self.remat)
-    for i in range(c.num_hidden_layers):
-      x = run(BertLayer(c, self.dtype, name=f"layers_{i}"), x, bias)
+    n = c.num_hidden_layers
+    stack = scan.make_stack(lambda name: BertLayer(c, self.dtype, name=name), "layers", n,
+                            self.scan_layers)
+    x = scan.apply_stack(lambda layer, x, bias: layer(x, bias, deterministic), stack, x, bias,
+                         remat=self.remat, length=n)
 
     # Pooling: [B, L, D] -> [B, P].
     if c.pooling == "mean":
