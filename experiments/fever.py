@@ -60,6 +60,7 @@ def get_config(arg: str = ""):
   c.model.rag_checkpoint = ""
   c.model.dtype = "bfloat16"            # computation dtype; params stay float32
   c.model.remat = "none"                # layers.REMAT_POLICIES
+  c.model.scan_layers = False           # one lax.scan over stacked layers: compiles once
 
   # Retrieval: a saved index (python -m rag_jax.index build), or a passage file built into
   # WORKDIR/index with `doc_encoder` on first use.

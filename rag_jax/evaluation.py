@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from rag_jax import input_pipeline
-from rag_jax import rag as rag_lib
+from rag_jax import experiment
 from rag_jax import train_step as step_lib
 
 
@@ -41,7 +41,7 @@ def evaluate(run, params) -> Dict[str, float]:
   on FEVER), "eval/entropy", "eval/distinct_top1", "eval/recall_at_k", "eval/examples"}.
   """
   config, split = run.config, run.eval
-  model = rag_lib.RagModel(run.rag, params, run.question_tokenizer, run.generator_tokenizer)
+  model = experiment.inference_model(run, params)
   contexts = _contexts_fn(run)
   predictions, ids, scores = [], [], []
   n = len(split.examples)

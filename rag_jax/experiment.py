@@ -25,6 +25,7 @@ from rag_jax import train_step as step_lib
 from rag_jax import weights
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import saved
+from rag_jax.models import scan
 
 Array = jax.Array
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -164,8 +165,28 @@ def _load_model(config, workdir: pathlib.Path, words) -> Tuple[rag_lib.RagModel,
   return model, str(question_encoder) if m.tiny else ""
 
 
-def _with_remat(module, remat: str):
-  return module.clone(remat=remat) if remat != "none" else module
+def _for_training(model: rag_lib.RagModel, config) -> Tuple[rag_lib.Rag, Any]:
+  """The Rag the step runs (remat, scanned layers) and the loaded params in its layout."""
+  m = config.model
+  modules = {"question_encoder": model.question_encoder, "generator": model.generator}
+  params = dict(model.params)
+  for name, module in modules.items():
+    modules[name] = module.clone(remat=m.remat, scan_layers=m.scan_layers)
+    if m.scan_layers:
+      params[name] = scan.stack_layers(params[name], module)
+  return rag_lib.Rag(modules["question_encoder"], modules["generator"], model.config), params
+
+
+def inference_model(run: "Run", params) -> rag_lib.RagModel:
+  """A RagModel over the run's current params for decoding (unscanned: cached decoding runs
+  layer by layer)."""
+  rag = run.rag
+  if run.config.model.scan_layers:
+    params = {name: scan.unstack_layers(params[name], getattr(rag, name))
+              for name in ("question_encoder", "generator")}
+    rag = rag_lib.Rag(rag.question_encoder.clone(scan_layers=False),
+                      rag.generator.clone(scan_layers=False), rag.config)
+  return rag_lib.RagModel(rag, params, run.question_tokenizer, run.generator_tokenizer)
 
 
 def _index(config, workdir: pathlib.Path, doc_encoder_dir: str, question_tokenizer):
@@ -250,8 +271,7 @@ def build(config, workdir: pathlib.Path) -> Run:
                            [f"{p['title']} {p['text']}" for p in
                             corpus.read_passages(config.retrieval.passages)])
   model, doc_encoder_dir = _load_model(config, workdir, words)
-  rag = rag_lib.Rag(_with_remat(model.question_encoder, config.model.remat),
-                    _with_remat(model.generator, config.model.remat), model.config)
+  rag, params = _for_training(model, config)
   index = _index(config, workdir, doc_encoder_dir, model.question_tokenizer)
   if index.dim != rag.question_encoder.config.output_dim:
     raise SetupError(f"the index's vectors are {index.dim}-d, the query encoder's "
@@ -276,7 +296,8 @@ def build(config, workdir: pathlib.Path) -> Run:
                                     context=fmt)
 
   tx = step_lib.make_optimizer(config)
-  state, state_sharding = _place_state(rag, model.params, tx, config, mesh)
+  state, state_sharding = _place_state(rag, params, tx, config, mesh)
+  del params
   device_index = None
   if config.retrieval.mode == "device":
     device_index = step_lib.DeviceIndex.create(mesh, index.embeddings, passage_tokens,

@@ -250,3 +250,14 @@ print("ok")
   proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(8), cwd=ROOT,
                         capture_output=True, text=True, check=False)
   assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_scanned_layers_train_and_decode(tmp_path):
+  out = train.train_and_evaluate(_config(**{"model.scan_layers": True, "model.remat": "dots"}),
+                                 tmp_path / "scan")
+  losses = _losses(tmp_path / "scan")
+  assert len(losses) == 6 and all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+  assert np.isfinite(out["eval/accuracy"])  # decoding ran on the unstacked params
+  stacked = out["state"].params["generator"]["encoder_layers"]
+  assert "encoder_layers_0" not in out["state"].params["generator"]
+  assert jax.tree.leaves(stacked)[0].shape[0] == 2  # the tiny BART's two layers, stacked
