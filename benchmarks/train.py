@@ -82,8 +82,8 @@ def main():
 
     # The bare step: the run's jitted step on one ready batch.
     run = experiment.build(config, bare_dir)
-    rows = next(input_pipeline.train_batches(len(run.train_examples), config.batch_size,
-                                             config.seed))
+    rows = input_pipeline.train_batches(len(run.train_examples), config.batch_size,
+                                        config.seed)[0]
     arrays = input_pipeline.gather(run.train.arrays, rows)
     state = run.state
     if run.device_index is not None:
@@ -97,7 +97,7 @@ def main():
       holder["state"], metrics = run._step(holder["state"], batch, index)  # pylint: disable=protected-access
       metrics["loss"].block_until_ready()
     step_s = common.median_seconds(bare, args.steps, warmup=args.warmup)
-    del run, holder, state, batch
+    holder.clear()
 
     # The loop: the whole train_and_evaluate; steps after the first log line timed.
     marks = {}

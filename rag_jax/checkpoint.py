@@ -1,5 +1,6 @@
-"""Checkpoints of a training run with orbax: the train state and the grain iterator's
-position, written asynchronously by every process together, the last `keep` kept.
+"""Checkpoints of a training run with orbax: the train state (whose step is also the data
+position, see input_pipeline.train_batches), written asynchronously by every process
+together, the last `keep` kept; restorable on another number of processes or mesh shape.
 
 orbax writes each step into a temporary directory and renames it into place when complete,
 so an interrupted write never passes for a checkpoint.
@@ -8,13 +9,12 @@ so an interrupted write never passes for a checkpoint.
 import pathlib
 from typing import Optional
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
 
 class Manager:
-  """A CheckpointManager for {"state": TrainState, "data": grain iterator}."""
+  """A CheckpointManager for {"state": TrainState}."""
 
   def __init__(self, directory: pathlib.Path, keep: int):
     self._manager = ocp.CheckpointManager(
@@ -25,21 +25,19 @@ class Manager:
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
 
-  def save(self, step: int, state, iterator) -> None:
+  def save(self, step: int, state) -> None:
     """Starts writing step `step` (in the background); the next save waits for it."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)))
+    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
 
-  def restore_latest(self, state, iterator):
+  def restore_latest(self, state):
     """The latest checkpoint's state, placed as `state` is (its shapes, dtypes and
-    shardings), with `iterator` moved to its position; None when there is none."""
+    shardings, whatever the mesh it was written from); None when there is none."""
     step = self._manager.latest_step()
     if step is None:
       return None
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        data=grain.checkpoint.CheckpointRestore(iterator)))
+        state=ocp.args.StandardRestore(abstract)))
     return restored["state"]
 
   def wait(self) -> None:

@@ -7,14 +7,18 @@ entropy of p(z|x) over the k retrieved passages, the number of distinct top-1 pa
 recall@k of the gold passages where the data names them.
 """
 
+import json
+import pathlib
 from typing import Dict
 
 import jax
 import numpy as np
 
 from rag_jax import input_pipeline
+from rag_jax import distributed
 from rag_jax import experiment
 from rag_jax import train_step as step_lib
+from rag_jax.index import files
 
 
 def retrieval_stats(doc_ids: np.ndarray, doc_scores: np.ndarray, gold: np.ndarray
@@ -34,8 +38,11 @@ def retrieval_stats(doc_ids: np.ndarray, doc_scores: np.ndarray, gold: np.ndarra
           "recall_at_k": float(hit[has_gold].mean()) if has_gold.any() else float("nan")}
 
 
-def evaluate(run, params) -> Dict[str, float]:
-  """Decodes the eval split (greedy, `eval_max_length` tokens) and scores it.
+def evaluate(run, params, predictions_file=None) -> Dict[str, float]:
+  """Decodes the eval split (greedy, `eval_max_length` tokens) and scores it; with
+  `predictions_file`, writes one JSON line per example there (process 0, atomically):
+  {"id", "source", "prediction", "target", "passages": [{"row", "id", "title", "prior"}]},
+  prior = p(z|x).
 
   Returns {"eval/accuracy" (exact match of the decoded text with the target; label accuracy
   on FEVER), "eval/entropy", "eval/distinct_top1", "eval/recall_at_k", "eval/examples"}.
@@ -46,20 +53,36 @@ def evaluate(run, params) -> Dict[str, float]:
   predictions, ids, scores = [], [], []
   n = len(split.examples)
   for rows in input_pipeline.iterate_eval(n, config.eval_batch_size):
-    batch = run.retrieved(params, input_pipeline.gather(split.arrays, rows))
+    batch = run.retrieved(params, input_pipeline.gather(split.arrays, rows), replicated=True)
     ctx, mask, doc_scores = contexts(params, batch)
     seqs = model.generate(ctx, mask, doc_scores, kind=config.rag.kind,
                           max_length=config.eval_max_length, num_beams=1)
     predictions += run.generator_tokenizer.batch_decode(seqs, skip_special_tokens=True)
-    ids.append(np.asarray(jax.device_get(batch["doc_ids"])))
-    scores.append(np.asarray(jax.device_get(doc_scores)))
-  keep = slice(0, n)
-  stats = retrieval_stats(np.concatenate(ids)[keep], np.concatenate(scores)[keep],
-                          split.arrays["gold"])
+    ids.append(distributed.to_host(batch["doc_ids"]))
+    scores.append(distributed.to_host(doc_scores))
+  ids, scores = np.concatenate(ids)[:n], np.concatenate(scores)[:n]
+  stats = retrieval_stats(ids, scores, split.arrays["gold"])
   targets = [run.target(e) for e in split.examples]
   correct = [p.strip() == t.strip() for p, t in zip(predictions[:n], targets)]
+  if predictions_file is not None and jax.process_index() == 0:
+    _write_predictions(predictions_file, run, predictions[:n], targets, ids, scores)
   out = {"accuracy": float(np.mean(correct)), **stats, "examples": float(n)}
   return {f"eval/{k}": v for k, v in out.items()}
+
+
+def _write_predictions(path, run, predictions, targets, ids, scores) -> None:
+  priors = np.exp(scores - scores.max(axis=1, keepdims=True))
+  priors /= priors.sum(axis=1, keepdims=True)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with files.atomic_write(path, "w", encoding="utf-8") as f:
+    for i, example in enumerate(run.eval.examples):
+      passages = [{"row": int(r), "id": run.index.passages[int(r)]["id"],
+                   "title": run.index.passages[int(r)]["title"], "prior": float(p)}
+                  for r, p in zip(ids[i], priors[i]) if r >= 0]
+      f.write(json.dumps({"id": example.id, "source": example.source,
+                          "prediction": predictions[i], "target": targets[i],
+                          "passages": passages}) + "\n")
 
 
 def _contexts_fn(run):

@@ -9,6 +9,7 @@ places the state on the mesh. The result, a `Run`, is what `train.train_and_eval
 import dataclasses
 import os
 import pathlib
+import shutil
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rag_jax import data as data_lib
+from rag_jax import distributed
 from rag_jax import input_pipeline
 from rag_jax import rag as rag_lib
 from rag_jax import sharding
@@ -112,27 +114,34 @@ class Run:
 
   # ---------------------------------------------------------------------------------------
 
-  def place(self, arrays: Dict[str, np.ndarray]) -> Dict[str, Array]:
-    """This process's rows -> global arrays split over the data axes."""
-    return {k: jax.make_array_from_process_local_data(
-        sharding.batch_sharding(self.mesh, v.ndim), v) for k, v in arrays.items()}
+  def place(self, arrays: Dict[str, np.ndarray], replicated: bool = False) -> Dict[str, Array]:
+    """This process's rows -> global arrays split over the data axes; or, `replicated`, the
+    whole batch (the same on every process) on every device."""
+    shard = lambda x: (sharding.replicated(self.mesh) if replicated
+                       else sharding.batch_sharding(self.mesh, x.ndim))
+    return {k: jax.make_array_from_process_local_data(shard(v), v) for k, v in arrays.items()}
 
-  def retrieved(self, params, arrays: Dict[str, np.ndarray]) -> Dict[str, Array]:
+  def retrieved(self, params, arrays: Dict[str, np.ndarray], replicated: bool = False
+                ) -> Dict[str, Array]:
     """A batch with its retrieved documents (doc_ids, doc_embeds, passage_tokens,
-    passage_length), by the config's retrieval mode."""
-    batch = self.place({k: v for k, v in arrays.items() if k != "gold"})
+    passage_length), by the config's retrieval mode. `arrays` holds this process's rows, or
+    with `replicated` the whole batch (evaluation decodes it on every process)."""
+    batch = self.place({k: v for k, v in arrays.items() if k != "gold"}, replicated)
     if self.device_index is not None:
       return self._retrieve(params, batch, self.device_index)
-    q = np.asarray(jax.device_get(self._encode(params, batch)))
+    # Every process searches the whole batch's questions and keeps its own rows' documents.
+    q = distributed.to_host(self._encode(params, batch))
     _, ids = self.index.search(q, self.step_config.k)
     ids = np.asarray(ids, np.int64)
+    if not replicated:
+      ids = input_pipeline.host_rows(ids)
     safe = np.maximum(ids, 0)
     docs = {"doc_ids": ids.astype(np.int32),
             "doc_embeds": np.asarray(self.index.embeddings[safe.ravel()],
                                      np.float32).reshape(ids.shape + (-1,)),
             "passage_tokens": self.passage_tokens[safe],
             "passage_length": np.where(ids >= 0, self.passage_length[safe], 0)}
-    return dict(batch, **self.place(docs))
+    return dict(batch, **self.place(docs, replicated))
 
   def step(self, state: step_lib.TrainState, rows: np.ndarray):
     """One training step on global batch `rows` of the training split."""
@@ -189,11 +198,11 @@ def inference_model(run: "Run", params) -> rag_lib.RagModel:
   return rag_lib.RagModel(rag, params, run.question_tokenizer, run.generator_tokenizer)
 
 
-def _index(config, workdir: pathlib.Path, doc_encoder_dir: str, question_tokenizer):
+def _index(config, workdir: pathlib.Path, doc_encoder_dir: str):
   """The saved index: `retrieval.index`, or built into WORKDIR/index from
   `retrieval.passages` with `retrieval.doc_encoder` (the tiny question encoder by default)."""
   r = config.retrieval
-  if r.index and not r.passages:
+  if r.index:
     path = pathlib.Path(r.index)
     if not path.exists():
       raise SetupError(f"{path}: no such index (build it once with python -m rag_jax.index "
@@ -202,14 +211,17 @@ def _index(config, workdir: pathlib.Path, doc_encoder_dir: str, question_tokeniz
   _check_passages(config)
   out = workdir / "index"
   if not (out / saved.MANIFEST).is_file():
+    # Every process builds its own and renames it into place, the first rename winning: a
+    # workdir may be shared by the hosts or local to each, and no process waits on another.
     encoder_dir = weights.resolve(r.doc_encoder or doc_encoder_dir)
-    if jax.process_index() == 0:
-      encoder = TextEncoder.from_pretrained(encoder_dir)
-      saved.build_index(r.passages, encoder, encoder_dir, out, backend="exact",
-                        dtype="float32", progress=False, overwrite=out.exists(),
-                        log=lambda m: None)
-    _sync("index")
-  del question_tokenizer
+    mine = workdir / f"index.{jax.process_index()}-{os.getpid()}"
+    saved.build_index(r.passages, TextEncoder.from_pretrained(encoder_dir), encoder_dir, mine,
+                      backend="exact", dtype="float32", progress=False, overwrite=True,
+                      log=lambda m: None)
+    try:
+      os.rename(mine, out)
+    except OSError:  # another process's index is there
+      shutil.rmtree(mine)
   return saved.load_index(out, checksums=False)
 
 
@@ -220,12 +232,6 @@ def _check_passages(config) -> None:
   if not pathlib.Path(passages).is_file():
     raise SetupError(f"{passages}: no such passage file (DPR's psgs_w100.tsv format; see the "
                      "config's docstring for where it comes from)")
-
-
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-    multihost_utils.sync_global_devices(name)
 
 
 def _read(config, split: str) -> List[data_lib.Example]:
@@ -272,7 +278,7 @@ def build(config, workdir: pathlib.Path) -> Run:
                             corpus.read_passages(config.retrieval.passages)])
   model, doc_encoder_dir = _load_model(config, workdir, words)
   rag, params = _for_training(model, config)
-  index = _index(config, workdir, doc_encoder_dir, model.question_tokenizer)
+  index = _index(config, workdir, doc_encoder_dir)
   if index.dim != rag.question_encoder.config.output_dim:
     raise SetupError(f"the index's vectors are {index.dim}-d, the query encoder's "
                      f"{rag.question_encoder.config.output_dim}-d")

@@ -100,14 +100,15 @@ def title_rows(passages) -> Dict[str, List[int]]:
   return dict(rows)
 
 
-def train_batches(num_examples: int, batch_size: int, seed: int) -> grain.DatasetIterator:
-  """An endless grain iterator of global batches of example rows [batch_size], in a new
+def train_batches(num_examples: int, batch_size: int, seed: int) -> grain.MapDataset:
+  """Global batches of example rows: `batches[s]` is step s's [batch_size] rows, in a new
   order every epoch (grain's shuffle of a repeated dataset; batches run across epoch ends).
-  Its position is checkpointed through `grain.checkpoint`."""
+
+  Random access by step makes the data position the train state's step: a checkpoint needs
+  no iterator state, and restores on any number of processes."""
   if num_examples < batch_size:
     raise ValueError(f"batch_size {batch_size} exceeds the {num_examples} training examples")
-  ds = grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat().batch(batch_size)
-  return iter(ds.to_iter_dataset())
+  return grain.MapDataset.range(num_examples).shuffle(seed=seed).repeat().batch(batch_size)
 
 
 def host_rows(rows: np.ndarray) -> np.ndarray:

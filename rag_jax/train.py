@@ -4,12 +4,13 @@ frozen, retrieval in the loop with the current query encoder.
     python -m rag_jax.train --config experiments/fever.py:tiny --workdir /tmp/fever-tiny
 
 A run in a workdir that holds checkpoints resumes from the latest by itself (params,
-optimizer state, step, RNG and the data iterator's position). SIGTERM (a preemption notice)
+optimizer state, RNG and step, which is also the data position). SIGTERM (a preemption notice)
 saves a checkpoint and exits 0. A NaN or infinite loss (or gradient norm) stops the run with
 a one-line error; no checkpoint is written after it, so the last one is good. The workdir
 gets `metrics.jsonl` (one JSON object per line: train lines `step`, `loss` (the mean since
 the last line), `grad_norm`, `steps_per_s`; eval lines `step` and `eval/...`), TensorBoard
-event files and `checkpoints/`.
+event files, `predictions/step_N.jsonl` (each eval's outputs and retrieved passages) and
+`checkpoints/`.
 """
 
 import json
@@ -26,6 +27,7 @@ import numpy as np
 
 from rag_jax import checkpoint as checkpoint_lib
 from rag_jax import cli
+from rag_jax import distributed
 from rag_jax import evaluation
 from rag_jax import experiment
 from rag_jax import input_pipeline
@@ -104,7 +106,7 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
   batches = input_pipeline.train_batches(len(run.train_examples), config.batch_size,
                                          config.seed)
   manager = checkpoint_lib.Manager(workdir / "checkpoints", keep=config.keep_checkpoints)
-  restored = manager.restore_latest(state, batches)
+  restored = manager.restore_latest(state)
   if restored is not None:
     state = restored
   start = int(jax.device_get(state.step))
@@ -118,8 +120,7 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
   try:
     step = start
     while step < config.num_train_steps:
-      rows = next(batches)
-      state, metrics = run.step(state, rows)
+      state, metrics = run.step(state, batches[step])
       step += 1
       pending.append(metrics["loss"])
       norms.append(metrics["grad_norm"])
@@ -135,10 +136,11 @@ def train_and_evaluate(config, workdir) -> Dict[str, Any]:
           progress.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{last['steps_per_s']:.2f}")
         pending, norms, tick, tick_step = [], [], now, step
       if step % config.eval_every_steps == 0:
-        last.update(evaluation.evaluate(run, state.params))
+        last.update(evaluation.evaluate(
+            run, state.params, workdir / "predictions" / f"step_{step}.jsonl"))
         writer.write(step, {k: v for k, v in last.items() if k.startswith("eval/")})
       if save or preemption.requested:
-        manager.save(step, state, batches)
+        manager.save(step, state)
         last_saved = step
       if step % config.eval_every_steps == 0:
         tick = time.perf_counter()  # steps/s counts the training loop, not the eval
@@ -159,6 +161,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}", status=2)
+  try:
+    distributed.initialize()
+  except distributed.DistributedError as e:
+    cli.fail(str(e), status=2)
   config = cli.config(_CONFIG, "experiments/fever.py:tiny")
   if not _WORKDIR.value:
     cli.fail("--workdir is required, e.g. --workdir /tmp/fever-tiny", status=2)
