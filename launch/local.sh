@@ -42,22 +42,8 @@ die() {
   exit 2
 }
 
-# Shell-quotes one word so that the printed command can be pasted back into a shell.
-quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-quote_all() {
-  local out="" word
-  for word in "$@"; do
-    out+="$(quote "$word") "
-  done
-  printf '%s' "${out% }"
-}
+# shellcheck source=launch/quote.sh
+source "$(dirname "${BASH_SOURCE[0]}")/quote.sh"
 
 devices=4
 log_dir="${LOGDIR:-}"

@@ -51,22 +51,8 @@ die() {
   exit 2
 }
 
-# Shell-quotes one word so that the written script and printed commands parse back to it.
-quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-quote_all() {
-  local out="" word
-  for word in "$@"; do
-    out+="$(quote "$word") "
-  done
-  printf '%s' "${out% }"
-}
+# shellcheck source=launch/quote.sh
+source "$(dirname "${BASH_SOURCE[0]}")/quote.sh"
 
 nodes=2
 gpus=8

@@ -64,15 +64,10 @@ die() {
   exit 2
 }
 
-# Shell-quotes one word so that a printed command can be pasted back into a shell.
-quote() {
-  if [[ $1 =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
+# shellcheck source=launch/quote.sh
+source "$(dirname "${BASH_SOURCE[0]}")/quote.sh"
 
+# Like quote_all, but a --flag=value keeps its flag unquoted.
 quote_all() {
   local out="" word
   for word in "$@"; do
