@@ -42,8 +42,8 @@ die() {
   exit 2
 }
 
-# shellcheck source=launch/quote.sh
-source "$(dirname "${BASH_SOURCE[0]}")/quote.sh"
+# shellcheck source=launch/quote.bash
+source "$(dirname "${BASH_SOURCE[0]}")/quote.bash"
 
 devices=4
 log_dir="${LOGDIR:-}"

@@ -64,8 +64,8 @@ die() {
   exit 2
 }
 
-# shellcheck source=launch/quote.sh
-source "$(dirname "${BASH_SOURCE[0]}")/quote.sh"
+# shellcheck source=launch/quote.bash
+source "$(dirname "${BASH_SOURCE[0]}")/quote.bash"
 
 # Like quote_all, but a --flag=value keeps its flag unquoted.
 quote_all() {

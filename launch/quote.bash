@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell quoting shared by the launch scripts (sourced, not run).
 
 # Shell-quotes one word so that a printed command or a written script parses back to it.
