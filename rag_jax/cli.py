@@ -4,10 +4,12 @@ Bad input ends the program with `error: <one line>` on stderr and exit status 2 
 1 (a failure while running), never a traceback.
 """
 
+import dataclasses
 import logging
 import os
+import re
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, List, NoReturn, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -17,6 +19,12 @@ import jax
 def fail(message: str, status: int = 1) -> NoReturn:
   print(f"error: {message}", file=sys.stderr)
   sys.exit(status)
+
+
+def shorten(text: str, limit: int) -> str:
+  """`text` cut to `limit` characters, "..." marking the cut, for printing passages and
+  questions on one line."""
+  return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _one_line(e: BaseException) -> str:
@@ -33,11 +41,63 @@ def _parse_flags(argv):
     if any(a in ("-h", "-?", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
       sys.exit(0)
     raise
-  except flags.Error as e:
-    fail(_one_line(e), status=2)
   except Exception as e:  # pylint: disable=broad-except
-    # ml_collections raises plain exceptions for unreadable config files and bad overrides.
-    fail(_one_line(e), status=2)
+    # flags.Error, and the plain exceptions ml_collections raises for unreadable config files
+    # and bad overrides (of an unknown field, only its name: "'xyz'").
+    fail(unknown_config_field(argv) or _one_line(e), status=2)
+
+
+def _fields(node) -> Optional[List[str]]:
+  """The field names of a config node (ConfigDict, dict or dataclass); None for a leaf."""
+  if dataclasses.is_dataclass(node):
+    return [f.name for f in dataclasses.fields(node)]
+  if hasattr(node, "keys"):
+    return [str(key) for key in node.keys()]
+  return None
+
+
+def unknown_config_field(argv: Sequence[str]) -> Optional[str]:
+  """For the first `--NAME.a.b=...` override in argv of a config flag NAME (config_flags)
+  whose path is not in the config, what is wrong in one line: the field, the config and the
+  fields it has there; None if every override names a field.
+
+  ml_collections says only "'xyz'" for an unknown `--config.xyz`; this names the rest. The
+  config is loaded again to look (its get_config runs twice), only after parsing failed.
+  """
+  for arg in argv[1:]:
+    match = re.match(r"--?(?:no)?([\w-]+)\.([\w.-]+)(=|$)", arg)
+    if not match or match.group(1) not in flags.FLAGS:
+      continue
+    flag = flags.FLAGS[match.group(1)]
+    if not hasattr(type(flag), "override_values"):  # not a config_flags flag
+      continue
+    spec = _flag_argument(argv, flag.name)
+    try:
+      node = flag.parser.parse(spec)
+    except Exception:  # pylint: disable=broad-except
+      return None  # the config itself does not load: that error says more
+    parts = match.group(2).split(".")
+    for depth, part in enumerate(parts):
+      known = _fields(node)
+      where = f" under {'.'.join(parts[:depth])!r}" if depth else ""
+      if known is None:
+        return (f"unknown config field {'.'.join(parts)!r} in {spec} "
+                f"({'.'.join(parts[:depth])!r} holds {type(node).__name__} {node!r}, no fields)")
+      if part not in known:
+        return (f"unknown config field {'.'.join(parts[:depth + 1])!r} in {spec} (known"
+                f"{where}: {', '.join(sorted(known))})")
+      node = node[part] if not dataclasses.is_dataclass(node) else getattr(node, part)
+  return None
+
+
+def _flag_argument(argv: Sequence[str], name: str) -> Optional[str]:
+  """The value given to `--name` in argv (`--name VALUE` or `--name=VALUE`), if any."""
+  for i, arg in enumerate(argv):
+    if re.fullmatch(f"--?{re.escape(name)}", arg) and i + 1 < len(argv):
+      return argv[i + 1]
+    if arg.startswith((f"--{name}=", f"-{name}=")):
+      return arg.split("=", 1)[1]
+  return None
 
 
 def config(holder, example: str):

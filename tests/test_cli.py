@@ -7,9 +7,9 @@ import sys
 import pytest
 
 
-def _run(*args):
+def _run(*args, module="rag_jax.ask"):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  proc = subprocess.run([sys.executable, "-m", "rag_jax.ask", *args], capture_output=True,
+  proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
                         text=True, env=env, timeout=300, check=False)
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
   return proc.returncode, errors, proc.stderr
@@ -26,12 +26,36 @@ def _run(*args):
     (["--config", "experiments/wiki_retrieval.py", "--config.k=0"], 1, "k must be positive"),
     (["--config", "experiments/wiki_retrieval.py", "--config.max_length=1"], 1,
      "max_length must be at least 2"),
+    (["--config", "experiments/wiki_retrieval.py", "--question", "  "], 2,
+     "question 1 is blank"),
+    (["--config", "experiments/wiki_retrieval.py", "--question", "Who?", "--question", ""], 2,
+     "question 2 is empty"),
+    (["--config", "experiments/wiki_retrieval.py", "--config.k=20000"], 1,
+     "k=20000 exceeds the index's 12324 passages"),
+    (["--config", "experiments/wiki_retrieval.py", "--question", "Who?", "--dev", "x.jsonl"],
+     2, "--question and --dev do not go together"),
+    (["--config", "experiments/wiki_retrieval.py", "--config.xyz=1"], 2,
+     "unknown config field 'xyz' in experiments/wiki_retrieval.py (known: batch_size, corpus, "
+     "encoder, include_titles, index, k, max_articles, max_length, query_encoder, questions)"),
+    (["--config=experiments/wiki_retrieval.py:small", "--config.k.x=1"], 2,
+     "unknown config field 'k.x' in experiments/wiki_retrieval.py:small ('k' holds int 3, "
+     "no fields)"),
 ])
 def test_ask_bad_input(args, status, message):
   code, errors, stderr = _run(*args)
   assert code == status, stderr
   assert len(errors) == 1 and message in errors[0], stderr
   assert "Traceback" not in stderr
+
+
+def test_an_unknown_config_field_is_named_by_every_entry_point():
+  """The same flag parsing (cli.run) for rag_jax.train, with a nested config."""
+  code, errors, stderr = _run("--config", "experiments/fever.py:tiny", "--workdir", "/nonexistent",
+                              "--config.retrieval.kk=3", module="rag_jax.train")
+  assert code == 2 and len(errors) == 1, stderr
+  assert errors[0].startswith("error: unknown config field 'retrieval.kk' in "
+                              "experiments/fever.py:tiny (known under 'retrieval': ")
+  assert ", k, " in errors[0] and "Traceback" not in stderr
 
 
 def test_ask_help():

