@@ -8,12 +8,13 @@ Both sides run `experiments/fever.py:tiny`'s data and index with random dpr-base
 bart-base weights (`rag_jax.tiny` writes them; speed does not depend on their values):
 
 - step: the `Run`'s own jitted step (the library's `train_step`) called back to back on one
-  batch already gathered, retrieved and placed: nothing but the step;
-- loop: `train.train_and_evaluate` for the same number of steps: the grain iterator, the
-  per-step gather and placement, retrieval (in the step for `device`, on the host for
-  `host`), the loss checks, metrics.jsonl, TensorBoard, the progress bar and async orbax
-  checkpoints, with its evals off. Its time per step is read from the wall clock of the steps
-  after the first log line (compilation and the first checkpoint's setup excluded).
+  batch already gathered, retrieved and placed: nothing but the step; timed before and after
+  the loop (steps/2 each), the mean kept, so that a drift of the machine's speed hits both;
+- loop: `train.train_and_evaluate` on the same `Run` (the same compiled step) for `steps`
+  more: grain's batches, the per-step gather and placement, retrieval (in the step for
+  `device`, on the host for `host`), the loss checks, metrics.jsonl, TensorBoard, the
+  progress bar and async orbax checkpoints, with its evals off. Its time per step is the
+  wall clock between its first and last log lines after `warmup` steps.
 
 Reported: seconds per step of each and the loop's overhead, loop / step - 1 (goal <= 10%).
 """
@@ -37,7 +38,7 @@ def _config(args):
   config = fever.get_config("tiny")
   config.retrieval.mode = args.mode
   config.num_train_steps = args.warmup + args.steps
-  config.log_every_steps = args.warmup
+  config.log_every_steps = 1
   config.checkpoint_every_steps = args.checkpoint_every
   config.eval_every_steps = 10 ** 9
   config.rag.max_combined_length = args.context
@@ -62,7 +63,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--mode", choices=("device", "host"), default="device")
   parser.add_argument("--steps", type=int, default=12, help="timed steps")
-  parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+  parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
   parser.add_argument("--checkpoint-every", type=int, default=5)
   parser.add_argument("--context", type=int, default=128, help="context tokens")
   parser.add_argument("--quick", action="store_true", help="tiny shapes")
@@ -70,36 +71,37 @@ def main():
   args = parser.parse_args()
 
   import jax  # pylint: disable=import-outside-toplevel
-  from rag_jax import experiment, input_pipeline, train  # pylint: disable=import-outside-toplevel
+  from rag_jax import experiment, input_pipeline, sharding, train  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)
 
   with tempfile.TemporaryDirectory() as tmp:
-    bare_dir, loop_dir = pathlib.Path(tmp) / "bare", pathlib.Path(tmp) / "loop"
+    workdir = pathlib.Path(tmp) / "run"
     config = _config(args)
-    for d in (bare_dir, loop_dir):
-      _model(args, d, config)
-
-    # The bare step: the run's jitted step on one ready batch.
-    run = experiment.build(config, bare_dir)
+    _model(args, workdir, config)
+    run = experiment.build(config, workdir)
     rows = input_pipeline.train_batches(len(run.train_examples), config.batch_size,
                                         config.seed)[0]
     arrays = input_pipeline.gather(run.train.arrays, rows)
-    state = run.state
     if run.device_index is not None:
       batch = run.place({k: v for k, v in arrays.items() if k != "gold"})
       index = run.device_index
     else:
-      batch, index = run.retrieved(state.params, arrays), None
-    holder = {"state": state}
+      batch, index = run.retrieved(run.state.params, arrays), None
+    holder = {"state": run.state}
 
     def bare():
-      holder["state"], metrics = run._step(holder["state"], batch, index)  # pylint: disable=protected-access
+      # Under the rules the loop traces its step under, so both run one compiled program.
+      with sharding.axis_rules(run.mesh, sharding.logical_rules(config.fsdp)):
+        holder["state"], metrics = run._step(holder["state"], batch, index)  # pylint: disable=protected-access
       metrics["loss"].block_until_ready()
-    step_s = common.median_seconds(bare, args.steps, warmup=args.warmup)
-    holder.clear()
 
-    # The loop: the whole train_and_evaluate; steps after the first log line timed.
+    # The bare step before and after the loop (the machine's speed drifts), the loop between,
+    # all on the one compiled step.
+    before = common.median_seconds(bare, args.steps // 2, warmup=args.warmup)
+    run.state = holder["state"]
+    start = int(jax.device_get(run.state.step))
+    config.num_train_steps = start + args.warmup + args.steps
     marks = {}
     write = train.MetricsWriter.write
 
@@ -107,14 +109,18 @@ def main():
       marks.setdefault(step, time.perf_counter())
       write(self, step, values)
     train.MetricsWriter.write = timed_write
-    train.train_and_evaluate(config, loop_dir)
+    holder["state"] = train.train_and_evaluate(config, workdir, run=run)["state"]
     train.MetricsWriter.write = write
-    first, last = min(marks), max(marks)
+    after = common.median_seconds(bare, args.steps // 2, warmup=0)
+    timed = sorted(s for s in marks if s > start + args.warmup - 1)
+    first, last = timed[0], timed[-1]
     loop_s = (marks[last] - marks[first]) / (last - first)
+    step_s = (before + after) / 2
   result = {"mode": args.mode, "shapes": "tiny" if args.quick else "dpr-base + bart-base",
             "batch": config.batch_size, "docs": config.retrieval.k, "context": args.context,
             "steps": args.steps, "checkpoint_every": args.checkpoint_every,
-            "step_s": round(step_s, 4), "loop_s": round(loop_s, 4),
+            "step_s": round(step_s, 4), "step_s_before": round(before, 4),
+            "step_s_after": round(after, 4), "loop_s": round(loop_s, 4),
             "overhead": round(loop_s / step_s - 1, 4), "devices": jax.device_count()}
   if args.json:
     print(json.dumps(result))

@@ -97,11 +97,13 @@ def _check_finite(losses, norms, step: int, last_saved: Optional[int]) -> Tuple[
   return float(values.mean()), float(grads.mean())
 
 
-def train_and_evaluate(config, workdir) -> Dict[str, Any]:
+def train_and_evaluate(config, workdir, run: Optional[experiment.Run] = None) -> Dict[str, Any]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluating every
-  `eval_every_steps`. Returns the last train and eval metrics and why the run ended."""
+  `eval_every_steps`. Returns the last train and eval metrics, why the run ended and the
+  final state. `run`: one `experiment.build(config, workdir)` made already (a benchmark
+  times its step before and after the loop)."""
   workdir = experiment.prepare_workdir(workdir)
-  run = experiment.build(config, workdir)
+  run = run or experiment.build(config, workdir)
   state, mesh = run.state, run.mesh
   batches = input_pipeline.train_batches(len(run.train_examples), config.batch_size,
                                          config.seed)
