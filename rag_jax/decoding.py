@@ -1,14 +1,17 @@
-"""Decoding: a jitted greedy search over a `lax.while_loop`, HF's logits processors, and the
-RAG-Token step that marginalises the next-token distribution over the retrieved documents.
+"""Decoding: jitted greedy and beam search over a `lax.while_loop`, HF's logits processors,
+and RAG's decoders on top of them, over any generator (rag_jax.models.generator).
 
     step(tokens [N], cache, cur_len) -> (log-probs [N, V], cache)
 
-is all the search needs; `rag_token_step` builds one from a BART with one KV cache per
-(example, document) pair, the encoder run once per document. Everything runs on device: no
-per-step host round trip.
+is all the search needs. `rag_token_step` builds one that marginalises the next-token
+distribution over the retrieved documents: one cache row per (beam, document), each document
+read once (`Generator.prefill`) and shared by its beams. RAG-Sequence runs a beam search per
+document (`generator_beam`), then *thorough* decoding scores every candidate under every
+document in one batched forced-decoding pass, and *fast* decoding sums the beams' own scores.
+Everything but the candidates' bookkeeping runs on device: no per-step host round trip.
 
-Lengths follow HF: a sequence starts with the decoder start token, `cur_len` counts the tokens
-so far (start token included), `max_length` bounds the whole sequence.
+Lengths follow HF: a sequence starts with the generator's start token, `cur_len` counts the
+tokens so far (start token included), `max_length` bounds the whole sequence.
 
 Shapes: N = batch (x beams), Z = documents, L = max_length, V = vocabulary.
 """
@@ -23,10 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from rag_jax import marginalize
-from rag_jax.models import bart as bart_lib
+from rag_jax.models import generator as generator_lib
+from rag_jax.models import layers
 
 Array = jax.Array
+Generator = generator_lib.Generator
 NEG_INF = -jnp.inf
+# Decoder rows per call of thorough decoding's scoring pass (candidates x documents): it bounds
+# the [rows, T, vocab] logits that pass holds (128 x 21 x 50,265 float32: 0.5 GB).
+THOROUGH_SCORE_ROWS = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,41 +134,37 @@ def greedy_search(step: Callable, cache: Any, *, batch: int, start_token_id: int
   return final.sequences, final.cur_len
 
 
-def rag_token_step(generator: bart_lib.Bart, params, encoder_mask: Array, doc_scores: Array):
+def rag_token_step(gen: Generator, params, doc_scores: Array):
   """The RAG-Token step: next-token log-dist = logsumexp_z [log p(z|x) + log_softmax(logits_z)].
 
   Args:
-    generator, params: the BART and its params.
-    encoder_mask: the contexts' mask, one row per encoder row of the cache (the caches of
-      `encoder_cache` share them: [B * Z, S] for N = B * beams).
+    gen, params: the generator and its params.
     doc_scores: [N, Z].
   Returns:
     step(tokens [N], cache, cur_len) -> (log-probs [N, V], cache) over a cache of N * Z
-    decoder rows (the docs of row n in rows n*Z .. n*Z+Z-1).
+    rows (the docs of row n in rows n*Z .. n*Z+Z-1).
   """
   n, z = doc_scores.shape
 
   def step(tokens, cache, cur_len):
     del cur_len
-    ids = jnp.repeat(tokens, z)[:, None]                                       # [N*Z, 1]
-    logits, cache = generator.apply({"params": params}, ids, cache, encoder_mask,
-                                    method=bart_lib.Bart.decode_step)
+    logits, cache = gen.step(params, jnp.repeat(tokens, z)[:, None], cache)   # [N*Z, 1, V]
     marginal = marginalize.rag_token_marginal(logits.reshape(n, z, 1, -1), doc_scores)
     return marginal[:, 0], cache                                               # [N, V]
   return step
 
 
-@functools.partial(jax.jit, static_argnames=("generator", "processors", "start_token_id",
-                                             "pad_token_id"))
-def rag_token_greedy(generator: bart_lib.Bart, params, context_input_ids: Array,
+@functools.partial(jax.jit, static_argnames=("gen", "processors"))
+def rag_token_greedy(gen: Generator, params, context_input_ids: Array,
                      context_attention_mask: Array, doc_scores: Array, *,
-                     processors: Processors, start_token_id: int, pad_token_id: int):
+                     processors: Processors):
   """RAG-Token greedy decoding: [B * Z, S] contexts, [B, Z] doc scores -> ([B, L], length)."""
-  cache = encoder_cache(generator, params, context_input_ids, context_attention_mask,
-                        processors.max_length - 1, batch=context_input_ids.shape[0])
-  step = rag_token_step(generator, params, context_attention_mask, doc_scores)
-  return greedy_search(step, cache, batch=doc_scores.shape[0], start_token_id=start_token_id,
-                       pad_token_id=pad_token_id, processors=processors)
+  cache = gen.prefill(params, context_input_ids, context_attention_mask,
+                      processors.max_length - 1)
+  step = rag_token_step(gen, params, doc_scores)
+  return greedy_search(step, cache, batch=doc_scores.shape[0],
+                       start_token_id=gen.start_token_id, pad_token_id=gen.pad_token_id,
+                       processors=processors)
 
 
 @flax.struct.dataclass
@@ -260,102 +264,162 @@ def beam_search(step: Callable, cache: Any, *, batch: int, num_beams: int,
   return final.seqs, final.scores, final.gen_len
 
 
-def expand_rows(tree: Any, batch: int, copies: int, group: int = 1) -> Any:
-  """Repeats rows for beams or candidates: every leaf with a leading axis of batch * group
-  rows (example-major, `group` rows per example) -> batch * copies * group rows, ordered
-  (example, copy, row of the group). Scalars and None pass through."""
-  def expand(x):
-    if x is None or x.ndim == 0:
-      return x
-    x = x.reshape(batch, 1, group, *x.shape[1:])
-    return jnp.repeat(x, copies, axis=1).reshape(batch * copies * group, *x.shape[3:])
-  return jax.tree.map(expand, tree, is_leaf=lambda x: x is None)
-
-
-def encoder_cache(generator: bart_lib.Bart, params, input_ids: Array,
-                  attention_mask: Optional[Array], length: int, *, batch: int, copies: int = 1,
-                  group: int = 1) -> bart_lib.DecoderCache:
-  """An empty decoding cache of `length` positions over [batch * group, S] inputs, for
-  batch * copies * group decoder rows ordered as `expand_rows` orders them (a copy per beam
-  or candidate). The encoder runs and the cross-attention keys and values are projected once
-  per input, and every copy attends to them there (`DecoderCache.cross_copies`): decoding
-  steps take the inputs' [batch * group, S] mask as they are."""
-  states = generator.apply({"params": params}, input_ids, attention_mask,
-                           method=bart_lib.Bart.encode)
-  cache = generator.apply({"params": params}, states, length, method=bart_lib.Bart.init_cache)
-  return cache.replace(self_attn=expand_rows(cache.self_attn, batch, copies, group),
-                       cross_copies=copies, cross_group=group)
-
-
-def reorder_decoder_cache(cache: bart_lib.DecoderCache, rows: Array,
-                          group: int = 1) -> bart_lib.DecoderCache:
-  """Beam reordering of a BART cache: only the self-attention buffers move. The projected
-  encoder states are one per source, shared by all the beams of its example (beams never
-  change example), so they stay as they are."""
-  return cache.replace(self_attn=reorder_rows(cache.self_attn, rows, group))
-
-
 def reorder_rows(cache: Any, rows: Array, group: int = 1) -> Any:
-  """Gathers cache rows: row i of the result is `rows[i]`, each row spanning `group` rows of
-  every leaf with a leading batch axis (the Z documents of a beam, for RAG-Token).
+  """Beam reordering of a plain pytree cache (every leaf with a leading row axis; see
+  layers.take_rows).
 
-  Not for a whole `DecoderCache`, whose encoder states have fewer rows than its decoder rows
-  (an out-of-range gather would be clamped silently): use `reorder_decoder_cache`.
+  Not for a generator's cache, whose shared rows (encoder states, prompts) are fewer than its
+  decoder rows (an out-of-range gather would be clamped silently): `Generator.reorder`.
   """
-  if isinstance(cache, bart_lib.DecoderCache):
-    raise TypeError("reorder_rows: a DecoderCache is reordered by reorder_decoder_cache")
-  idx = (rows[:, None] * group + jnp.arange(group)[None, :]).reshape(-1)
-
-  def take(x):
-    return x[idx] if x.ndim > 0 else x
-  return jax.tree.map(take, cache)
+  if isinstance(cache, generator_lib.CACHES):
+    raise TypeError(f"reorder_rows: a {type(cache).__name__} is reordered by its "
+                    "Generator.reorder")
+  return layers.take_rows(cache, rows, group)
 
 
-@functools.partial(jax.jit, static_argnames=("generator", "processors", "start_token_id",
-                                             "pad_token_id", "num_beams", "length_penalty",
+@functools.partial(jax.jit, static_argnames=("gen", "processors", "num_beams", "length_penalty",
                                              "early_stopping"))
-def rag_token_beam(generator: bart_lib.Bart, params, context_input_ids: Array,
+def rag_token_beam(gen: Generator, params, context_input_ids: Array,
                    context_attention_mask: Array, doc_scores: Array, *, num_beams: int,
-                   processors: Processors, start_token_id: int, pad_token_id: int,
-                   length_penalty: float = 1.0, early_stopping: Any = False):
-  """RAG-Token beam search: each beam keeps one cache per document; the encoder runs once per
-  document. [B * Z, S] contexts, [B, Z] doc scores -> (sequences [B, K, L], scores, lengths)."""
+                   processors: Processors, length_penalty: float = 1.0,
+                   early_stopping: Any = False):
+  """RAG-Token beam search: each beam keeps one cache row per document; each document is read
+  once and shared by its beams. [B * Z, S] contexts, [B, Z] doc scores -> (sequences
+  [B, K, L], scores, lengths)."""
   b, z = doc_scores.shape
-  cache = encoder_cache(generator, params, context_input_ids, context_attention_mask,
-                        processors.max_length - 1, batch=b, copies=num_beams, group=z)
-  step = rag_token_step(generator, params, context_attention_mask,
-                        jnp.repeat(doc_scores, num_beams, axis=0))
-  return beam_search(step, cache, batch=b, num_beams=num_beams, start_token_id=start_token_id,
-                     pad_token_id=pad_token_id, processors=processors,
-                     length_penalty=length_penalty, early_stopping=early_stopping,
-                     reorder_cache=functools.partial(reorder_decoder_cache, group=z))
+  cache = gen.prefill(params, context_input_ids, context_attention_mask,
+                      processors.max_length - 1, copies=num_beams, group=z)
+  step = rag_token_step(gen, params, jnp.repeat(doc_scores, num_beams, axis=0))
+  return beam_search(step, cache, batch=b, num_beams=num_beams,
+                     start_token_id=gen.start_token_id, pad_token_id=gen.pad_token_id,
+                     processors=processors, length_penalty=length_penalty,
+                     early_stopping=early_stopping,
+                     reorder_cache=functools.partial(gen.reorder, group=z))
 
 
-def bart_step(generator: bart_lib.Bart, params, encoder_mask: Optional[Array]):
+def generator_step(gen: Generator, params):
   """The plain generator step: (tokens [N], cache, cur_len) -> (log-probs [N, V], cache)."""
   def step(tokens, cache, cur_len):
     del cur_len
-    logits, cache = generator.apply({"params": params}, tokens[:, None], cache, encoder_mask,
-                                    method=bart_lib.Bart.decode_step)
+    logits, cache = gen.step(params, tokens[:, None], cache)
     return jax.nn.log_softmax(logits[:, 0], axis=-1), cache
   return step
 
 
-@functools.partial(jax.jit, static_argnames=("generator", "processors", "start_token_id",
-                                             "pad_token_id", "num_beams", "length_penalty",
+@functools.partial(jax.jit, static_argnames=("gen", "processors", "num_beams", "length_penalty",
                                              "early_stopping"))
-def bart_beam(generator: bart_lib.Bart, params, input_ids: Array,
-              attention_mask: Optional[Array], *, num_beams: int, processors: Processors,
-              start_token_id: int, pad_token_id: int, length_penalty: float = 1.0,
-              early_stopping: Any = False):
-  """Beam search with the generator alone: [N, S] inputs -> ([N, K, L], scores, lengths)."""
-  n = input_ids.shape[0]
-  cache = encoder_cache(generator, params, input_ids, attention_mask, processors.max_length - 1,
-                        batch=n, copies=num_beams)
-  return beam_search(bart_step(generator, params, attention_mask), cache, batch=n,
-                     num_beams=num_beams, start_token_id=start_token_id, pad_token_id=pad_token_id,
+def generator_beam(gen: Generator, params, context_input_ids: Array,
+                   context_attention_mask: Optional[Array], *, num_beams: int,
+                   processors: Processors, length_penalty: float = 1.0,
+                   early_stopping: Any = False):
+  """Beam search with the generator alone, one per context (RAG-Sequence's per-document
+  search): [N, S] contexts and their mask -> ([N, K, L], scores, lengths)."""
+  n = context_input_ids.shape[0]
+  cache = gen.prefill(params, context_input_ids, context_attention_mask,
+                      processors.max_length - 1, copies=num_beams)
+  return beam_search(generator_step(gen, params), cache, batch=n, num_beams=num_beams,
+                     start_token_id=gen.start_token_id, pad_token_id=gen.pad_token_id,
                      processors=processors, length_penalty=length_penalty,
-                     early_stopping=early_stopping, reorder_cache=reorder_decoder_cache)
+                     early_stopping=early_stopping, reorder_cache=gen.reorder)
+
+
+@functools.partial(jax.jit, static_argnames=("gen", "length", "copies", "group"))
+def prefill(gen: Generator, params, context_input_ids: Array, context_attention_mask: Array, *,
+            length: int, copies: int = 1, group: int = 1) -> Any:
+  """`Generator.prefill`, jitted."""
+  return gen.prefill(params, context_input_ids, context_attention_mask, length, copies=copies,
+                     group=group)
+
+
+def rag_sequence_fast(gen: Generator, params, context_input_ids, context_attention_mask,
+                      doc_scores, *, num_beams: int, num_return_sequences: int,
+                      processors: Processors, length_penalty: float = 1.0,
+                      early_stopping: Any = False) -> np.ndarray:
+  """RAG-Sequence *fast* decoding: beam search under every document, then `fast_select`: no
+  forced-decoding pass. [B * Z, S] contexts, [B, Z] doc scores -> [B * returns, T] ids."""
+  b, z = np.shape(doc_scores)
+  seqs, scores, gen_len = generator_beam(
+      gen, params, jnp.asarray(context_input_ids), jnp.asarray(context_attention_mask),
+      num_beams=num_beams, processors=processors, length_penalty=length_penalty,
+      early_stopping=early_stopping)
+  gen_len = np.asarray(gen_len)
+  # Undo the length penalty: the beam's score is sum(log p) / generated ** penalty.
+  log_probs = np.asarray(scores, np.float64) * np.maximum(gen_len, 1) ** length_penalty
+  doc_lp = np.asarray(marginalize.doc_log_probs(jnp.asarray(doc_scores, jnp.float32)))
+  shape = (b, z, num_beams)
+  picks = fast_select(np.asarray(seqs).reshape(*shape, -1), log_probs.reshape(shape), doc_lp,
+                      (gen_len + 1).reshape(shape), num_return_sequences)
+  return pad_rows([np.asarray(y) for row in picks for y, _ in row], gen.pad_token_id)
+
+
+def rag_sequence_thorough(gen: Generator, params, context_input_ids, context_attention_mask,
+                          doc_scores, *, score: Callable[..., Array], bos_token_id: int,
+                          num_beams: int, num_return_sequences: int, processors: Processors,
+                          length_penalty: float = 1.0, early_stopping: Any = False
+                          ) -> np.ndarray:
+  """RAG-Sequence *thorough* decoding, batched: beam search under every document (with the
+  contexts' mask), the candidates of each example deduplicated, each scored under all its
+  documents in one forced-decoding pass (RAG-Sequence likelihood), the best kept.
+
+  HF runs the per-document beam search of a BART without the contexts' mask (its RAG passes
+  attention_mask=None to `generate`); here it has it, as the scoring pass does. The two
+  agree where no context is padded.
+
+  Args:
+    gen, params: the generator and its params.
+    context_input_ids, context_attention_mask: [B * Z, S]; doc_scores: [B, Z].
+    score: (cache, labels [B * c, T], doc_scores [B * c, Z], drop_first [B * c]) -> RAG-Sequence
+      NLL [B * c] of c candidates per example, decoded in one step over `cache`, which
+      `prefill` made for them (`Rag.nll` with `prefilled`).
+    bos_token_id: the BOS of RAG-Sequence's first-position rule.
+    The rest as `generator_beam`.
+  Returns:
+    [B * num_return_sequences, T] int32 ids, right-padded.
+  """
+  b, z = np.shape(doc_scores)
+  ctx, mask = jnp.asarray(context_input_ids), jnp.asarray(context_attention_mask)
+  seqs, _, gen_len = generator_beam(gen, params, ctx, mask, num_beams=num_beams,
+                                    processors=processors, length_penalty=length_penalty,
+                                    early_stopping=early_stopping)
+  seqs = np.asarray(seqs).reshape(b, z * num_beams, -1)         # [B, Z * beams, L], doc-major
+  gen_len = np.asarray(gen_len).reshape(b, z * num_beams)
+  length = 1 + int(gen_len.max())
+  # HF's per-example truncation, then deduplication keeping first occurrences: only the
+  # distinct candidates are scored (beams under different documents often agree).
+  uniques = []
+  for i in range(b):
+    first = {}
+    for j, row in enumerate(seqs[i, :, :1 + int(gen_len[i].max())]):
+      first.setdefault(tuple(row), j)
+    uniques.append(list(first.values()))
+  # Candidates per example, padded with repeats of the first to C, scored `chunk` per example
+  # at a time: one call holds [B * chunk * Z, T, vocab] logits, at most THOROUGH_SCORE_ROWS
+  # decoder rows (or one candidate per example), however many candidates there are. Both
+  # are powers of two (C at most Z * beams, unless that is not a multiple of the chunk), so
+  # few shapes are compiled.
+  c = min(z * num_beams, 1 << (max(map(len, uniques)) - 1).bit_length())
+  chunk = min(c, 1 << max(0, (THOROUGH_SCORE_ROWS // (b * z)).bit_length() - 1))
+  c = -(-c // chunk) * chunk
+  picked = np.array([u + u[:1] * (c - len(u)) for u in uniques])           # [B, C]
+  cands = np.take_along_axis(seqs[:, :, :length], picked[:, :, None], axis=1)  # [B, C, T]
+  drop_first = jnp.asarray(np.repeat([np.all(seqs[i, :, 1] == bos_token_id) for i in range(b)],
+                                     chunk))
+  # The contexts are read once (BART: encoder and cross-attention keys/values; a decoder-only
+  # model: the prompts' KV cache); every chunk of candidates reuses that reading (chunk * Z
+  # rows per example sharing its Z).
+  cache = prefill(gen, params, ctx, mask, length=length, copies=chunk, group=z)
+  scores = jnp.asarray(np.repeat(np.asarray(doc_scores, np.float32), chunk, axis=0))
+  nll = np.empty((b, c), np.float32)
+  for start in range(0, c, chunk):
+    labels = jnp.asarray(cands[:, start:start + chunk].reshape(b * chunk, length))
+    nll[:, start:start + chunk] = np.asarray(score(cache, labels, scores,
+                                                   drop_first)).reshape(b, chunk)
+  hypos = []
+  for i in range(b):
+    n = len(uniques[i])  # the distinct candidates, in first-occurrence order
+    order = sorted(range(n), key=lambda j: nll[i, j])[:num_return_sequences]
+    hypos.extend(cands[i, j, :1 + int(gen_len[i].max())] for j in order)
+  return pad_rows(hypos, gen.pad_token_id)
 
 
 def fast_select(sequences, log_probs, doc_log_probs, lengths, num_return: int):
@@ -384,4 +448,12 @@ def fast_select(sequences, log_probs, doc_log_probs, lengths, num_return: int):
         scores[y] = np.logaddexp(scores[y], term) if y in scores else term
     ranked = sorted(scores.items(), key=lambda item: -item[1])[:num_return]
     out.append(ranked)
+  return out
+
+
+def pad_rows(rows, pad_token_id: int) -> np.ndarray:
+  """Token id rows of different lengths -> [N, longest] int32, right-padded."""
+  out = np.full((len(rows), max(len(r) for r in rows)), pad_token_id, np.int32)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r
   return out

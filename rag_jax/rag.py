@@ -9,9 +9,15 @@ Two layers. `Rag` is the computation: the modules and the RAG config, no params;
 method is a pure function of a params pytree `{"question_encoder", "generator"}`, so
 `jax.jit` and `jax.grad` apply and a train step owns (and donates) the params. `RagModel` is
 the thin inference wrapper: a `Rag`, its params and tokenizers, for `generate`, `retrieve`
-and scoring with the checkpoint's own params. Layouts follow HF's RAG: contexts are `[batch * docs, length]`,
-the docs of example b in rows `b * docs ... b * docs + docs - 1`; labels are `[batch, T]`,
-padded with the generator's pad id, fed unshifted to the decoder and scored shifted left.
+and scoring with the checkpoint's own params. Layouts follow HF's RAG: contexts are
+`[batch * docs, length]`, the docs of example b in rows `b * docs ... b * docs + docs - 1`;
+labels are `[batch, T]`, padded with the generator's pad id, fed unshifted to the decoder and
+scored shifted left.
+
+The generator is a BART or a decoder-only Llama, reached only through its interface
+(rag_jax.models.generator): for a Llama the contexts are the prompts (the same
+`title / text // question` strings, `prompt_format` for a chat template), padded on either
+side (`contextualize` left-pads them), and each label row follows its prompt.
 
 Shapes: B = batch, Z = docs, S = context length, T = target length, D = retrieval dim,
 V = vocabulary.
@@ -19,17 +25,20 @@ V = vocabulary.
 
 import dataclasses
 import pathlib
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rag_jax import assets
 from rag_jax import decoding as decoding_lib
+from rag_jax import gguf_file
 from rag_jax import marginalize
+from rag_jax import prompts
 from rag_jax import weights
-from rag_jax.models import bart as bart_lib
 from rag_jax.models import bert as bert_lib
+from rag_jax.models import generator as generator_lib
 
 Array = jax.Array
 Params = Dict[str, Any]
@@ -39,9 +48,6 @@ KINDS = ("token", "sequence", "soft")
 GENERATION_DEFAULTS = {"max_length": 20, "min_length": 0, "num_beams": 1,
                        "num_return_sequences": 1, "no_repeat_ngram_size": 0,
                        "bad_words_ids": None, "length_penalty": 1.0, "early_stopping": False}
-# Decoder rows per call of thorough decoding's scoring pass (candidates x documents): it bounds
-# the [rows, T, vocab] logits that pass holds (128 x 21 x 50,265 float32: 0.5 GB).
-THOROUGH_SCORE_ROWS = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +61,9 @@ class RagConfig:
   label_smoothing: float = 0.0
   exclude_bos_score: bool = False
   bos_token_id: Optional[int] = None  # None: the generator's (as HF's get_nll falls back)
+  # The token every target starts with (generator.Generator.start_token_id); None: the
+  # generator's own (BART: decoder_start_token_id; a decoder-only model: its bos, else eos).
+  target_start_token_id: Optional[int] = None
 
   @classmethod
   def from_hf(cls, hf: Mapping[str, Any], **overrides) -> "RagConfig":
@@ -91,14 +100,22 @@ class Rag:
   Every method is a pure function of `params = {"question_encoder", "generator"}`. The class
   is hashable, so it may be a static argument of `jax.jit`.
 
+  The generator is reached only through its `Generator` interface (`self.gen`), so the same
+  code runs over a BART or a decoder-only Llama.
+
   Attributes:
     question_encoder: BertEncoder producing q(x) [B, D].
-    generator: Bart.
+    generator: the generator module (a Bart or a Llama), or a `generator.Generator`.
     config: RagConfig.
   """
   question_encoder: bert_lib.BertEncoder
-  generator: bart_lib.Bart
+  generator: Any
   config: RagConfig = RagConfig()
+
+  @property
+  def gen(self) -> generator_lib.Generator:
+    """The generator's interface (rag_jax.models.generator), with the config's start token."""
+    return generator_lib.adapt(self.generator, self.config.target_start_token_id)
 
   def question_vectors(self, params: Params, input_ids: Array,
                        attention_mask: Optional[Array] = None, *, deterministic: bool = True,
@@ -131,10 +148,13 @@ class Rag:
 
     Args:
       params: {"question_encoder", "generator"}; only the generator's are used here.
-      context_input_ids, context_attention_mask: [B * Z, S] generator inputs.
+      context_input_ids, context_attention_mask: [B * Z, S] generator inputs (for a
+        decoder-only generator the prompts, padded on either side).
       doc_scores: [B, Z] (-inf for a missing document).
-      labels: [B, T], padded with the generator's pad id (-100 is read as padding too).
-      kind: "token", "sequence" or "soft" (soft retrieval, see marginalize.soft_retrieval_mix).
+      labels: [B, T], padded with the generator's pad id (-100 is read as padding too),
+        starting with its start token.
+      kind: "token", "sequence" or "soft" (soft retrieval, see marginalize.soft_retrieval_mix;
+        generators with an encoder only).
       epsilon: label smoothing, as HF applies it; default: the config's label_smoothing.
       exclude_bos_score: RAG-Sequence only; default from the config.
       deterministic, rngs: dropout.
@@ -147,24 +167,26 @@ class Rag:
           context_attention_mask: Array, doc_scores: Array, labels: Array, *, kind: str,
           epsilon: Optional[float], exclude_bos_score: Optional[bool],
           deterministic: bool = True, rngs: Optional[Dict[str, Array]] = None,
-          drop_first: Optional[Array] = None,
-          decoder_cache: Optional[bart_lib.DecoderCache] = None) -> Array:
+          drop_first: Optional[Array] = None, prefilled: Any = None) -> Array:
     """`loss` with the two knobs thorough decoding's scoring pass needs.
 
     Args:
       drop_first: RAG-Sequence only: [B] bool, rows whose first target position is not
         scored, replacing HF's batch-wide BOS rule (thorough decoding scores the candidates
         of each example as HF does, one example per call).
-      decoder_cache: token / sequence only: an empty decoding cache of B * Z decoder rows
-        holding the contexts' projected encoder states (then context_input_ids is not read,
-        context_attention_mask is the mask of the cache's encoder rows, and the labels are
-        decoded in one cached pass: scoring many candidates on the same contexts projects
-        them once; `decoding.encoder_cache` makes one whose candidates share them).
+      prefilled: token / sequence only: a `Generator.prefill` cache of B * Z rows, its
+        contexts read and nothing decoded yet (then the contexts are not read again and the
+        labels are decoded in one cached step: scoring many candidates on the same contexts
+        reads them once; `decoding.rag_sequence_thorough` makes one whose candidates share
+        them).
     The rest as `loss`.
     """
     if kind not in KINDS:
       raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
-    g = self.generator.config
+    g = self.gen
+    if kind == "soft" and not g.has_encoder:
+      raise ValueError(f"kind='soft' mixes encoder states; the {type(g.module).__name__} "
+                       "generator has no encoder")
     if exclude_bos_score is None:
       exclude_bos_score = self.config.exclude_bos_score
     if epsilon is None:
@@ -173,31 +195,29 @@ class Rag:
     labels = jnp.where(labels < 0, g.pad_token_id, labels)
     b, z = doc_scores.shape
     t = labels.shape[1]
-    gen = {"params": params["generator"]}
-    call = lambda method, *args, **kw: self.generator.apply(
-        gen, *args, method=method, deterministic=deterministic, rngs=rngs, **kw)
+    gen_params = params["generator"]
+    dropout = dict(deterministic=deterministic, rngs=rngs)
 
     targets = shift_left(labels, g.pad_token_id)                               # [B, T]
     pad_mask = (targets != g.pad_token_id).astype(jnp.int32)                   # [B, T]
     smoothing = epsilon > 0
     if kind == "soft":
-      states = call(bart_lib.Bart.encode, context_input_ids, context_attention_mask)
+      states = g.encode(gen_params, context_input_ids, context_attention_mask, **dropout)
       mixed, mixed_mask = marginalize.soft_retrieval_mix(
           states.reshape(b, z, *states.shape[1:]), context_attention_mask.reshape(b, z, -1),
           doc_scores)
-      logits = call(bart_lib.Bart.decode, labels, mixed.astype(states.dtype), mixed_mask)
+      logits = g.decode(gen_params, labels, mixed.astype(states.dtype), mixed_mask, **dropout)
       lp, smooth = marginalize.target_log_probs(logits, targets, with_smoothing=smoothing)
       scored = pad_mask * jnp.isfinite(doc_scores).any(axis=1, keepdims=True)  # no docs: 0
       ll = jnp.sum(lp * scored, axis=1)
       smooth_ll = jnp.sum(smooth * scored, axis=1) if smoothing else None
     else:
       dec_in = jnp.repeat(labels, z, axis=0)                                   # [BZ, T]
-      if decoder_cache is None:
-        states = call(bart_lib.Bart.encode, context_input_ids, context_attention_mask)
-        logits = call(bart_lib.Bart.decode, dec_in, states, context_attention_mask)
+      if prefilled is None:
+        logits = g.target_logits(gen_params, context_input_ids, context_attention_mask, dec_in,
+                                 **dropout)
       else:
-        logits, _ = call(bart_lib.Bart.decode_step, dec_in, decoder_cache,
-                         context_attention_mask)
+        logits, _ = g.step(gen_params, dec_in, prefilled)
       logits = logits.reshape(b, z, t, -1)                                     # [B, Z, T, V]
       lp, smooth = marginalize.target_log_probs(
           logits, jnp.broadcast_to(targets[:, None], (b, z, t)), with_smoothing=smoothing)
@@ -223,9 +243,9 @@ class Rag:
                          decoder_input_ids: Array) -> Array:
     """RAG-Token's marginalised next-token log-probs [B, T, V] (HF's do_marginalize=True)."""
     b, z = doc_scores.shape
-    logits = self.generator.apply({"params": params["generator"]}, context_input_ids,
-                                  context_attention_mask,
-                                  jnp.repeat(decoder_input_ids, z, axis=0))
+    logits = self.gen.target_logits(params["generator"], context_input_ids,
+                                    context_attention_mask,
+                                    jnp.repeat(decoder_input_ids, z, axis=0))
     return marginalize.rag_token_marginal(logits.reshape(b, z, *logits.shape[1:]), doc_scores)
 
   def posteriors(self, params: Params, context_input_ids: Array, context_attention_mask: Array,
@@ -234,8 +254,8 @@ class Rag:
     RagModel.doc_posteriors."""
     b, z = doc_scores.shape
     dec_in, targets = sequences[:, :-1], sequences[:, 1:]
-    logits = self.generator.apply({"params": params["generator"]}, context_input_ids,
-                                  context_attention_mask, jnp.repeat(dec_in, z, axis=0))
+    logits = self.gen.target_logits(params["generator"], context_input_ids,
+                                    context_attention_mask, jnp.repeat(dec_in, z, axis=0))
     lp, _ = marginalize.target_log_probs(logits.reshape(b, z, *logits.shape[1:]),
                                          jnp.repeat(targets[:, None], z, axis=1))
     joint = lp + marginalize.doc_log_probs(doc_scores)[:, :, None]               # [B, Z, T-1]
@@ -245,8 +265,10 @@ class Rag:
   def bos_token_id(self) -> int:
     """The BOS that RAG-Sequence's first-position rule looks for: the RAG config's, else the
     generator's."""
-    g = self.generator.config
-    return g.bos_token_id if self.config.bos_token_id is None else self.config.bos_token_id
+    if self.config.bos_token_id is not None:
+      return self.config.bos_token_id
+    bos = self.gen.bos_token_id
+    return -1 if bos is None else bos  # -1: no token is a BOS
 
 
 @dataclasses.dataclass
@@ -258,17 +280,20 @@ class RagModel:
     params: {"question_encoder": ..., "generator": ...}.
     question_tokenizer, generator_tokenizer: HF tokenizers, when the checkpoint has them.
     generation_defaults: the checkpoint's generation settings.
+    prompt_format: a decoder-only generator's prompt for a context string (`title / text //
+      question`); None: the string itself. `prompts.chat_prompt(tokenizer)` makes one for an
+      instruct model's chat template.
   """
   rag: Rag
   params: Params
   question_tokenizer: Any = None
   generator_tokenizer: Any = None
   generation_defaults: Dict[str, Any] = dataclasses.field(default_factory=dict)
+  prompt_format: Optional[Callable[[str], str]] = None
 
   def __post_init__(self):
     self._loss = jax.jit(self.rag.nll, static_argnames=("kind", "epsilon", "exclude_bos_score"))
     self._posteriors = jax.jit(self.rag.posteriors)
-    self._score_cache = jax.jit(self._score_cache_fn, static_argnums=(3, 4, 5))
 
   # ----------------------------------------------------------------------------------------
   # Loading.
@@ -313,22 +338,37 @@ class RagModel:
   @classmethod
   def from_parts(cls, question_encoder, generator, *, dtype=jnp.float32,
                  **config) -> "RagModel":
-    """Builds a RAG model from a DPR question encoder and a BART checkpoint (paths or hub
-    names), e.g. facebook/dpr-question_encoder-single-nq-base + facebook/bart-large."""
-    rag_config = RagConfig(**config)
-    question_encoder, generator = weights.resolve(question_encoder), weights.resolve(generator)
+    """Builds a RAG model from a question encoder and a generator, each a directory, a hub
+    name or `asset:NAME`.
+
+    The question encoder is a DPR (or sentence-transformers) BERT checkpoint; the generator
+    an HF BART checkpoint (facebook/bart-large), or a decoder-only Llama: an HF
+    LlamaForCausalLM directory, a `.gguf` file or a directory holding one
+    (`asset:smollm2-135m-instruct`). For a decoder-only generator with a tokenizer, targets
+    start with a newline unless `target_start_token_id` says otherwise, so the answer
+    follows the prompt on its own line (`prompt_format` for a chat template).
+
+    Args:
+      question_encoder, generator: the two checkpoints.
+      dtype: computation dtype.
+      **config: RagConfig fields.
+    """
+    question_encoder = weights.resolve(question_encoder)
     q_module, q_params = weights.load_bert(question_encoder, dtype=dtype)
-    g_module, g_params = weights.load_bart(generator, dtype=dtype)
-    return cls(Rag(q_module, g_module, rag_config),
+    g_module, g_params, g_tokenizer = _load_generator(generator, dtype)
+    if not generator_lib.adapt(g_module).has_encoder and g_tokenizer is not None:
+      config.setdefault("target_start_token_id", prompts.newline_token(g_tokenizer))
+    return cls(Rag(q_module, g_module, RagConfig(**config)),
                {"question_encoder": q_params, "generator": g_params},
-               _optional_tokenizer(question_encoder), _optional_tokenizer(generator))
+               _optional_tokenizer(question_encoder), g_tokenizer)
 
   @property
   def question_encoder(self) -> bert_lib.BertEncoder:
     return self.rag.question_encoder
 
   @property
-  def generator(self) -> bart_lib.Bart:
+  def generator(self):
+    """The generator module (a Bart or a Llama); `self.rag.gen` is its interface."""
     return self.rag.generator
 
   @property
@@ -387,123 +427,37 @@ class RagModel:
     if not 1 <= num_return_sequences <= num_beams:
       raise ValueError(f"num_return_sequences {num_return_sequences} must be in 1..num_beams "
                        f"({num_beams})")
-    g = self.generator.config
+    gen = self.rag.gen
     processors = decoding_lib.Processors(
-        eos_token_id=g.eos_token_id, max_length=max_length, min_length=min_length,
-        no_repeat_ngram_size=no_repeat_ngram_size, forced_bos_token_id=g.forced_bos_token_id,
-        forced_eos_token_id=g.forced_eos_token_id,
+        eos_token_id=gen.eos_token_id, max_length=max_length, min_length=min_length,
+        no_repeat_ngram_size=no_repeat_ngram_size, forced_bos_token_id=gen.forced_bos_token_id,
+        forced_eos_token_id=gen.forced_eos_token_id,
         bad_words_ids=tuple(tuple(w) for w in bad_words_ids or ()))
-    args = (self.generator, self.params["generator"], jnp.asarray(context_input_ids),
+    args = (gen, self.params["generator"], jnp.asarray(context_input_ids),
             jnp.asarray(context_attention_mask), jnp.asarray(doc_scores, jnp.float32))
-    common = dict(processors=processors, start_token_id=g.decoder_start_token_id,
-                  pad_token_id=g.pad_token_id)
     if decoding == "greedy":
-      sequences, length = decoding_lib.rag_token_greedy(*args, **common)
+      sequences, length = decoding_lib.rag_token_greedy(*args, processors=processors)
       return np.asarray(sequences)[:, :int(length)]
+    beams = dict(num_beams=num_beams, processors=processors, length_penalty=length_penalty,
+                 early_stopping=early_stopping)
     if decoding == "fast":
-      return self._fast(context_input_ids, context_attention_mask, doc_scores,
-                        num_beams=num_beams, num_return_sequences=num_return_sequences,
-                        length_penalty=length_penalty, early_stopping=early_stopping, **common)
+      return decoding_lib.rag_sequence_fast(*args, num_return_sequences=num_return_sequences,
+                                            **beams)
     if decoding == "thorough":
-      return self._thorough(context_input_ids, context_attention_mask, doc_scores,
-                            num_beams=num_beams, num_return_sequences=num_return_sequences,
-                            length_penalty=length_penalty, early_stopping=early_stopping,
-                            **common)
-    sequences, _, gen_len = decoding_lib.rag_token_beam(
-        *args, num_beams=num_beams, length_penalty=length_penalty,
-        early_stopping=early_stopping, **common)
+      return decoding_lib.rag_sequence_thorough(
+          *args, score=self._score_candidates, bos_token_id=self.rag.bos_token_id,
+          num_return_sequences=num_return_sequences, **beams)
+    sequences, _, gen_len = decoding_lib.rag_token_beam(*args, **beams)
     sequences = np.asarray(sequences)[:, :num_return_sequences]
     length = 1 + int(np.asarray(gen_len)[:, :num_return_sequences].max())
     return sequences.reshape(-1, sequences.shape[-1])[:, :length]
 
-  def _fast(self, context_input_ids, context_attention_mask, doc_scores, *, num_beams,
-            num_return_sequences, processors, start_token_id, pad_token_id, length_penalty,
-            early_stopping) -> np.ndarray:
-    """RAG-Sequence fast decoding: beam search under every document (with the contexts'
-    masks), then decoding.fast_select: no forced-decoding pass."""
-    b, z = np.shape(doc_scores)
-    seqs, scores, gen_len = decoding_lib.bart_beam(
-        self.generator, self.params["generator"], jnp.asarray(context_input_ids),
-        jnp.asarray(context_attention_mask), num_beams=num_beams, processors=processors,
-        start_token_id=start_token_id, pad_token_id=pad_token_id,
-        length_penalty=length_penalty, early_stopping=early_stopping)
-    gen_len = np.asarray(gen_len)
-    # Undo the length penalty: the beam's score is sum(log p) / generated ** penalty.
-    log_probs = np.asarray(scores, np.float64) * np.maximum(gen_len, 1) ** length_penalty
-    doc_lp = np.asarray(marginalize.doc_log_probs(jnp.asarray(doc_scores, jnp.float32)))
-    shape = (b, z, num_beams)
-    picks = decoding_lib.fast_select(np.asarray(seqs).reshape(*shape, -1),
-                                     log_probs.reshape(shape), doc_lp,
-                                     (gen_len + 1).reshape(shape), num_return_sequences)
-    return _pad_rows([np.asarray(y) for row in picks for y, _ in row], pad_token_id)
-
-  def _score_cache_fn(self, params, context_input_ids, context_attention_mask, length: int,
-                      copies: int, z: int) -> bart_lib.DecoderCache:
-    """An empty decoding cache for `length` positions over [B * Z] contexts, each example's Z
-    rows repeated `copies` times (rows ordered example, copy, document)."""
-    return decoding_lib.encoder_cache(self.generator, params, context_input_ids,
-                                      context_attention_mask, length,
-                                      batch=context_input_ids.shape[0] // z, copies=copies,
-                                      group=z)
-
-  def _thorough(self, context_input_ids, context_attention_mask, doc_scores, *, num_beams,
-                num_return_sequences, processors, start_token_id, pad_token_id, length_penalty,
-                early_stopping) -> np.ndarray:
-    """RAG-Sequence thorough decoding, batched: beam search under every document, the
-    candidates of each example deduplicated, each scored under all its documents in one
-    forced-decoding pass (RAG-Sequence likelihood), the best kept.
-
-    As HF, the per-document beam search runs the encoder without the contexts' attention mask
-    (HF passes attention_mask=None to it), and the scoring pass with it.
-    """
-    g = self.generator.config
-    b, z = np.shape(doc_scores)
-    ctx = jnp.asarray(context_input_ids)
-    seqs, _, gen_len = decoding_lib.bart_beam(
-        self.generator, self.params["generator"], ctx, None, num_beams=num_beams,
-        processors=processors, start_token_id=start_token_id, pad_token_id=pad_token_id,
-        length_penalty=length_penalty, early_stopping=early_stopping)
-    seqs = np.asarray(seqs).reshape(b, z * num_beams, -1)         # [B, Z * beams, L], doc-major
-    gen_len = np.asarray(gen_len).reshape(b, z * num_beams)
-    length = 1 + int(gen_len.max())
-    # HF's per-example truncation, then deduplication keeping first occurrences: only the
-    # distinct candidates are scored (beams under different documents often agree).
-    uniques = []
-    for i in range(b):
-      first = {}
-      for j, row in enumerate(seqs[i, :, :1 + int(gen_len[i].max())]):
-        first.setdefault(tuple(row), j)
-      uniques.append(list(first.values()))
-    # Candidates per example, padded with repeats of the first to C, scored `chunk` per example
-    # at a time: one call holds [B * chunk * Z, T, vocab] logits, at most THOROUGH_SCORE_ROWS
-    # decoder rows (or one candidate per example), however many candidates there are. Both
-    # are powers of two (C at most Z * beams, unless that is not a multiple of the chunk), so
-    # few shapes are compiled.
-    c = min(z * num_beams, 1 << (max(map(len, uniques)) - 1).bit_length())
-    chunk = min(c, 1 << max(0, (THOROUGH_SCORE_ROWS // (b * z)).bit_length() - 1))
-    c = -(-c // chunk) * chunk
-    picked = np.array([u + u[:1] * (c - len(u)) for u in uniques])           # [B, C]
-    cands = np.take_along_axis(seqs[:, :, :length], picked[:, :, None], axis=1)  # [B, C, T]
-    bos = self.rag.bos_token_id
-    drop_first = jnp.asarray(np.repeat([np.all(seqs[i, :, 1] == bos) for i in range(b)], chunk))
-    # One encoder pass and one cross-attention projection over the B * Z contexts; every chunk
-    # of candidates reuses it (chunk * Z decoder rows per example attending to its Z).
-    mask = jnp.asarray(context_attention_mask)
-    cache = self._score_cache(self.params["generator"], ctx, mask, length, chunk, z)
-    scores = jnp.asarray(np.repeat(np.asarray(doc_scores, np.float32), chunk, axis=0))
-    nll = np.empty((b, c), np.float32)
-    for start in range(0, c, chunk):
-      labels = jnp.asarray(cands[:, start:start + chunk].reshape(b * chunk, length))
-      nll[:, start:start + chunk] = np.asarray(self._loss(
-          self.params, None, mask, scores, labels, kind="sequence",
-          epsilon=self.config.label_smoothing, exclude_bos_score=True, drop_first=drop_first,
-          decoder_cache=cache)).reshape(b, chunk)
-    hypos = []
-    for i in range(b):
-      n = len(uniques[i])  # the distinct candidates, in first-occurrence order
-      order = sorted(range(n), key=lambda j: nll[i, j])[:num_return_sequences]
-      hypos.extend(cands[i, j, :1 + int(gen_len[i].max())] for j in order)
-    return _pad_rows(hypos, g.pad_token_id)
+  def _score_candidates(self, cache, labels, doc_scores, drop_first) -> Array:
+    """Thorough decoding's scoring pass: RAG-Sequence NLL [N] of candidates [N, T] decoded in
+    one step over a prefilled cache of their contexts (HF's scoring: exclude_bos_score)."""
+    return self._loss(self.params, None, None, doc_scores, labels, kind="sequence",
+                      epsilon=self.config.label_smoothing, exclude_bos_score=True,
+                      drop_first=drop_first, prefilled=cache)
 
   def doc_posteriors(self, context_input_ids, context_attention_mask, doc_scores,
                      sequences) -> np.ndarray:
@@ -555,12 +509,20 @@ class RagModel:
                     tokenizer=None):
     """Generator inputs for retrieved docs, as HF's RagRetriever builds them.
 
+    For BART: `title / text // question`, right-padded and truncated to max_combined_length
+    (as HF). For a decoder-only generator the same string, through `prompt_format`, is the
+    prompt: left-padded to the longest prompt of the batch, so that every target starts
+    right after it, and a prompt over max_combined_length tokens loses the end of its
+    passage text, never the question (only a question that alone is too long is cut, from
+    the left).
+
     Args:
       questions: B question strings.
       docs: B lists of Z {"title", "text"} passages.
       tokenizer: the generator's tokenizer (default: the checkpoint's).
     Returns:
-      context_input_ids, context_attention_mask: [B * Z, max_combined_length] int32 numpy.
+      context_input_ids, context_attention_mask: [B * Z, S] int32 numpy (S =
+      max_combined_length for BART, the longest prompt for a decoder-only generator).
     """
     tokenizer = tokenizer or self.generator_tokenizer
     if tokenizer is None:
@@ -570,6 +532,12 @@ class RagModel:
     if len({len(row) for row in docs}) > 1:
       raise ValueError("every question needs the same number of documents (pad with "
                        "empty passages and give them a -inf doc score)")
+    if not self.rag.gen.has_encoder:
+      fmt = self.prompt_format or (lambda context: context)
+      return prompts.encode_prompts(
+          tokenizer, [(d["title"], d["text"], q) for q, row in zip(questions, docs) for d in row],
+          lambda *c: fmt(format_context(*c, self.config)),
+          limit=self.config.max_combined_length, pad_token_id=self.rag.gen.pad_token_id)
     strings = [format_context(d["title"], d["text"], q, self.config)
                for q, row in zip(questions, docs) for d in row]
     enc = tokenizer(strings, max_length=self.config.max_combined_length, padding="max_length",
@@ -577,12 +545,18 @@ class RagModel:
     return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
 
 
-def _pad_rows(rows: Sequence[np.ndarray], pad_token_id: int) -> np.ndarray:
-  """Token id rows of different lengths -> [N, longest] int32, right-padded."""
-  out = np.full((len(rows), max(len(r) for r in rows)), pad_token_id, np.int32)
-  for i, r in enumerate(rows):
-    out[i, :len(r)] = r
-  return out
+def _load_generator(spec, dtype) -> Tuple[Any, Params, Any]:
+  """(module, params, tokenizer or None) of a generator checkpoint: a Llama (GGUF, or an HF
+  directory of model_type llama) or else a BART."""
+  local = pathlib.Path(assets.resolve_spec(spec)).expanduser()
+  if local.exists() and gguf_file.find_gguf(local) is not None:
+    return weights.load_llama(local, dtype=dtype)
+  directory = weights.resolve(local if local.exists() else spec)
+  config = directory / "config.json"
+  if config.is_file() and weights.read_json(config).get("model_type") == "llama":
+    return weights.load_llama(directory, dtype=dtype)
+  module, params = weights.load_bart(directory, dtype=dtype)
+  return module, params, _optional_tokenizer(directory)
 
 
 def _optional_tokenizer(path):

@@ -10,7 +10,7 @@ import transformers
 from conftest import max_abs, padded_batch, randomize_, rel_err
 from rag_jax import decoding
 from rag_jax import weights
-from rag_jax.models import Bart, shift_tokens_right
+from rag_jax.models import Bart, generator, shift_tokens_right
 
 TINY = dict(vocab_size=101, d_model=32, encoder_layers=2, decoder_layers=2,
             encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=37,
@@ -118,8 +118,8 @@ def test_decoder_rows_sharing_encoder_states_equal_their_own_copies(tmp_path, rn
                                TINY["pad_token_id"])
   dec_in = rng.integers(3, TINY["vocab_size"], size=(batch * copies * group, 5)).astype(np.int32)
   apply = lambda *args, **kw: module.apply({"params": params}, *args, **kw)
-  shared = decoding.encoder_cache(module, params, src, src_mask, 8, batch=batch, copies=copies,
-                                  group=group)
+  shared = generator.BartGenerator(module).prefill(params, src, src_mask, 8, copies=copies,
+                                                   group=group).decoder
   # The reference: every decoder row with its own copy of its source.
   rows = [(b * group + g) for b in range(batch) for _ in range(copies) for g in range(group)]
   own_src, own_mask = src[rows], src_mask[rows]
@@ -131,7 +131,7 @@ def test_decoder_rows_sharing_encoder_states_equal_their_own_copies(tmp_path, rn
   assert shared.cross_attn[0].key.shape[0] == batch * group
   with pytest.raises(ValueError, match="encoder_mask has 12 rows"):
     apply(dec_in[:, :1], shared, own_mask, method=Bart.decode_step)
-  with pytest.raises(TypeError, match="reorder_decoder_cache"):
+  with pytest.raises(TypeError, match="DecoderCache is reordered by its Generator.reorder"):
     decoding.reorder_rows(shared, jnp.arange(batch * copies))
 
 

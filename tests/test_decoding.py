@@ -8,7 +8,6 @@ import torch
 
 from conftest import padded_batch
 from rag_jax import decoding
-from rag_jax import rag
 from rag_jax.rag import RagModel
 from test_rag import G, PAD, _save_rag
 
@@ -132,15 +131,19 @@ def test_beam_search_finds_the_best_path_greedy_misses():
 
 
 # score_rows 1: the scoring pass goes one candidate per example at a time.
-@pytest.mark.parametrize("score_rows", [rag.THOROUGH_SCORE_ROWS, 1])
+@pytest.mark.parametrize("score_rows", [decoding.THOROUGH_SCORE_ROWS, 1])
 @pytest.mark.parametrize("num_beams, n_docs, num_return", [(2, 3, 1), (3, 2, 2), (4, 5, 3)])
 def test_rag_sequence_thorough_matches_hf_generate(tmp_path, rng, monkeypatch, num_beams,
                                                    n_docs, num_return, score_rows):
-  monkeypatch.setattr(rag, "THOROUGH_SCORE_ROWS", score_rows)
+  monkeypatch.setattr(decoding, "THOROUGH_SCORE_ROWS", score_rows)
   hf = _save_rag(tmp_path, "sequence", n_docs, seed=30 + n_docs)
   model = RagModel.from_pretrained(tmp_path)
   b = 3
-  ctx, ctx_mask = padded_batch(rng, rng.integers(4, 15, size=b * n_docs), G["vocab_size"], PAD)
+  # Unpadded contexts: HF's per-document beam search reads them without their mask (its RAG
+  # passes attention_mask=None to BART's generate), rag_jax with it; the two agree only where
+  # nothing is padded. Padded contexts are checked against a brute-force reference in
+  # test_rag_generators.py.
+  ctx, ctx_mask = padded_batch(rng, [11] * (b * n_docs), G["vocab_size"], PAD)
   doc_scores = (rng.standard_normal((b, n_docs)) * 2).astype(np.float32)
   with torch.no_grad():
     ref = hf.generate(context_input_ids=torch.tensor(ctx, dtype=torch.long),
@@ -205,10 +208,9 @@ def test_fast_decoding_end_to_end(tmp_path, rng):
                        num_beams=3, num_return_sequences=2, max_length=8)
   assert out.shape[0] == 4 and np.all(out[:, 0] == G["decoder_start_token_id"])
   # Each answer is one of the beams under some document of its example.
-  seqs, _, lengths = decoding.bart_beam(
-      model.generator, model.params["generator"], ctx, ctx_mask, num_beams=3,
-      processors=decoding.Processors(eos_token_id=2, max_length=8, forced_eos_token_id=2),
-      start_token_id=2, pad_token_id=PAD)
+  seqs, _, lengths = decoding.generator_beam(
+      model.rag.gen, model.params["generator"], ctx, ctx_mask, num_beams=3,
+      processors=decoding.Processors(eos_token_id=2, max_length=8, forced_eos_token_id=2))
   seqs = np.asarray(seqs).reshape(2, 3 * 3, -1)
   for row, example in zip(out, (0, 0, 1, 1)):
     trimmed = row[:np.max(np.nonzero(row != PAD)) + 1]

@@ -17,6 +17,7 @@ from conftest import max_abs, randomize_, rel_err
 from rag_jax import assets
 from rag_jax import gguf_file
 from rag_jax import weights
+from rag_jax.models import layers
 from rag_jax.models.llama import Llama, positions_from_mask
 
 TINY = dict(vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -114,6 +115,36 @@ def test_cached_decoding_equals_teacher_forcing(tmp_path, rng, overrides):
   assert max_abs(got[valid], ref[valid]) < 1e-5
   assert int(cache.index) == t + steps
   np.testing.assert_array_equal(np.asarray(cache.positions), prompt_mask.sum(1) + steps)
+
+
+@pytest.mark.parametrize("copies, group", [(1, 1), (3, 2)])
+def test_prefill_shared_by_copies_equals_teacher_forcing(tmp_path, rng, copies, group):
+  """Prompts prefilled once for C continuations each (LlamaCache.prefix, shared, not copied),
+  then new tokens, several and one at a time == teacher forcing of a copy of each prompt."""
+  _save(tmp_path, seed=3)
+  module, params, _ = weights.load_llama(tmp_path)
+  variables = {"params": params}
+  prompt, prompt_mask = _batch(rng)                                  # B * G prompt rows
+  rows, steps = prompt.shape[0] * copies, 5
+  new = rng.integers(3, TINY["vocab_size"], size=(rows, steps)).astype(np.int32)
+  cache = module.apply(variables, prompt, prompt_mask, steps + 1, copies=copies, group=group,
+                       method=Llama.prefill)
+  assert cache.prefix[0].key.shape[0] == prompt.shape[0]
+  assert cache.self_attn[0].key.shape[0] == rows
+  step = jax.jit(lambda ids, cache: module.apply(variables, ids, cache,
+                                                 method=Llama.decode_step))
+  got = []
+  for start, stop in [(0, 2), (2, 3), (3, 4), (4, 5)]:
+    logits, cache = step(new[:, start:stop], cache)
+    got.append(np.asarray(logits))
+  copied = lambda x: np.asarray(layers.expand_rows(jnp.asarray(x), copies, group))
+  full = np.concatenate([copied(prompt), new], axis=1)
+  full_mask = np.concatenate([copied(prompt_mask), np.ones_like(new)], axis=1)
+  ref = np.asarray(module.apply(variables, full, full_mask))[:, prompt.shape[1]:]
+  assert max_abs(np.concatenate(got, axis=1), ref) < 1e-5
+  tf = module.apply(variables, copied(prompt), copied(prompt_mask), new,
+                    method=Llama.continuation_logits)
+  assert max_abs(tf, ref) < 1e-5
 
 
 def test_config_errors(tmp_path):

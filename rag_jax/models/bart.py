@@ -142,38 +142,17 @@ class BartLayer(nn.Module):
                                                            deterministic=deterministic)
     x = self._residual(x, h, self.self_attn_norm, deterministic)
     if self.decoder:
-      h = _unshare(self.cross_attn(_share(x, *cross_share), bias=cross_bias, kv=cross_kv,
-                                   deterministic=deterministic), x.shape, *cross_share)
+      # Cross-attention has no causal mask, so the copies sharing a source's keys attend to
+      # them as extra query positions of one row (layers.share_rows).
+      h = layers.unshare_rows(self.cross_attn(layers.share_rows(x, *cross_share), bias=cross_bias,
+                                              kv=cross_kv, deterministic=deterministic),
+                              *cross_share)
       x = self._residual(x, h, self.cross_attn_norm, deterministic)
     x = self._residual(x, self.mlp(x, deterministic), self.mlp_norm, deterministic)
     return x, self_cache
 
   def project_cross_kv(self, encoder_states: Array) -> layers.KVCache:
     return self.cross_attn.project_kv(encoder_states)
-
-
-def _share(x: Array, copies: int, group: int) -> Array:
-  """[B * C * G, T, D] -> [B * G, C * T, D]: the C copies of each source row side by side.
-
-  Cross-attention treats every query position alike (no causal mask), so the copies of a
-  row can attend to its one set of encoder keys as extra query positions.
-  """
-  if copies == 1:
-    return x
-  n, t, d = x.shape
-  b = n // (copies * group)
-  x = x.reshape(b, copies, group, t, d).transpose(0, 2, 1, 3, 4)
-  return x.reshape(b * group, copies * t, d)
-
-
-def _unshare(x: Array, shape: Tuple[int, ...], copies: int, group: int) -> Array:
-  """The inverse of `_share`, back to `shape` [B * C * G, T, D]."""
-  if copies == 1:
-    return x
-  n, t, d = shape
-  b = n // (copies * group)
-  x = x.reshape(b, group, copies, t, d).transpose(0, 2, 1, 3, 4)
-  return x.reshape(n, t, d)
 
 
 class Bart(nn.Module):

@@ -1,4 +1,7 @@
-"""Building blocks shared by the encoders and generators: attention, feed-forward.
+"""Building blocks shared by the encoders and generators: attention, feed-forward, and the
+row sharing by which the beams of a generator attend to one copy of what they condition on
+(BART's encoder keys/values, a decoder-only model's prompt KV cache): `share_rows`,
+`expand_rows`, `take_rows` and `dot_product_attention`'s shared prefix.
 
 Everything here is a pure linen module: no I/O, no mesh. Parameters are created in
 `param_dtype` (float32) and the computation runs in `dtype` (float32 or bfloat16); softmax
@@ -119,6 +122,104 @@ def causal_bias(q_positions: Array, k_positions: Array) -> Array:
   return jnp.where(visible, 0.0, MASK_VALUE)[None, None].astype(jnp.float32)
 
 
+def share_rows(x: Array, copies: int, group: int, axis: int = 1) -> Array:
+  """Rows that attend to one shared source, moved beside each other along `axis`.
+
+  x has B * C * G rows, ordered (example b, copy c, member g of the group): the C copies (the
+  beams, or the candidates) of each of an example's G sources (its documents). The result has
+  the B * G source rows, with the C copies' entries side by side on `axis`:
+  [B * C * G, ..., R, ...] -> [B * G, ..., C * R, ...]. Attention treats every query row
+  alike, so the copies can attend to their source's one set of keys as extra query rows
+  instead of each holding a copy of them (BART's encoder keys/values, a prompt's KV cache).
+  """
+  if copies == 1:
+    return x
+  shape = x.shape
+  b = shape[0] // (copies * group)
+  x = x.reshape(b, copies, group, *shape[1:])
+  x = jnp.moveaxis(x, 1, axis + 1)                      # C just before the `axis` dimension
+  return x.reshape(b * group, *shape[1:axis], copies * shape[axis], *shape[axis + 1:])
+
+
+def unshare_rows(x: Array, copies: int, group: int, axis: int = 1) -> Array:
+  """The inverse of `share_rows`: [B * G, ..., C * R, ...] -> [B * C * G, ..., R, ...]."""
+  if copies == 1:
+    return x
+  shape = x.shape
+  b = shape[0] // group
+  x = x.reshape(b, group, *shape[1:axis], copies, shape[axis] // copies, *shape[axis + 1:])
+  x = jnp.moveaxis(x, axis + 1, 1)                      # [B, C, G, ..., R, ...]
+  return x.reshape(b * copies * group, *shape[1:axis], shape[axis] // copies, *shape[axis + 1:])
+
+
+def expand_rows(tree: Any, copies: int, group: int = 1) -> Any:
+  """Rows repeated for beams or candidates, in `share_rows`'s order: every leaf [B * G, ...]
+  (example-major, G rows per example) -> [B * C * G, ...] ordered (example, copy, row of the
+  group). Scalars and None pass through."""
+  def expand(x):
+    if x is None or x.ndim == 0 or copies == 1:
+      return x
+    x = x.reshape(x.shape[0] // group, 1, group, *x.shape[1:])
+    return jnp.repeat(x, copies, axis=1).reshape(-1, *x.shape[3:])
+  return jax.tree.map(expand, tree, is_leaf=lambda x: x is None)
+
+
+def take_rows(tree: Any, rows: Array, group: int = 1) -> Any:
+  """Gathers rows of every leaf with a leading row axis: row block i of the result is block
+  `rows[i]`, each block `group` rows long (the G documents of a beam, for RAG-Token); beam
+  search's reordering. Scalars pass through."""
+  idx = (rows[:, None] * group + jnp.arange(group)[None, :]).reshape(-1)
+  return jax.tree.map(lambda x: x[idx] if x.ndim > 0 else x, tree)
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, bias: Optional[Array],
+                          dropout: Callable[[Array], Array], dtype: Dtype, *,
+                          prefix: Optional["KVCache"] = None, prefix_bias: Optional[Array] = None,
+                          share: Tuple[int, int] = (1, 1)) -> Array:
+  """softmax(query . key + bias) . value, optionally over a shared prefix of keys as well.
+
+  Args:
+    query: [N, H, R, K] already scaled; R query rows per head (positions, or for grouped-query
+      attention the query heads of one key/value head times the positions).
+    key, value: [N, H, L, K].
+    bias: additive, broadcastable to [N, H, R, L] (float32), or None.
+    dropout: applied to the unnormalised weights (in `dtype`).
+    dtype: the dtype of the value matmul.
+    prefix: keys/values [N / C, H, S, K] that every query row also attends to, stored once per
+      source row and shared by its C copies (`share` = (C, G), see `share_rows`): a prompt's
+      KV cache shared by the beams decoding after it.
+    prefix_bias: additive, broadcastable to [N / C, H, C * R, S] (the prompt's padding).
+  Returns:
+    [N, H, R, K] float32.
+  """
+  logits = jnp.matmul(query, key.swapaxes(-1, -2)).astype(jnp.float32)        # [N, H, R, L]
+  if bias is not None:
+    logits = logits + bias
+  # softmax(logits) @ value with the normalisation moved after the matmul: dividing the
+  # [N, H, R, K] output by the row sums instead of the [N, H, R, L] probabilities is one
+  # pass less over the largest tensor (3x faster attention on XLA:CPU at L = 128). Dropout
+  # commutes with the division, so it applies to the unnormalised weights.
+  top = logits.max(axis=-1, keepdims=True)                                     # [N, H, R, 1]
+  if prefix is not None:
+    copies, group = share
+    shared_q = share_rows(query, copies, group, axis=2)                        # [N/C, H, C*R, K]
+    pre = jnp.matmul(shared_q, prefix.key.swapaxes(-1, -2)).astype(jnp.float32)  # [., ., ., S]
+    if prefix_bias is not None:
+      pre = pre + prefix_bias
+    # One max over both key sets, so that the two parts' weights share one scale.
+    top = jnp.maximum(top, unshare_rows(pre.max(axis=-1, keepdims=True), copies, group, axis=2))
+  top = jax.lax.stop_gradient(top)
+  weights = jnp.exp(logits - top)
+  total = weights.sum(axis=-1, keepdims=True)                                  # [N, H, R, 1]
+  mixed = jnp.matmul(dropout(weights.astype(dtype)), value).astype(jnp.float32)
+  if prefix is not None:
+    pre_weights = jnp.exp(pre - share_rows(top, copies, group, axis=2))
+    total = total + unshare_rows(pre_weights.sum(axis=-1, keepdims=True), copies, group, axis=2)
+    pre_mixed = jnp.matmul(dropout(pre_weights.astype(dtype)), prefix.value.astype(dtype))
+    mixed = mixed + unshare_rows(pre_mixed.astype(jnp.float32), copies, group, axis=2)
+  return mixed / total
+
+
 @flax.struct.dataclass
 class KVCache:
   """Keys and values of one attention layer, kept between decoding steps.
@@ -168,17 +269,8 @@ class Attention(nn.Module):
     # Heads-major layout for the two batched matmuls: XLA:CPU runs "bhtk,bhsk" several times
     # faster when the operands are materialised as [B, H, *, K] than via einsum on [B, T, H, K].
     query = query.transpose(0, 2, 1, 3)                                        # [B, H, T, K]
-    logits = jnp.matmul(query, key.swapaxes(-1, -2)).astype(jnp.float32)      # [B, H, T, S]
-    if bias is not None:
-      logits = logits + bias
-    # softmax(logits) @ value with the normalisation moved after the matmul: dividing the
-    # [B, H, T, K] output by the row sums instead of the [B, H, T, S] probabilities is one
-    # pass less over the largest tensor (3x faster attention on XLA:CPU at S = 128). Dropout
-    # commutes with the division, so it applies to the unnormalised weights.
-    weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
-    total = weights.sum(axis=-1, keepdims=True)                                # [B, H, T, 1]
-    weights = self.dropout(weights.astype(self.dtype), deterministic=deterministic)
-    mixed = jnp.matmul(weights, value).astype(jnp.float32) / total            # [B, H, T, K]
+    drop = lambda w: self.dropout(w, deterministic=deterministic)
+    mixed = dot_product_attention(query, key, value, bias, drop, self.dtype)  # [B, H, T, K]
     mixed = mixed.astype(self.dtype).transpose(0, 2, 1, 3)                    # [B, T, H, K]
     mixed = nn.with_logical_constraint(mixed, ("batch", "length", "heads", "kv"))
     return self.out(mixed)

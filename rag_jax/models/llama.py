@@ -9,10 +9,15 @@ Prompts of different lengths share a batch, padded on either side: every row cou
 positions, `cumsum(attention_mask) - 1` (what HF's `generate` derives from the mask), and
 padding is masked as keys.
 
-Three entry points (use `Llama.apply(..., method=...)`):
+Entry points (use `Llama.apply(..., method=...)`):
   `__call__(input_ids, attention_mask)` -> logits [B, T, V], teacher forced;
+  `continuation_logits(prompt_ids, prompt_mask, target_ids)` -> the logits of targets that
+      follow the prompts [B, T, V], teacher forced (RAG's loss);
   `init_cache(batch, max_length)` + `decode_step(ids, cache, attention_mask)` -> incremental
-      decoding: prefill a (padded) prompt, then any number of new positions per call.
+      decoding: prefill a (padded) prompt, then any number of new positions per call;
+  `prefill(prompt_ids, prompt_mask, max_length, copies=C, group=G)` + `decode_step` -> the
+      same with each prompt's keys/values stored once and shared by its C continuations
+      (beams), each continuation's own keys/values in its own buffer.
 
 Shapes: B = batch, T = new positions, D = hidden_size, V = vocab, H = query heads,
 H_kv = key/value heads, G = H / H_kv, K = head_dim, F = intermediate_size, L = cache length,
@@ -95,11 +100,21 @@ class LlamaCache:
   different lengths, padded, prefills together; `mask` marks which slots of a row hold real
   tokens and `positions` counts them, so each row's rotary positions run on from its own
   prompt. Keys are stored already rotated.
+
+  A cache from `Llama.prefill` also holds a `prefix`: a prompt's keys/values, stored once per
+  prompt row and attended to by every row decoding after it. With `copies` C and `group` G,
+  decoder row ((b * C + c) * G + g) continues prompt row (b * G + g): the G prompts of example b
+  (its documents, for RAG), each continued by C beams (layers.share_rows). The beams' own
+  keys/values go to `self_attn`, one buffer per row, so reordering beams moves only those.
   """
   self_attn: Tuple[layers.KVCache, ...]  # N x [B, H_kv, L, K], filled up to `index`
   mask: Array                            # [B, L] int32: 1 = a real token was written there
   positions: Array                       # [B] int32: each row's next rotary position
   index: Array                           # int32 scalar: the next slot to write
+  prefix: Tuple[layers.KVCache, ...] = ()  # N x [B / C, H_kv, S, K], the shared prompts
+  prefix_mask: Optional[Array] = None    # [B / C, S] int32: the prompts' padding
+  copies: int = flax.struct.field(pytree_node=False, default=1)
+  group: int = flax.struct.field(pytree_node=False, default=1)
 
 
 def positions_from_mask(mask: Array) -> Array:
@@ -161,36 +176,38 @@ class LlamaAttention(nn.Module):
                             name="out")
     self.dropout = nn.Dropout(c.attention_dropout)
 
-  def _attend(self, query: Array, key: Array, value: Array, bias: Array,
-              deterministic: bool) -> Array:
-    """query [B, T, H, K], key/value [B, H_kv, S, K], bias [B, 1, T, S] -> [B, T, D]."""
+  def _attend(self, query: Array, key: Array, value: Array, bias: Array, deterministic: bool,
+              prefix: Optional[layers.KVCache] = None, prefix_bias: Optional[Array] = None,
+              share: Tuple[int, int] = (1, 1)) -> Array:
+    """query [B, T, H, K], key/value [B, H_kv, S, K], bias [B, 1, T, S] -> [B, T, D]; the
+    optional shared `prefix` as layers.dot_product_attention's."""
     b, t, h, k = query.shape
-    h_kv, s = key.shape[1], key.shape[2]
+    h_kv = key.shape[1]
     g = h // h_kv
     query = query * jnp.asarray(k ** -0.5, query.dtype)
     # Query head i uses key/value head i // G (HF's repeat_kv): grouping the G query heads of
     # one key/value head as extra query rows lets them share its keys without copying them.
     query = query.transpose(0, 2, 1, 3).reshape(b, h_kv, g * t, k)             # [B, H_kv, G*T, K]
-    logits = jnp.matmul(query, key.swapaxes(-1, -2)).astype(jnp.float32)      # [B, H_kv, G*T, S]
-    logits = logits.reshape(b, h_kv, g, t, s) + bias[:, :, None]              # [B, H_kv, G, T, S]
-    # As layers.Attention: normalise after the value matmul, one pass less over [.., T, S].
-    weights = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
-    total = weights.sum(axis=-1).reshape(b, h_kv, g * t, 1)
-    weights = self.dropout(weights.astype(self.dtype), deterministic=deterministic)
-    mixed = jnp.matmul(weights.reshape(b, h_kv, g * t, s), value)
-    mixed = (mixed.astype(jnp.float32) / total).astype(self.dtype)            # [B, H_kv, G*T, K]
-    mixed = mixed.reshape(b, h, t, k).transpose(0, 2, 1, 3)                   # [B, T, H, K]
+    bias = jnp.tile(bias, (1, 1, g, 1))                                         # [B, 1, G*T, S]
+    drop = lambda w: self.dropout(w, deterministic=deterministic)
+    mixed = layers.dot_product_attention(query, key, value, bias, drop, self.dtype,
+                                         prefix=prefix, prefix_bias=prefix_bias, share=share)
+    mixed = mixed.astype(self.dtype).reshape(b, h, t, k).transpose(0, 2, 1, 3)  # [B, T, H, K]
     mixed = nn.with_logical_constraint(mixed, ("batch", "length", "heads", "kv"))
     return self.out(mixed)
 
   def __call__(self, x: Array, positions: Array, bias: Array, *,
                cache: Optional[layers.KVCache] = None, index: Optional[Array] = None,
+               prefix: Optional[layers.KVCache] = None, prefix_bias: Optional[Array] = None,
+               share: Tuple[int, int] = (1, 1),
                deterministic: bool = True) -> Tuple[Array, Optional[layers.KVCache]]:
     """Self-attention of x [B, T, D] at `positions` [B, T].
 
     Without a cache, the keys are x's own and `bias` is [B, 1, T, T]. With one, x's keys and
     values are written into its slots `index .. index + T - 1` and x attends to all L slots,
-    `bias` [B, 1, T, L]. Returns [B, T, D] and the updated cache (None without one).
+    `bias` [B, 1, T, L], and to the shared `prefix` [B / C, H_kv, S, K] if given (under
+    `prefix_bias` [B / C, 1, 1, S]; `share` = (C, G) as LlamaCache's copies and group).
+    Returns [B, T, D] and the updated cache (None without one).
     """
     theta = self.config.rope_theta
     query = rotary(self.query(x), positions, theta)
@@ -203,7 +220,10 @@ class LlamaAttention(nn.Module):
                                                             (zero, zero, index, zero))
       cache = layers.KVCache(key=write(cache.key, key), value=write(cache.value, value))
       key, value = cache.key.astype(self.dtype), cache.value.astype(self.dtype)
-    return self._attend(query, key, value, bias, deterministic), cache
+    if prefix is not None:
+      prefix = layers.KVCache(prefix.key.astype(self.dtype), prefix.value.astype(self.dtype))
+    return self._attend(query, key, value, bias, deterministic, prefix, prefix_bias,
+                        share), cache
 
 
 class LlamaLayer(nn.Module):
@@ -224,9 +244,13 @@ class LlamaLayer(nn.Module):
 
   def __call__(self, x: Array, positions: Array, bias: Array, *,
                cache: Optional[layers.KVCache] = None, index: Optional[Array] = None,
+               prefix: Optional[layers.KVCache] = None, prefix_bias: Optional[Array] = None,
+               share: Tuple[int, int] = (1, 1),
                deterministic: bool = True) -> Tuple[Array, Optional[layers.KVCache]]:
-    """x [B, T, D] -> [B, T, D], and the updated cache when one is given."""
+    """x [B, T, D] -> [B, T, D], and the updated cache when one is given (the attention
+    arguments as LlamaAttention's)."""
     h, cache = self.attn(self.attn_norm(x), positions, bias, cache=cache, index=index,
+                         prefix=prefix, prefix_bias=prefix_bias, share=share,
                          deterministic=deterministic)
     x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
     y = self.mlp_norm(x)
@@ -319,12 +343,18 @@ class Llama(nn.Module):
       input_ids: [B, T] the tokens for slots index .. index + T - 1; the caller keeps
         index + T <= L (the index is traced, so it is not checked here: past L, writes would
         land on the last slot).
-      cache: from `init_cache` or the previous step.
+      cache: from `init_cache`, `prefill` or the previous step.
       attention_mask: [B, T] 1 = real token (default: all real); padded slots are never
         attended to and do not advance a row's positions.
     Returns:
       float32 logits [B, T, V] and the advanced cache.
     """
+    hidden, cache = self._run(input_ids, cache, attention_mask, deterministic)
+    return self.logits(hidden), cache
+
+  def _run(self, input_ids: Array, cache: LlamaCache, attention_mask: Optional[Array],
+           deterministic: bool) -> Tuple[Array, LlamaCache]:
+    """`decode_step` up to the final norm: ([B, T, D] states, the advanced cache)."""
     if attention_mask is None:
       attention_mask = jnp.ones_like(input_ids)
     attention_mask = attention_mask.astype(jnp.int32)
@@ -334,13 +364,56 @@ class Llama(nn.Module):
                                         (jnp.zeros((), jnp.int32), cache.index))  # [B, L]
     bias = (layers.causal_bias(cache.index + jnp.arange(t), jnp.arange(length))
             + layers.padding_bias(mask))                                          # [B, 1, T, L]
+    prefix = cache.prefix or (None,) * len(self.layers)
+    prefix_bias = None if cache.prefix_mask is None else layers.padding_bias(cache.prefix_mask)
     x = self._embed(input_ids)
     new = []
-    for layer, kv in zip(self.layers, cache.self_attn):
-      x, kv = layer(x, positions, bias, cache=kv, index=cache.index, deterministic=deterministic)
+    for layer, kv, pre in zip(self.layers, cache.self_attn, prefix):
+      x, kv = layer(x, positions, bias, cache=kv, index=cache.index, prefix=pre,
+                    prefix_bias=prefix_bias, share=(cache.copies, cache.group),
+                    deterministic=deterministic)
       new.append(kv)
-    x = self.norm(x)
-    cache = LlamaCache(self_attn=tuple(new), mask=mask,
-                       positions=cache.positions + attention_mask.sum(axis=1),
-                       index=cache.index + t)
-    return self.logits(x), cache
+    cache = cache.replace(self_attn=tuple(new), mask=mask,
+                          positions=cache.positions + attention_mask.sum(axis=1),
+                          index=cache.index + t)
+    return self.norm(x), cache
+
+  def prefill(self, prompt_ids: Array, prompt_mask: Array, max_length: int, *,
+              copies: int = 1, group: int = 1, deterministic: bool = True) -> LlamaCache:
+    """A cache holding the prompts' keys/values once, for C continuations of each.
+
+    Args:
+      prompt_ids, prompt_mask: [P, S] padded prompts, P = B * G (G prompts per example,
+        example-major), padded on either side.
+      max_length: L, the new positions each continuation may decode.
+      copies: C, the continuations (beams, candidates) of each prompt.
+      group: G.
+    Returns:
+      A LlamaCache of P * C rows ordered (example, copy, prompt of the group), with empty
+      buffers of L slots, whose `prefix` holds the P prompts' keys/values (no logits are
+      computed for the prompts: the first decoded token continues them).
+    """
+    p, s = prompt_ids.shape
+    _, prompt = self._run(prompt_ids, self.init_cache(p, s), prompt_mask, deterministic)
+    rows = layers.expand_rows(prompt_mask.sum(axis=1).astype(jnp.int32), copies, group)
+    empty = self.init_cache(p * copies, max_length)
+    return empty.replace(positions=rows, prefix=prompt.self_attn, prefix_mask=prompt.mask,
+                         copies=copies, group=group)
+
+  def continuation_logits(self, prompt_ids: Array, prompt_mask: Array, target_ids: Array, *,
+                          deterministic: bool = True) -> Array:
+    """Teacher forcing of targets that follow padded prompts (the training pass).
+
+    Args:
+      prompt_ids, prompt_mask: [B, S] padded on either side (the positions follow the mask).
+      target_ids: [B, T], every position real (a pad id inside a target is read as a token,
+        as a cached step reads it).
+    Returns:
+      float32 logits [B, T, V] of the target positions (the prompt's are never projected
+      onto the vocabulary).
+    """
+    ids = jnp.concatenate([prompt_ids, target_ids], axis=1)
+    mask = jnp.concatenate([prompt_mask.astype(jnp.int32),
+                            jnp.ones(target_ids.shape, jnp.int32)], axis=1)
+    hidden = self(ids, mask, deterministic=deterministic, return_hidden=True)
+    return self.logits(hidden[:, prompt_ids.shape[1]:])
