@@ -1,36 +1,23 @@
-"""Fine-tunes RAG: the query encoder and the generator jointly, document encoder and index
-frozen, retrieval in the loop with the current query encoder.
+"""Fine-tunes RAG (the query encoder and the generator jointly; document encoder and index
+frozen) from a config; the loop is `rag_jax.trainer.train_and_evaluate`.
 
     python -m rag_jax.train --config experiments/fever.py:tiny --workdir /tmp/fever-tiny
+    python -m rag_jax.train --config experiments/fever.py --config.retrieval.mode=host --workdir DIR
 
-A run in a workdir that holds checkpoints resumes from the latest by itself (params,
-optimizer state, RNG and step, which is also the data position). SIGTERM (a preemption notice)
-saves a checkpoint and exits 0. A NaN or infinite loss (or gradient norm) stops the run with
-a one-line error; no checkpoint is written after it, so the last one is good. The workdir
-gets `metrics.jsonl` (one JSON object per line: train lines `step`, `loss` (the mean since
-the last line), `grad_norm`, `steps_per_s`; eval lines `step` and `eval/...`), TensorBoard
-event files, `predictions/step_N.jsonl` (each eval's outputs and retrieved passages) and
-`checkpoints/`.
+A workdir with checkpoints resumes by itself; SIGTERM saves and exits 0.
 """
 
 import json
-import pathlib
-import signal
-import time
-from typing import Any, Dict, Optional, Tuple
 
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
-import numpy as np
 
-from rag_jax import checkpoint as checkpoint_lib
 from rag_jax import cli
 from rag_jax import distributed
-from rag_jax import evaluation
 from rag_jax import experiment
-from rag_jax import input_pipeline
+from rag_jax import trainer
 from rag_jax import weights
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -38,125 +25,6 @@ _CONFIG = config_flags.DEFINE_config_file(
     "override with --config.field=value.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics; a run "
                                "resumes from the checkpoints it holds.")
-
-
-class TrainingError(RuntimeError):
-  """A run that cannot go on; the message says why in one line."""
-
-
-class MetricsWriter:
-  """metrics.jsonl and TensorBoard event files, written by process 0 only."""
-
-  def __init__(self, workdir: pathlib.Path):
-    self.enabled = jax.process_index() == 0
-    if self.enabled:
-      import tensorboardX  # pylint: disable=import-outside-toplevel
-      self._file = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
-      self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
-
-  def write(self, step: int, values: Dict[str, float]) -> None:
-    if not self.enabled:
-      return
-    self._file.write(json.dumps({"step": step, **values}) + "\n")
-    self._file.flush()
-    for key, value in values.items():
-      self._tb.add_scalar(key, value, step)
-    self._tb.flush()
-
-  def close(self) -> None:
-    if self.enabled:
-      self._file.close()
-      self._tb.close()
-
-
-class _Preemption:
-  """Remembers a SIGTERM; the loop saves and stops at the next step boundary."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    self.requested = True
-
-  def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
-
-
-def _check_finite(losses, norms, step: int, last_saved: Optional[int]) -> Tuple[float, float]:
-  """The mean loss and gradient norm of the steps since the last check; a non-finite one ends
-  the run (a NaN gradient makes NaN params, whose loss may still read finite)."""
-  values = np.asarray(jax.device_get(losses), np.float64)
-  grads = np.asarray(jax.device_get(norms), np.float64)
-  for what, v in (("loss", values), ("gradient norm", grads)):
-    if not np.all(np.isfinite(v)):
-      bad = step - len(v) + 1 + int(np.argmin(np.isfinite(v)))
-      kept = (f"the last checkpoint (step {last_saved}) is kept" if last_saved
-              else "no checkpoint was written")
-      raise TrainingError(f"{what} is {v[~np.isfinite(v)][0]} at step {bad}; stopping ({kept})")
-  return float(values.mean()), float(grads.mean())
-
-
-def train_and_evaluate(config, workdir, run: Optional[experiment.Run] = None) -> Dict[str, Any]:
-  """Trains (resuming from `workdir` if it holds checkpoints), evaluating every
-  `eval_every_steps`. Returns the last train and eval metrics, why the run ended and the
-  final state. `run`: one `experiment.build(config, workdir)` made already (a benchmark
-  times its step before and after the loop)."""
-  workdir = experiment.prepare_workdir(workdir)
-  run = run or experiment.build(config, workdir)
-  state, mesh = run.state, run.mesh
-  batches = input_pipeline.train_batches(len(run.train_examples), config.batch_size,
-                                         config.seed)
-  manager = checkpoint_lib.Manager(workdir / "checkpoints", keep=config.keep_checkpoints)
-  restored = manager.restore_latest(state)
-  if restored is not None:
-    state = restored
-  start = int(jax.device_get(state.step))
-  writer = MetricsWriter(workdir)
-  preemption = _Preemption()
-  progress = experiment.progress_bar(start, config.num_train_steps)
-  last_saved = manager.latest_step()
-  pending, norms, last = [], [], {}
-  tick, tick_step = time.perf_counter(), start
-  ended = "finished"
-  try:
-    step = start
-    while step < config.num_train_steps:
-      state, metrics = run.step(state, batches[step])
-      step += 1
-      pending.append(metrics["loss"])
-      norms.append(metrics["grad_norm"])
-      progress.update(1)
-      save = step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
-      if step % config.log_every_steps == 0 or save or preemption.requested:
-        loss, grad_norm = _check_finite(pending, norms, step, last_saved)
-        now = time.perf_counter()
-        last = {"loss": loss, "grad_norm": grad_norm,
-                "steps_per_s": (step - tick_step) / max(now - tick, 1e-9)}
-        if step % config.log_every_steps == 0:
-          writer.write(step, last)
-          progress.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{last['steps_per_s']:.2f}")
-        pending, norms, tick, tick_step = [], [], now, step
-      if step % config.eval_every_steps == 0:
-        last.update(evaluation.evaluate(
-            run, state.params, workdir / "predictions" / f"step_{step}.jsonl"))
-        writer.write(step, {k: v for k, v in last.items() if k.startswith("eval/")})
-      if save or preemption.requested:
-        manager.save(step, state)
-        last_saved = step
-      if step % config.eval_every_steps == 0:
-        tick = time.perf_counter()  # steps/s counts the training loop, not the eval
-      if preemption.requested:
-        ended = "preempted"
-        break
-    manager.wait()
-  finally:
-    preemption.restore()
-    progress.close()
-    writer.close()
-    manager.close()
-  del mesh
-  return {"ended": ended, "step": int(jax.device_get(state.step)), **last, "state": state}
 
 
 def main(argv):
@@ -171,8 +39,8 @@ def main(argv):
   if not _WORKDIR.value:
     cli.fail("--workdir is required, e.g. --workdir /tmp/fever-tiny", status=2)
   try:
-    out = train_and_evaluate(config, _WORKDIR.value)
-  except (TrainingError, experiment.SetupError, OSError, ValueError) as e:
+    out = trainer.train_and_evaluate(config, _WORKDIR.value)
+  except (trainer.TrainingError, experiment.SetupError, OSError, ValueError) as e:
     cli.fail(weights.one_line(e))
   except KeyboardInterrupt:
     cli.fail("interrupted", status=130)

@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import subprocess_env
-from rag_jax import train
+from rag_jax import trainer
 from rag_jax import train_step as step_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ def _config(**overrides):
 
 def test_tiny_run_learns_and_moves_only_the_query_encoder_and_generator(tmp_path):
   workdir = tmp_path / "run"
-  out = train.train_and_evaluate(_config(num_train_steps=24, log_every_steps=6,
+  out = trainer.train_and_evaluate(_config(num_train_steps=24, log_every_steps=6,
                                          checkpoint_every_steps=24, eval_every_steps=24),
                                  workdir)
   losses = _losses(workdir)
@@ -156,8 +156,8 @@ def test_killed_run_resumes_to_the_uninterrupted_end_and_sigterm_saves(tmp_path)
 
 
 def test_device_and_host_retrieval_give_the_same_losses(tmp_path):
-  device = train.train_and_evaluate(_config(**{"retrieval.mode": "device"}), tmp_path / "d")
-  host = train.train_and_evaluate(_config(**{"retrieval.mode": "host"}), tmp_path / "h")
+  device = trainer.train_and_evaluate(_config(**{"retrieval.mode": "device"}), tmp_path / "d")
+  host = trainer.train_and_evaluate(_config(**{"retrieval.mode": "host"}), tmp_path / "h")
   np.testing.assert_allclose(_losses(tmp_path / "h"), _losses(tmp_path / "d"), rtol=1e-6)
   for key in ("eval/accuracy", "eval/recall_at_k", "eval/distinct_top1"):
     assert host[key] == device[key], key
@@ -253,7 +253,7 @@ print("ok")
 
 
 def test_scanned_layers_train_and_decode(tmp_path):
-  out = train.train_and_evaluate(_config(**{"model.scan_layers": True, "model.remat": "dots"}),
+  out = trainer.train_and_evaluate(_config(**{"model.scan_layers": True, "model.remat": "dots"}),
                                  tmp_path / "scan")
   losses = _losses(tmp_path / "scan")
   assert len(losses) == 6 and all(np.isfinite(losses)) and losses[-1] < losses[0], losses
