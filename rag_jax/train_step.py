@@ -146,10 +146,8 @@ class DeviceIndex:
     """A DeviceIndex of `num` passages with nothing behind it: its three arrays are
     `jax.ShapeDtypeStruct`s with the shapes and shardings `create` gives them, for lowering
     and compiling the step ahead of time from shapes alone (rag_jax.compile), on any mesh,
-    a topology's unattached devices included. Its search is `create`'s, the same
-    ExactSearch code: only the placement of the vectors (search._place_sharded, which reads
-    host rows onto devices) is replaced, while the ExactSearch is built, by its abstract
-    result. Not thread-safe (the replacement is module-wide while it lasts)."""
+    a topology's unattached devices included. Its search is `create`'s: an ExactSearch over
+    abstract embeddings, which holds abstract chunks of the same shapes and shardings."""
     axes = sharding.index_axes(mesh)
     shards = sharding.axes_size(mesh, axes)
     rows = -(-num // shards)
@@ -158,16 +156,8 @@ class DeviceIndex:
       return jax.ShapeDtypeStruct(shape, dt, sharding=NamedSharding(
           mesh, P(axes, *([None] * (len(shape) - 1)))))
 
-    def place(embeddings, dt, mesh_, axis_name, per_shard, first, stop):
-      return spec((shards * (stop - first), embeddings.shape[1]), dt)
-
-    original = search_lib._place_sharded  # pylint: disable=protected-access
-    search_lib._place_sharded = place  # pylint: disable=protected-access
-    try:
-      exact = search_lib.ExactSearch(jax.ShapeDtypeStruct((num, dim), jnp.float32),
-                                     chunk_size=rows, dtype=dtype, mesh=mesh, axis_name=axes)
-    finally:
-      search_lib._place_sharded = original  # pylint: disable=protected-access
+    exact = search_lib.ExactSearch(jax.ShapeDtypeStruct((num, dim), jnp.float32),
+                                   chunk_size=rows, dtype=dtype, mesh=mesh, axis_name=axes)
     (vectors,) = exact.device_arrays
     return cls(vectors, spec((rows * shards, passage_length), jnp.int32),
                spec((rows * shards,), jnp.int32), exact, axes, mesh)

@@ -297,9 +297,14 @@ def _place_sharded(embeddings, dtype, mesh: Mesh, axis_name: AxisName, per_shard
   Shard d's rows are [d * per_shard, (d + 1) * per_shard) of embeddings [N, D]; rows
   past N are zeros, masked at search time. Each device's block is read and padded on its
   own, so the host never holds a padded copy of the whole matrix (which may be a memory map).
+  Abstract embeddings (a jax.ShapeDtypeStruct) give the abstract array: an index of shapes
+  alone, for compiling a step that searches it ahead of time (rag_jax.compile).
   """
   num, dim = embeddings.shape
   shards, rows = sharding.axes_size(mesh, axis_name), stop - first
+  if isinstance(embeddings, jax.ShapeDtypeStruct):
+    return jax.ShapeDtypeStruct((shards * rows, dim), dtype,
+                                sharding=NamedSharding(mesh, P(axis_name, None)))
 
   def block(index):
     start, _, _ = index[0].indices(shards * rows)
