@@ -182,12 +182,12 @@ class DeviceIndex:
       mine = jnp.clip(mine, 0, emb.shape[0] - 1)
       pick = lambda table: jnp.where(
           inside.reshape(inside.shape + (1,) * (table.ndim - 1)), table[mine], 0)
-      return tuple(jax.lax.psum(pick(t), axes)
-                   for t in (emb.astype(jnp.float32), tok, lens))
-    return jax.shard_map(local, mesh=mesh,
-                         in_specs=(P(), P(axes, None), P(axes, None), P(axes)),
-                         out_specs=(P(), P(), P()))(ids, self.embeddings, self.tokens,
-                                                    self.lengths)
+      # Rows first, then the cast: casting the shard first copies all of it (on TPU).
+      return tuple(jax.lax.psum(pick(t), axes) for t in (emb, tok, lens))
+    embeds, tokens, lengths = jax.shard_map(
+        local, mesh=mesh, in_specs=(P(), P(axes, None), P(axes, None), P(axes)),
+        out_specs=(P(), P(), P()))(ids, self.embeddings, self.tokens, self.lengths)
+    return embeds.astype(jnp.float32), tokens, lengths
 
 
 def _shard_index(axes: Tuple[str, ...]) -> Array:
