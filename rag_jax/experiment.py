@@ -52,15 +52,20 @@ def prepare_workdir(workdir) -> pathlib.Path:
   return path
 
 
+def _field(config, dotted: str):
+  """config["a"]["b"] for "a.b"."""
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
 def check_config(config) -> None:
   """Values the rest would trip over later, as one-line errors now."""
   choices = {"retrieval.mode": ("device", "host"), "rag.kind": ("token", "sequence"),
              "model.dtype": tuple(DTYPES), "retrieval.dtype": tuple(DTYPES),
              "decay": ("linear", "cosine", "constant")}
   for name, allowed in choices.items():
-    value = config
-    for part in name.split("."):
-      value = value[part]
+    value = _field(config, name)
     if value not in allowed:
       raise SetupError(f"config {name}={value!r}: expected one of {list(allowed)}")
   positive = ("batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
@@ -68,9 +73,7 @@ def check_config(config) -> None:
               "retrieval.k", "rag.max_combined_length", "rag.max_question_length",
               "rag.max_target_length", "eval_max_length")
   for name in positive:
-    value = config
-    for part in name.split("."):
-      value = value[part]
+    value = _field(config, name)
     if not isinstance(value, int) or value < 1:
       raise SetupError(f"config {name}={value!r}: expected a positive integer")
   if config.retrieval.doc_temperature <= 0:
