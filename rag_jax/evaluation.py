@@ -17,7 +17,6 @@ import numpy as np
 from rag_jax import input_pipeline
 from rag_jax import distributed
 from rag_jax import experiment
-from rag_jax import train_step as step_lib
 from rag_jax.index import files
 
 
@@ -49,12 +48,11 @@ def evaluate(run, params, predictions_file=None) -> Dict[str, float]:
   """
   config, split = run.config, run.eval
   model = experiment.inference_model(run, params)
-  contexts = _contexts_fn(run)
   predictions, ids, scores = [], [], []
   n = len(split.examples)
   for rows in input_pipeline.iterate_eval(n, config.eval_batch_size):
     batch = run.retrieved(params, input_pipeline.gather(split.arrays, rows), replicated=True)
-    ctx, mask, doc_scores = contexts(params, batch)
+    ctx, mask, doc_scores = run._contexts(params, batch)  # pylint: disable=protected-access
     seqs = model.generate(ctx, mask, doc_scores, kind=config.rag.kind,
                           max_length=config.eval_max_length, num_beams=1)
     predictions += run.generator_tokenizer.batch_decode(seqs, skip_special_tokens=True)
@@ -83,11 +81,3 @@ def _write_predictions(path, run, predictions, targets, ids, scores) -> None:
       f.write(json.dumps({"id": example.id, "source": example.source,
                           "prediction": predictions[i], "target": targets[i],
                           "passages": passages}) + "\n")
-
-
-def _contexts_fn(run):
-  """The jitted contexts and scores of a retrieved batch, no dropout (cached on the run)."""
-  if getattr(run, "_contexts", None) is None:
-    run._contexts = jax.jit(lambda p, b: step_lib.contexts_and_scores(run.rag, p, b,
-                                                                      run.step_config))
-  return run._contexts

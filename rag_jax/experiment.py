@@ -110,6 +110,7 @@ class Run:
   _step: Callable = None
   _encode: Callable = None
   _retrieve: Callable = None
+  _contexts: Callable = None           # contexts and doc scores of a retrieved batch, no dropout
 
   @property
   def train_examples(self):
@@ -320,6 +321,7 @@ def build(config, workdir: pathlib.Path) -> Run:
   run._encode = jax.jit(lambda p, b: step_lib.encode_questions(rag, p, b))
   run._retrieve = jax.jit(lambda p, b, i: step_lib.retrieve_on_device(rag, p, b, i,
                                                                       step_config.k))
+  run._contexts = jax.jit(lambda p, b: step_lib.contexts_and_scores(rag, p, b, step_config))
   return run
 
 
