@@ -27,6 +27,8 @@ setuptools.setup(
         "gguf>=0.10",  # decoder-only weights (SmolLM2) from GGUF files
         "numpy>=1.26",
         "matplotlib>=3.8",  # rag_jax.viz: document-posterior heatmaps
+        "sacrebleu>=2.4",  # rag_jax.metrics: BLEU-1
+        "rouge-score>=0.1.2",  # rag_jax.metrics: ROUGE-L
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls a CUDA build of several GB.
