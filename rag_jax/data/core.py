@@ -11,7 +11,7 @@ import json
 import os
 import pathlib
 import re
-from typing import Any, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,3 +131,132 @@ def words(texts: Iterable[str]) -> List[str]:
   for text in texts:
     found.update(_WORD.findall(text.lower()))
   return sorted(found)
+
+
+def read_json(path: str | os.PathLike, source: str) -> Any:
+  """The one JSON value of a file (`.gz` or not), e.g. MS MARCO's column-oriented object.
+
+  Raises:
+    DataError: the file is missing, not UTF-8, or not JSON (with the line and column).
+  """
+  text = _read_text(path, source)
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise line_error(path, e.lineno, f"bad JSON ({e.msg}: column {e.colno})") from None
+
+
+def read_json_array(path: str | os.PathLike, source: str) -> Iterator[Tuple[int, Any]]:
+  """Yields (line number where it starts, element) for each element of a file holding one
+  JSON array, e.g. DPR's retriever files (`[{"question": ...}, ...]`, pretty-printed).
+
+  Elements are decoded one at a time so that an error in one (bad JSON, or what the caller
+  finds wrong with it) names the line where that element starts, not just "the file".
+
+  Raises:
+    DataError: the file is missing, not UTF-8, not a JSON array, or an element is not JSON.
+  """
+  text = _read_text(path, source)
+  decoder = json.JSONDecoder()
+
+  def skip(pos: int) -> int:
+    return _JSON_SPACE.match(text, pos).end()
+
+  def bad(pos: int, problem: str) -> DataError:
+    return line_error(path, text.count("\n", 0, pos) + 1, problem)
+
+  pos = skip(0)
+  if not text.startswith("[", pos):
+    raise bad(pos, "expected a JSON array ('[' first)")
+  pos, line_no, counted = skip(pos + 1), 1, 0
+  if text.startswith("]", pos):
+    pos = skip(pos + 1)
+  else:
+    while True:
+      line_no += text.count("\n", counted, pos)
+      counted = pos
+      try:
+        element, pos = decoder.raw_decode(text, pos)
+      except json.JSONDecodeError as e:
+        raise line_error(path, e.lineno, f"bad JSON ({e.msg}: column {e.colno})") from None
+      yield line_no, element
+      pos = skip(pos)
+      if text.startswith("]", pos):
+        pos = skip(pos + 1)
+        break
+      if not text.startswith(",", pos):
+        raise bad(pos, "bad JSON (expected ',' or ']' after an array element)")
+      pos = skip(pos + 1)
+  if pos != len(text):
+    raise bad(pos, "bad JSON (extra data after the array)")
+
+
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _read_text(path: str | os.PathLike, source: str) -> str:
+  # Through read_lines, for its messages (missing file, bad UTF-8 with its line number).
+  return "\n".join(line for _, line in read_lines(path, source))
+
+
+class Malformed(Exception):
+  """What is wrong with one record; the reader adds the file and line (`line_error`)."""
+
+
+_MISSING = object()
+
+
+def field(record: Dict[str, Any], key: str, kind: type | Tuple[type, ...],
+          default: Any = _MISSING) -> Any:
+  """`record[key]`, checked to be a `kind`.
+
+  Raises:
+    Malformed: the key is missing (and there is no default) or holds another type.
+  """
+  value = record.get(key, default)
+  if value is _MISSING:
+    raise Malformed(f"missing {key!r}")
+  if not isinstance(value, kind):
+    names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+    raise Malformed(f"{key!r} is {type(value).__name__}, expected {names}")
+  return value
+
+
+def record_id(record: Dict[str, Any], key: str = "id") -> str:
+  """A record's id as a string: datasets use integers (FEVER) or strings (KILT).
+
+  Raises:
+    Malformed: missing, empty, or neither an integer nor a string.
+  """
+  if key not in record:
+    raise Malformed(f"missing {key!r}")
+  value = record[key]
+  # bool is an int in Python, but never an id.
+  if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+    raise Malformed(f"{key!r} is {short(value)}, expected an integer or a non-empty string")
+  return str(value)
+
+
+def strings(value: Any, what: str) -> List[str]:
+  """`value` checked to be a list of strings (a list of gold answers, say).
+
+  Raises:
+    Malformed: not a list, or an item that is not a string.
+  """
+  if not isinstance(value, list):
+    raise Malformed(f"{what} is {short(value)}, expected a list of strings")
+  for item in value:
+    if not isinstance(item, str):
+      raise Malformed(f"{what} holds {short(item)}, expected strings")
+  return value
+
+
+def unique(items: Iterable[str]) -> Tuple[str, ...]:
+  """`items` without repeats, in first-seen order."""
+  return tuple(dict.fromkeys(items))
+
+
+def short(value: Any, limit: int = 60) -> str:
+  """`repr(value)`, cut to `limit` characters so that an error message stays one short line."""
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -19,9 +19,10 @@ into pieces would make label accuracy depend on more than one decoding step.
 """
 
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 
-from rag_jax.data.core import Example, line_error, read_json_lines, split_file
+from rag_jax.data.core import (Example, Malformed, field, line_error, read_json_lines, record_id,
+                               short, split_file, unique)
 
 SUPPORTS, REFUTES, NOT_ENOUGH_INFO = "SUPPORTS", "REFUTES", "NOT ENOUGH INFO"
 LABELS = (SUPPORTS, REFUTES, NOT_ENOUGH_INFO)
@@ -71,8 +72,8 @@ def read_fever(path: str | os.PathLike, *, two_way: bool = False,
       elif "input" in record:
         example = _kilt(record)
       else:
-        raise _Malformed("missing 'claim' (official FEVER) or 'input' (KILT)")
-    except _Malformed as e:
+        raise Malformed("missing 'claim' (official FEVER) or 'input' (KILT)")
+    except Malformed as e:
       raise line_error(path, line_no, str(e)) from None
     if two_way and example.label == NOT_ENOUGH_INFO:
       continue
@@ -87,10 +88,6 @@ def read_split(path: str | os.PathLike, split: str, **options) -> List[Example]:
   """`read_fever` of one split: `path` is a pattern with `{split}` (`data/fever/{split}.jsonl`)
   or a directory holding `{split}.jsonl`. `options` go to `read_fever`."""
   return read_fever(split_file(path, split, ".jsonl"), **options)
-
-
-class _Malformed(Exception):
-  """What is wrong with one record; `read_fever` adds the file and line."""
 
 
 def _label_words(label_words: Optional[Mapping[str, str]], two_way: bool) -> Dict[str, str]:
@@ -115,77 +112,46 @@ def _official(record: Dict[str, Any]) -> Example:
   if label is not None:
     _check_label(label)
     if "evidence" not in record:
-      raise _Malformed("missing 'evidence'")
+      raise Malformed("missing 'evidence'")
   titles = []
-  evidence = _field(record, "evidence", list, default=[])
+  evidence = field(record, "evidence", list, default=[])
   for group in evidence:
     if not isinstance(group, list):
-      raise _Malformed(f"'evidence' holds a {type(group).__name__}, expected a list of "
-                       f"[annotation_id, evidence_id, page, sentence]")
+      raise Malformed(f"'evidence' holds a {type(group).__name__}, expected a list of "
+                      f"[annotation_id, evidence_id, page, sentence]")
     for sentence in group:
       if not isinstance(sentence, list) or len(sentence) != 4:
-        raise _Malformed(f"evidence {_short(sentence)}: expected [annotation_id, evidence_id, "
-                         f"page, sentence]")
+        raise Malformed(f"evidence {short(sentence)}: expected [annotation_id, evidence_id, "
+                        f"page, sentence]")
       page = sentence[2]
       if page is None:  # NOT ENOUGH INFO: an annotation with no sentence.
         continue
       if not isinstance(page, str):
-        raise _Malformed(f"evidence page {_short(page)}: expected a string or null")
+        raise Malformed(f"evidence page {short(page)}: expected a string or null")
       titles.append(normalize_title(page))
-  return Example(id=_id(record), source=_field(record, "claim", str), targets=(),
-                 gold_titles=_unique(titles), label=label)
+  return Example(id=record_id(record), source=field(record, "claim", str), targets=(),
+                 gold_titles=unique(titles), label=label)
 
 
 def _kilt(record: Dict[str, Any]) -> Example:
   answers, titles = [], []
-  for output in _field(record, "output", list, default=[]):
+  for output in field(record, "output", list, default=[]):
     if not isinstance(output, dict):
-      raise _Malformed(f"'output' holds a {type(output).__name__}, expected an object")
+      raise Malformed(f"'output' holds a {type(output).__name__}, expected an object")
     if "answer" in output:
       _check_label(output["answer"])
       answers.append(output["answer"])
-    for provenance in _field(output, "provenance", list, default=[]):
+    for provenance in field(output, "provenance", list, default=[]):
       if not isinstance(provenance, dict):
-        raise _Malformed(f"'provenance' holds a {type(provenance).__name__}, expected an object")
-      titles.append(_field(provenance, "title", str))
+        raise Malformed(f"'provenance' holds a {type(provenance).__name__}, expected an object")
+      titles.append(field(provenance, "title", str))
   if len(set(answers)) > 1:
-    raise _Malformed(f"conflicting answers {_unique(answers)}")
-  return Example(id=_id(record), source=_field(record, "input", str), targets=(),
-                 gold_titles=_unique(titles), label=answers[0] if answers else None)
-
-
-_MISSING = object()
-
-
-def _field(record: Dict[str, Any], key: str, kind: type, default: Any = _MISSING) -> Any:
-  value = record.get(key, default)
-  if value is _MISSING:
-    raise _Malformed(f"missing {key!r}")
-  if not isinstance(value, kind):
-    raise _Malformed(f"{key!r} is {type(value).__name__}, expected {kind.__name__}")
-  return value
-
-
-def _id(record: Dict[str, Any]) -> str:
-  if "id" not in record:
-    raise _Malformed("missing 'id'")
-  value = record["id"]
-  # bool is an int in Python, but never an id.
-  if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
-    raise _Malformed(f"'id' is {_short(value)}, expected an integer or a non-empty string")
-  return str(value)
+    raise Malformed(f"conflicting answers {unique(answers)}")
+  return Example(id=record_id(record), source=field(record, "input", str), targets=(),
+                 gold_titles=unique(titles), label=answers[0] if answers else None)
 
 
 def _check_label(label: Any) -> None:
   if label not in LABELS:
-    raise _Malformed(f"unknown label {_short(label)} (expected SUPPORTS, REFUTES or "
-                     f"NOT ENOUGH INFO)")
-
-
-def _unique(items: List[str]) -> Tuple[str, ...]:
-  return tuple(dict.fromkeys(items))
-
-
-def _short(value: Any, limit: int = 60) -> str:
-  text = repr(value)
-  return text if len(text) <= limit else text[:limit - 3] + "..."
+    raise Malformed(f"unknown label {short(label)} (expected SUPPORTS, REFUTES or "
+                    f"NOT ENOUGH INFO)")
