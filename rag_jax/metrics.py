@@ -14,17 +14,19 @@ silent zero. The per-example functions (`exact_match_score`, `f1_score`, `regex_
 Where each comes from:
   * Exact match and F1: SQuAD v1.1's official script (the one DPR and RAG use): lowercase,
     drop ASCII punctuation (`string.punctuation`), drop the words a/an/the, fold whitespace;
-    max over the gold answers. As in that script, non-ASCII punctuation ("-" yes, en dash no)
-    stays, and F1 of two answers that normalise to nothing is 0 (v1.1; v2.0 would say 1).
+    max over the gold answers. As in that script, non-ASCII punctuation stays (the hyphen
+    goes, an en dash does not), and F1 of two answers that normalise to nothing is 0 (v1.1;
+    v2.0 would say 1).
   * Regex match (CuratedTrec, whose answers are regular expressions): DrQA's
     `regex_match_score`, which DPR's evaluation inherits: `re.match` with IGNORECASE, UNICODE
     and MULTILINE, so the pattern must match at the start of the prediction but may stop before
     its end ("Reagan" matches "Reagan's" but not "Ronald Reagan"); a pattern that does not
     compile matches nothing. For passages (`has_answer(..., regex=True)`) it is DPR's
-    `regex_match` instead: `search` anywhere, after NFD normalisation of both.
+    `regex_match` instead: `search` anywhere, after NFD normalisation of both. Python's `re`
+    (DPR imports the `regex` package, which accepts a few more constructs).
   * BLEU-1: sacrebleu's corpus BLEU with `max_ngram_order=1` and its defaults otherwise (13a
-    tokenizer, case-sensitive, `exp` smoothing, which at order 1 only matters for a corpus
-    with no matching word at all).
+    tokenizer, case-sensitive; its `exp` smoothing never applies at order 1, since a corpus
+    with no matching word scores 0).
   * ROUGE-L: rouge-score's `rougeL` F-measure (its tokenizer lowercases and keeps only
     [a-z0-9] runs, so non-ASCII letters do not count), max over the references, averaged.
   * Q-BLEU-1: Nema & Khapra (2018), as their `answerability_score.py`
@@ -194,9 +196,10 @@ def q_bleu_score(prediction: str, reference: Golds, *, ner_weight: float = 0.6,
     Q-BLEU = delta*answerability + (1 - delta)*BLEU-n(whole question)
   with BLEU-n their per-sentence BLEU (no smoothing) at `ngram_order` (1 for Q-BLEU-1).
   Every BLEU here is sacrebleu's (a one-sentence corpus, whitespace tokens), which equals
-  their coco-caption BLEU but for its 1e-15 terms. The defaults are the weights of their
-  README; the RAG paper does not give its own. With several references, the best one counts
-  (theirs takes one).
+  their coco-caption BLEU at order 1 but for its 1e-15 terms; at higher orders theirs also
+  gives a question shorter than n words a little credit ((1e-6)^(1/n) of it) where sacrebleu
+  gives 0. The defaults are the weights of their README; the RAG paper does not give its own.
+  With several references, the best one counts (theirs takes one).
 
   Tokenizer: theirs runs Stanford CoreNLP 3.4.1's PTBTokenizer (Java); this uses NLTK's
   `TreebankWordTokenizer` (the same Penn Treebank rules, in Python). Known differences:

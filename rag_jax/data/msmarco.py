@@ -15,9 +15,11 @@ the supplied `passages` are not read.
 
 Which questions and targets (`task`):
   * "nlg" (the default): MS MARCO's natural-language-generation task, the one the paper
-    reports: only questions with a well-formed answer, and those answers as targets. This is
-    what gives the paper's split sizes (153,726 train and 12,468 dev questions of v2.1's
-    808,731 and 101,093).
+    reports: only questions with a well-formed answer, and those answers as targets. The
+    paper's train and dev sizes (153,726 and 12,468 of v2.1's 808,731 and 101,093 questions)
+    point to this subset; its test size, 101,093, is that of the whole v2.1 dev file (the eval
+    file's answers are hidden), and the paper does not say how it scored the questions there
+    that have no well-formed answer.
   * "qna": every question with an answer: the well-formed answers where there are some, else
     the plain ones; "No Answer Present." is not an answer, and a question left with none is
     skipped.
