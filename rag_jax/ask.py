@@ -1,17 +1,26 @@
-"""Ask questions over the knowledge source: `python -m rag_jax.ask --config CONFIG`.
+"""Ask questions over the knowledge source: `python -m rag_jax.ask [--config CONFIG]`.
 
-Today this is the retrieval half of RAG (question -> top-k passages); generation joins it
-when the generator lands. The passages always come from a saved index, searched through
-`Retriever`: `--config.index=DIR` (built by `python -m rag_jax.index build`), or else one
-built from the config's corpus on first use (with a progress bar) and cached under
+RAG end to end: retrieve the top-k passages of each question, then generate an answer
+marginalising over them (rag_jax.answering). With no `--config`, the embedded default
+(rag_jax/configs/wiki.py): MiniLM over the embedded Wikipedia, SmolLM2-135M-Instruct
+answering, RAG-Token, greedy. `--kind sequence` for RAG-Sequence, `--closed-book` for the
+generator alone, `--json` for one object per question per line, `--heatmap FILE.png` for the
+paper's Figure 2, `--config.generator=none` for the passages alone.
+
+The passages always come from a saved index, searched through `Retriever`:
+`--config.index=DIR` (built by `python -m rag_jax.index build`), or else one built from the
+config's corpus on first use (with a progress bar) and cached under
 `$RAG_JAX_CACHE/indexes/`. That one is the index `python -m rag_jax.index build --articles
 CORPUS --backend exact --dtype float32` makes: the same passages and ids, the same vectors,
 the same exact search, so both routes answer a question with the same passages.
 
 Bad questions are refused in one line: none, an empty or a blank one (exit 2), k above the
 number of passages (exit 1). A question longer than the encoder's max_length is truncated to
-it, with a note on stderr. `--dev FILE` scores retrieval on questions whose answer article is
-known. The work is in `retrieve()`, importable and tested; `main` only parses flags.
+it, with a note on stderr; a prompt longer than `max_prompt_length` loses the end of its
+passage (and a question that alone is longer, its start). `--dev FILE` scores retrieval and
+answers on questions whose answer is known, and `--temperatures` adds the sweep that chose
+the doc prior's temperature. The work is in `retrieve()` and `answering.Answerer`,
+importable and tested; `main` only parses flags and prints.
 """
 
 import contextlib
@@ -26,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from absl import flags
 from ml_collections import config_flags
 
+from rag_jax import answering
 from rag_jax import assets
 from rag_jax import cli
 from rag_jax import retriever as retriever_lib
@@ -35,13 +45,29 @@ from rag_jax.index import corpus
 from rag_jax.index import files
 from rag_jax.index import saved
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (experiments/*.py).")
+DEFAULT_CONFIG = pathlib.Path(__file__).parent / "configs" / "wiki.py"
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file (default: the embedded Wikipedia, "
+    "rag_jax/configs/wiki.py); --config.FIELD=VALUE overrides a field.")
 _QUESTION = flags.DEFINE_multi_string("question", None, "A question (repeatable); overrides "
                                       "the config's questions.")
-_DEV = flags.DEFINE_string("dev", None, "Score retrieval instead of printing passages: a JSONL "
-                           "file of {\"question\", \"title\"[, \"answer\"]} (e.g. "
+_QUESTIONS_FILE = flags.DEFINE_string("questions_file", None, "A file of questions, one a "
+                                      "line (blank lines skipped).")
+_KIND = flags.DEFINE_enum("kind", None, list(answering.KINDS), "RAG-Token or RAG-Sequence "
+                          "(default: the config's kind).")
+_CLOSED_BOOK = flags.DEFINE_bool("closed_book", False, "The generator alone, no passages.")
+_JSON = flags.DEFINE_bool("json", False, "One JSON object per question per line: question, "
+                          "answer, passages (id, title, score, prior, posterior, text).")
+_HEATMAP = flags.DEFINE_string("heatmap", None, "Write the passages' posterior at each answer "
+                               "token (the paper's Figure 2) to this PNG; with several "
+                               "questions, FILE-1.png, FILE-2.png, ...")
+_DEV = flags.DEFINE_string("dev", None, "Score instead of printing: a JSONL file of "
+                           "{\"question\", \"title\"[, \"answer\"]} (e.g. "
                            "tests/data/wiki_dev.jsonl); prints how often the answer article "
-                           "(and the answer string) is in the top 1 and the top k.")
+                           "(and the answer string) is in the top 1 and the top k, and how "
+                           "often the generated answer holds the gold one.")
+_TEMPERATURES = flags.DEFINE_list("temperatures", None, "With --dev: the gold answers' "
+                                  "likelihood under each of these doc-prior temperatures.")
 
 Log = Callable[[str], Any]
 
@@ -137,10 +163,25 @@ def _count(source: pathlib.Path) -> int:
 
 
 def retrieve(config, log: Log = print, progress: bool = False) -> List[Dict[str, Any]]:
-  """Per question, its top-k hits {"id", "row", "score", "title", "text"}: from the saved
-  index `config.index` if one is set, else from the cached index of the config's corpus
-  (`corpus_source`, `cached_index`; built on first use, with a tqdm bar on stderr if
-  `progress`). Passage ids are the index's (`line-chunk` for articles).
+  """Per question, its top-k hits {"id", "row", "score", "title", "text"} from
+  `open_retriever(config)`.
+
+  Raises:
+    retriever.QuestionError: no questions, or an empty or blank one.
+    ValueError: k < 1 or above the number of passages, and other bad settings; all before
+      any weights load or anything is embedded.
+  """
+  questions = retriever_lib.check_questions(config.questions)
+  found = open_retriever(config, log, progress).retrieve(questions, config.k, log=log)
+  return [{"question": r["question"], "hits": r["hits"]} for r in found]
+
+
+def open_retriever(config, log: Log = print, progress: bool = False
+                   ) -> retriever_lib.Retriever:
+  """The saved index `config.index` if one is set, else the cached index of the config's
+  corpus (`corpus_source`, `cached_index`; built on first use, with a tqdm bar on stderr if
+  `progress`), behind its question encoder. Passage ids are the index's (`line-chunk` for
+  articles).
 
   With `config.index`, the questions are encoded by the index's own encoder (its manifest
   names it, and its identity is checked), unless `config.query_encoder` names another, such
@@ -149,11 +190,9 @@ def retrieve(config, log: Log = print, progress: bool = False) -> List[Dict[str,
   the corpus.
 
   Raises:
-    retriever.QuestionError: no questions, or an empty or blank one.
     ValueError: k < 1 or above the number of passages, and other bad settings; all before
       any weights load or anything is embedded.
   """
-  questions = retriever_lib.check_questions(config.questions)
   if config.k < 1:
     raise ValueError(f"k must be positive, got {config.k}")
   if config.max_length < 2:  # TextEncoder checks it too, but only once its weights are loaded
@@ -162,8 +201,7 @@ def retrieve(config, log: Log = print, progress: bool = False) -> List[Dict[str,
     index, encoder = _open_index(config, log)
   else:
     index, encoder = _corpus_index(config, log, progress)
-  found = retriever_lib.Retriever(encoder, index).retrieve(questions, config.k, log=log)
-  return [{"question": r["question"], "hits": r["hits"]} for r in found]
+  return retriever_lib.Retriever(encoder, index)
 
 
 def _open_index(config, log: Log):
@@ -239,21 +277,63 @@ def dev_scores(results: Sequence[Dict[str, Any]], dev: Sequence[Dict[str, str]]
           "answer@1": rate([a[0] for a in answer]), "answer@k": rate([any(a) for a in answer])}
 
 
+def read_questions(path) -> List[str]:
+  """The questions of a file, one a line; blank lines are skipped."""
+  with open(path, encoding="utf-8") as f:
+    questions = [line.strip() for line in f if line.strip()]
+  if not questions:
+    raise ValueError(f"{path}: no questions")
+  return questions
+
+
+def contains_answer(generated: str, gold: str) -> bool:
+  """The generated answer holds the gold one (case and spacing aside)."""
+  return " ".join(gold.lower().split()) in " ".join(generated.lower().split())
+
+
 def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}", status=2)
-  config = cli.config(_CONFIG, "experiments/wiki_retrieval.py")
-  if _QUESTION.value and _DEV.value:
-    cli.fail("--question and --dev do not go together", status=2)
+  config = cli.config(_CONFIG, str(DEFAULT_CONFIG))
+  if sum(map(bool, (_QUESTION.value, _QUESTIONS_FILE.value, _DEV.value))) > 1:
+    cli.fail("--question, --questions_file and --dev do not go together", status=2)
+  if _TEMPERATURES.value and not _DEV.value:
+    cli.fail("--temperatures needs --dev", status=2)
+  generate = str(config.get("generator", "none")).lower() != "none"
+  if not generate and (_CLOSED_BOOK.value or _HEATMAP.value or _TEMPERATURES.value):
+    cli.fail("--closed_book, --heatmap and --temperatures need a generator "
+             "(--config.generator is none)", status=2)
   try:
+    temperatures = [float(t) for t in _TEMPERATURES.value or ()]
     dev = read_dev(_DEV.value) if _DEV.value else None
+    if _QUESTIONS_FILE.value:
+      config.questions = read_questions(_QUESTIONS_FILE.value)
   except (ValueError, OSError) as e:
     cli.fail(weights.one_line(e), status=2)
   if _QUESTION.value or dev:
     config.questions = _QUESTION.value or [d["question"] for d in dev]
+  if _KIND.value:
+    config.kind = _KIND.value
   stderr = lambda message: print(message, file=sys.stderr)
   try:
-    results = retrieve(config, log=stderr, progress=True)
+    questions = retriever_lib.check_questions(config.questions)
+    if generate:  # the decoding settings, checked before anything loads
+      answering.check_config(config)
+    if _CLOSED_BOOK.value:
+      encoder = TextEncoder.from_pretrained(weights.resolve(config.encoder))
+      hits = None
+    else:
+      retriever = open_retriever(config, log=stderr, progress=True)
+      encoder = retriever.encoder
+      hits = [r["hits"] for r in retriever.retrieve(questions, config.k, log=stderr)]
+    if generate:
+      answerer = answering.Answerer.from_config(config, encoder, log=stderr)
+      results = answerer.answer(questions, hits)
+      sweep = (answerer.temperature_sweep(questions, hits, [d.get("answer") or d["title"]
+                                                            for d in dev], temperatures)
+               if temperatures else None)
+    else:
+      results = [{"question": q, "answer": None, "passages": h} for q, h in zip(questions, hits)]
   except retriever_lib.QuestionError as e:
     cli.fail(str(e), status=2)
   # WeightsError and IndexError_ are ValueErrors; ImportError: a backend's library is missing.
@@ -261,18 +341,51 @@ def main(argv):
     cli.fail(weights.one_line(e))
   except KeyboardInterrupt:
     cli.fail("interrupted (an index build resumes where it stopped when run again)", 130)
+  if _HEATMAP.value:
+    for path in answering.write_heatmaps(results, _HEATMAP.value):
+      stderr(f"wrote {path}")
   if dev:
-    scores = dev_scores(results, dev)
-    print(f"{_DEV.value}: {len(dev)} questions, k={config.k}: answer article top-1 "
-          f"{scores['article@1']:.3f}, top-{config.k} {scores['article@k']:.3f}; answer string "
-          f"in top-1 passage {scores['answer@1']:.3f}, top-{config.k} {scores['answer@k']:.3f}")
-    return
-  for r in results:
-    print(f"\nQ: {cli.shorten(r['question'], 200)}")
-    for rank, hit in enumerate(r["hits"], 1):
-      text = cli.shorten(hit["text"], 100)
-      print(f"  {rank}. [{hit['score']:.3f}] {hit['title']}: {text}")
+    _print_dev(config, dev, hits, results if generate else None, sweep if generate else None)
+  elif _JSON.value:
+    for r in results:
+      print(json.dumps({"question": r["question"], "answer": r["answer"],
+                        "passages": r["passages"] or []}, ensure_ascii=False))
+  else:
+    for r in results:
+      _print_result(r)
+
+
+def _print_result(r: Dict[str, Any]) -> None:
+  print(f"\nQ: {cli.shorten(r['question'], 200)}")
+  if r["answer"] is not None:
+    print(f"A: {r['answer']}")
+  for rank, hit in enumerate(r["passages"] or [], 1):
+    weight = f" p={hit['prior']:.2f} post={hit['posterior']:.2f}" if "prior" in hit else ""
+    print(f"  {rank}. [{hit['score']:.3f}{weight}] {hit['title']}: "
+          f"{cli.shorten(hit['text'], 100)}")
+
+
+def _print_dev(config, dev, hits, results, sweep) -> None:
+  name, k = _DEV.value, config.k
+  if hits is not None:
+    scores = dev_scores([{"hits": h} for h in hits], dev)
+    print(f"{name}: {len(dev)} questions, k={k}: answer article top-1 "
+          f"{scores['article@1']:.3f}, top-{k} {scores['article@k']:.3f}; answer string "
+          f"in top-1 passage {scores['answer@1']:.3f}, top-{k} {scores['answer@k']:.3f}")
+  if results is not None:
+    graded = [(r, d) for r, d in zip(results, dev) if d.get("answer")]
+    right = sum(contains_answer(r["answer"], d["answer"]) for r, d in graded)
+    how = "closed book" if hits is None else f"RAG-{config.kind.capitalize()}, k={k}, " \
+        f"doc_temperature {config.doc_temperature:g}"
+    print(f"{name}: generated answer holds the gold answer: {right}/{len(graded)} "
+          f"= {right / len(graded):.3f} ({how})")
+  if sweep:
+    print("doc_temperature  NLL/token RAG-Token  RAG-Sequence")
+    for t, nll in sweep.items():
+      print(f"{t:>15g}  {nll['token']:>19.4f}  {nll['sequence']:>12.4f}")
+    best = min(sweep, key=lambda t: sweep[t]["token"])
+    print(f"lowest RAG-Token NLL at doc_temperature {best:g}")
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, default_config=str(DEFAULT_CONFIG))

@@ -131,12 +131,21 @@ def use_cpu_cores() -> None:
     pass
 
 
-def run(main: Callable) -> None:
+def run(main: Callable, default_config: Optional[str] = None) -> None:
   """absl.app.run with one-line flag errors, one CPU device per core (`use_cpu_cores`).
 
   absl logs at INFO, which would print JAX's "Unable to initialize backend 'tpu'" at every
   start on a machine without one; JAX's backend setup logs only its warnings here.
+
+  Args:
+    main: the entry point.
+    default_config: the config file used when the command line names none: given as
+      `--config FILE` ahead of the other arguments, so that `--config.FIELD=...` overrides
+      it as usual (config_flags parses a flag's default as soon as it is defined, applying
+      the command line's overrides then, where an unknown field would be a traceback).
   """
+  if default_config and _flag_argument(sys.argv, "config") is None:
+    sys.argv[1:1] = [f"--config={default_config}"]  # config_flags reads sys.argv itself
   use_cpu_cores()
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   app.run(main, flags_parser=_parse_flags)

@@ -248,16 +248,29 @@ class Rag:
                                     jnp.repeat(decoder_input_ids, z, axis=0))
     return marginalize.rag_token_marginal(logits.reshape(b, z, *logits.shape[1:]), doc_scores)
 
-  def posteriors(self, params: Params, context_input_ids: Array, context_attention_mask: Array,
-                 doc_scores: Array, sequences: Array) -> Array:
-    """p(z | x, y_i, y_<i): [B * Z, S], [B * Z, S], [B, Z], [B, T] -> [B, Z, T - 1]; see
-    RagModel.doc_posteriors."""
-    b, z = doc_scores.shape
+  def doc_token_log_probs(self, params: Params, context_input_ids: Array,
+                          context_attention_mask: Array, sequences: Array) -> Array:
+    """log p(y_i | x, z, y_<i) of each token of `sequences` after the first, under each
+    document: [B * Z, S], [B * Z, S], [B, T] -> [B, Z, T - 1] float32 (one teacher-forced
+    pass; everything RAG's marginals and posteriors need besides the doc scores)."""
+    bz = context_input_ids.shape[0]
+    b = sequences.shape[0]
     dec_in, targets = sequences[:, :-1], sequences[:, 1:]
     logits = self.gen.target_logits(params["generator"], context_input_ids,
-                                    context_attention_mask, jnp.repeat(dec_in, z, axis=0))
-    lp, _ = marginalize.target_log_probs(logits.reshape(b, z, *logits.shape[1:]),
-                                         jnp.repeat(targets[:, None], z, axis=1))
+                                    context_attention_mask, jnp.repeat(dec_in, bz // b, axis=0))
+    lp, _ = marginalize.target_log_probs(logits.reshape(b, bz // b, *logits.shape[1:]),
+                                         jnp.repeat(targets[:, None], bz // b, axis=1))
+    return lp
+
+  def posteriors(self, params: Params, context_input_ids: Array, context_attention_mask: Array,
+                 doc_scores: Array, sequences: Array, kind: str = "token") -> Array:
+    """[B * Z, S], [B * Z, S], [B, Z], [B, T] -> [B, Z, T - 1]: per token of `sequences`
+    after the first, the posterior over the documents; see RagModel.doc_posteriors."""
+    lp = self.doc_token_log_probs(params, context_input_ids, context_attention_mask, sequences)
+    if kind == "sequence":
+      lp = jnp.cumsum(lp, axis=2)
+    elif kind != "token":
+      raise ValueError(f"posteriors: kind must be 'token' or 'sequence', got {kind!r}")
     joint = lp + marginalize.doc_log_probs(doc_scores)[:, :, None]               # [B, Z, T-1]
     return jax.nn.softmax(joint, axis=1)
 
@@ -293,7 +306,8 @@ class RagModel:
 
   def __post_init__(self):
     self._loss = jax.jit(self.rag.nll, static_argnames=("kind", "epsilon", "exclude_bos_score"))
-    self._posteriors = jax.jit(self.rag.posteriors)
+    self._posteriors = jax.jit(self.rag.posteriors, static_argnames="kind")
+    self._doc_token_log_probs = jax.jit(self.rag.doc_token_log_probs)
 
   # ----------------------------------------------------------------------------------------
   # Loading.
@@ -339,7 +353,8 @@ class RagModel:
   def from_parts(cls, question_encoder, generator, *, dtype=jnp.float32,
                  **config) -> "RagModel":
     """Builds a RAG model from a question encoder and a generator, each a directory, a hub
-    name or `asset:NAME`.
+    name or `asset:NAME`; the question encoder may also be a loaded `TextEncoder` (e.g. a
+    retriever's), whose module, params and tokenizer are then shared.
 
     The question encoder is a DPR (or sentence-transformers) BERT checkpoint; the generator
     an HF BART checkpoint (facebook/bart-large), or a decoder-only Llama: an HF
@@ -350,17 +365,22 @@ class RagModel:
 
     Args:
       question_encoder, generator: the two checkpoints.
-      dtype: computation dtype.
+      dtype: computation dtype (of what is loaded here).
       **config: RagConfig fields.
     """
-    question_encoder = weights.resolve(question_encoder)
-    q_module, q_params = weights.load_bert(question_encoder, dtype=dtype)
+    from rag_jax.encoder import TextEncoder  # pylint: disable=import-outside-toplevel
+    if isinstance(question_encoder, TextEncoder):
+      q_module, q_params = question_encoder.module, question_encoder.params
+      q_tokenizer = question_encoder.tokenizer
+    else:
+      question_encoder = weights.resolve(question_encoder)
+      q_module, q_params = weights.load_bert(question_encoder, dtype=dtype)
+      q_tokenizer = _optional_tokenizer(question_encoder)
     g_module, g_params, g_tokenizer = _load_generator(generator, dtype)
     if not generator_lib.adapt(g_module).has_encoder and g_tokenizer is not None:
       config.setdefault("target_start_token_id", prompts.newline_token(g_tokenizer))
     return cls(Rag(q_module, g_module, RagConfig(**config)),
-               {"question_encoder": q_params, "generator": g_params},
-               _optional_tokenizer(question_encoder), g_tokenizer)
+               {"question_encoder": q_params, "generator": g_params}, q_tokenizer, g_tokenizer)
 
   @property
   def question_encoder(self) -> bert_lib.BertEncoder:
@@ -460,22 +480,34 @@ class RagModel:
                       drop_first=drop_first, prefilled=cache)
 
   def doc_posteriors(self, context_input_ids, context_attention_mask, doc_scores,
-                     sequences) -> np.ndarray:
+                     sequences, kind: str = "token") -> np.ndarray:
     """Per generated token, the posterior over the retrieved documents (paper, Figure 2).
 
-    For RAG-Token each token has its own latent document, so the posterior of token i is
-        p(z | x, y_i, y_<i) = p(z|x) p(y_i | x, z, y_<i) / sum_z' p(z'|x) p(y_i | x, z', y_<i).
+    RAG-Token draws a document per token, so the posterior of token i is
+        p(z | x, y_i, y_<i) = p(z|x) p(y_i | x, z, y_<i) / sum_z' p(z'|x) p(y_i | x, z', y_<i);
+    RAG-Sequence (`kind="sequence"`) draws one for the whole answer, so after token i it is
+        p(z | x, y_<=i) = p(z|x) p(y_<=i | x, z) / sum_z' p(z'|x) p(y_<=i | x, z'),
+    and the last column is p(z | x, y), the posterior given the whole answer.
 
     Args:
       context_input_ids, context_attention_mask: [B * Z, S]; doc_scores: [B, Z].
       sequences: [B, T] generated ids, start token first (as `generate` returns them).
+      kind: "token" or "sequence".
     Returns:
-      [B, Z, T - 1] float32: column i is the posterior of token sequences[:, i + 1].
+      [B, Z, T - 1] float32: column i is the posterior at token sequences[:, i + 1] (columns
+      past a row's EOS mean nothing).
     """
     return np.asarray(self._posteriors(self.params, jnp.asarray(context_input_ids),
                                        jnp.asarray(context_attention_mask),
                                        jnp.asarray(doc_scores, jnp.float32),
-                                       jnp.asarray(sequences)))
+                                       jnp.asarray(sequences), kind=kind))
+
+  def doc_token_log_probs(self, context_input_ids, context_attention_mask, sequences
+                          ) -> np.ndarray:
+    """`Rag.doc_token_log_probs` with the model's params: [B, Z, T - 1] float32."""
+    return np.asarray(self._doc_token_log_probs(self.params, jnp.asarray(context_input_ids),
+                                                jnp.asarray(context_attention_mask),
+                                                jnp.asarray(sequences)))
 
   def question_text_encoder(self, batch_size: int = 64):
     """The question encoder as a TextEncoder (for a Retriever), sharing this model's params."""
@@ -505,8 +537,8 @@ class RagModel:
             "doc_embeds": np.stack([r["vectors"] for r in results]).astype(np.float32),
             "hits": [r["hits"] for r in results], "index": results[0]["index"]}
 
-  def contextualize(self, questions: Sequence[str], docs: Sequence[Sequence[Mapping[str, str]]],
-                    tokenizer=None):
+  def contextualize(self, questions: Sequence[str],
+                    docs: Optional[Sequence[Sequence[Mapping[str, str]]]], tokenizer=None):
     """Generator inputs for retrieved docs, as HF's RagRetriever builds them.
 
     For BART: `title / text // question`, right-padded and truncated to max_combined_length
@@ -518,7 +550,8 @@ class RagModel:
 
     Args:
       questions: B question strings.
-      docs: B lists of Z {"title", "text"} passages.
+      docs: B lists of Z {"title", "text"} passages; None: closed book, the question alone
+        is the context (Z = 1; the config's prefix still applies).
       tokenizer: the generator's tokenizer (default: the checkpoint's).
     Returns:
       context_input_ids, context_attention_mask: [B * Z, S] int32 numpy (S =
@@ -527,21 +560,24 @@ class RagModel:
     tokenizer = tokenizer or self.generator_tokenizer
     if tokenizer is None:
       raise ValueError("contextualize needs the generator's tokenizer")
-    if len(questions) != len(docs):
-      raise ValueError(f"{len(questions)} questions but {len(docs)} rows of documents")
-    if len({len(row) for row in docs}) > 1:
-      raise ValueError("every question needs the same number of documents (pad with "
-                       "empty passages and give them a -inf doc score)")
+    if docs is None:
+      triples = [("", "", q) for q in questions]
+      join = lambda title, text, question: (self.config.prefix or "") + question
+    else:
+      if len(questions) != len(docs):
+        raise ValueError(f"{len(questions)} questions but {len(docs)} rows of documents")
+      if len({len(row) for row in docs}) > 1:
+        raise ValueError("every question needs the same number of documents (pad with "
+                         "empty passages and give them a -inf doc score)")
+      triples = [(d["title"], d["text"], q) for q, row in zip(questions, docs) for d in row]
+      join = lambda *context: format_context(*context, self.config)
     if not self.rag.gen.has_encoder:
       fmt = self.prompt_format or (lambda context: context)
-      return prompts.encode_prompts(
-          tokenizer, [(d["title"], d["text"], q) for q, row in zip(questions, docs) for d in row],
-          lambda *c: fmt(format_context(*c, self.config)),
-          limit=self.config.max_combined_length, pad_token_id=self.rag.gen.pad_token_id)
-    strings = [format_context(d["title"], d["text"], q, self.config)
-               for q, row in zip(questions, docs) for d in row]
-    enc = tokenizer(strings, max_length=self.config.max_combined_length, padding="max_length",
-                    truncation=True, return_tensors="np")
+      return prompts.encode_prompts(tokenizer, triples, lambda *c: fmt(join(*c)),
+                                    limit=self.config.max_combined_length,
+                                    pad_token_id=self.rag.gen.pad_token_id)
+    enc = tokenizer([join(*c) for c in triples], max_length=self.config.max_combined_length,
+                    padding="max_length", truncation=True, return_tensors="np")
     return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
 
 

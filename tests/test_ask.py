@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments import wiki_retrieval
+from rag_jax.configs import wiki as wiki_config
 from rag_jax import ask
 from rag_jax import assets
 from rag_jax import retriever
@@ -42,7 +42,7 @@ def wiki40(wiki40_cache, minilm, monkeypatch):
 
 
 def _config(wiki, **overrides):
-  config = wiki_retrieval.get_config()
+  config = wiki_config.get_config()
   config.encoder = str(wiki["encoder"])  # the real cache's copy: this module's cache is bare
   config.update(overrides)
   return config
@@ -117,7 +117,7 @@ def test_k_above_the_corpus_is_refused_before_embedding(tmp_path, minilm, monkey
 
 def test_retrieve_from_a_saved_index(tmp_path):
   """The same questions over a saved index of the same articles: the same top hit."""
-  config = wiki_retrieval.get_config("small")
+  config = wiki_config.get_config("small")
   articles = assets.wiki_summaries()[:40]
   source = tmp_path / "articles.jsonl"
   source.write_text("".join(json.dumps(a) + "\n" for a in articles))
@@ -144,7 +144,7 @@ def test_retrieve_from_a_saved_index(tmp_path):
 
 
 def test_a_saved_index_checks_its_question_encoder(tmp_path):
-  config = wiki_retrieval.get_config("small")
+  config = wiki_config.get_config("small")
   source = tmp_path / "articles.jsonl"
   source.write_text("".join(json.dumps(a) + "\n" for a in assets.wiki_summaries()[:5]))
   encoder_dir = pathlib.Path(assets.resolve_spec(config.encoder))
@@ -165,7 +165,7 @@ def test_a_saved_index_checks_its_question_encoder(tmp_path):
 
 
 def test_small_samples_across_the_corpus_with_the_default_answers():
-  config = wiki_retrieval.get_config("small")
+  config = wiki_config.get_config("small")
   sample = [json.loads(line) for line in ask.corpus_source(config).read_text().splitlines()]
   titles = [a["title"] for a in sample]
   everything = {a["title"]: i for i, a in enumerate(assets.wiki_summaries())}
@@ -187,7 +187,7 @@ def test_sample_articles(tmp_path, monkeypatch):
   assert ask.sample_articles(source, 100) == source  # no more than it holds: itself
   with pytest.raises(ValueError, match="no article titled 'nope'"):
     ask.sample_articles(source, 10, include=["nope"])
-  config = wiki_retrieval.get_config()
+  config = wiki_config.get_config()
   config.corpus, config.max_articles = str(source), -1
   with pytest.raises(ValueError, match="max_articles must be >= 0"):
     ask.corpus_source(config)

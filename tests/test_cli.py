@@ -16,29 +16,37 @@ def _run(*args, module="rag_jax.ask"):
 
 
 @pytest.mark.parametrize("args, status, message", [
-    ([], 2, "--config is required"),
+    (["--config.xyz=1"], 2, "unknown config field 'xyz' in "),  # the default config's
+    (["--temperatures", "0.1"], 2, "--temperatures needs --dev"),
+    (["--kind", "soft"], 2, "flag --kind=soft: value should be one of <token|sequence>"),
+    (["--config.generator=none", "--closed_book"], 2, "--closed_book, --heatmap and "
+     "--temperatures need a generator"),
+    (["--config.doc_temperature=0"], 1, "doc_temperature must be positive"),
+    (["--questions_file", "/nonexistent/q.txt"], 2, "/nonexistent/q.txt"),
     (["--config", "experiments/nope.py"], 2, "No such file or directory"),
-    (["--config", "experiments/wiki_retrieval.py", "stray"], 2, "unexpected arguments: stray"),
-    (["--config", "experiments/wiki_retrieval.py", "--config.encoder=/nonexistent/model"], 1,
+    (["--config", "rag_jax/configs/wiki.py", "stray"], 2, "unexpected arguments: stray"),
+    (["--config", "rag_jax/configs/wiki.py", "--config.encoder=/nonexistent/model"], 1,
      "/nonexistent/model: no such directory"),
-    (["--config", "experiments/wiki_retrieval.py:smal"], 2, "unknown config variant 'smal'"),
+    (["--config", "rag_jax/configs/wiki.py:smal"], 2, "unknown config variant 'smal'"),
     # Checked before anything is embedded.
-    (["--config", "experiments/wiki_retrieval.py", "--config.k=0"], 1, "k must be positive"),
-    (["--config", "experiments/wiki_retrieval.py", "--config.max_length=1"], 1,
+    (["--config", "rag_jax/configs/wiki.py", "--config.k=0"], 1, "k must be positive"),
+    (["--config", "rag_jax/configs/wiki.py", "--config.max_length=1"], 1,
      "max_length must be at least 2"),
-    (["--config", "experiments/wiki_retrieval.py", "--question", "  "], 2,
+    (["--config", "rag_jax/configs/wiki.py", "--question", "  "], 2,
      "question 1 is blank"),
-    (["--config", "experiments/wiki_retrieval.py", "--question", "Who?", "--question", ""], 2,
+    (["--config", "rag_jax/configs/wiki.py", "--question", "Who?", "--question", ""], 2,
      "question 2 is empty"),
-    (["--config", "experiments/wiki_retrieval.py", "--config.k=20000"], 1,
+    (["--config", "rag_jax/configs/wiki.py", "--config.k=20000"], 1,
      "k=20000 exceeds the index's 12324 passages"),
-    (["--config", "experiments/wiki_retrieval.py", "--question", "Who?", "--dev", "x.jsonl"],
-     2, "--question and --dev do not go together"),
-    (["--config", "experiments/wiki_retrieval.py", "--config.xyz=1"], 2,
-     "unknown config field 'xyz' in experiments/wiki_retrieval.py (known: batch_size, corpus, "
-     "encoder, include_titles, index, k, max_articles, max_length, query_encoder, questions)"),
-    (["--config=experiments/wiki_retrieval.py:small", "--config.k.x=1"], 2,
-     "unknown config field 'k.x' in experiments/wiki_retrieval.py:small ('k' holds int 3, "
+    (["--config", "rag_jax/configs/wiki.py", "--question", "Who?", "--dev", "x.jsonl"],
+     2, "--question, --questions_file and --dev do not go together"),
+    (["--config", "rag_jax/configs/wiki.py", "--config.xyz=1"], 2,
+     "unknown config field 'xyz' in rag_jax/configs/wiki.py (known: batch_size, corpus, "
+     "doc_temperature, encoder, generator, include_titles, index, k, kind, max_articles, "
+     "max_length, max_new_tokens, max_prompt_length, query_encoder, questions, "
+     "questions_per_batch, system_prompt)"),
+    (["--config=rag_jax/configs/wiki.py:small", "--config.k.x=1"], 2,
+     "unknown config field 'k.x' in rag_jax/configs/wiki.py:small ('k' holds int 5, "
      "no fields)"),
 ])
 def test_ask_bad_input(args, status, message):

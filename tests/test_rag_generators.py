@@ -331,9 +331,14 @@ def test_doc_posteriors_match_brute_force(rng, kind):
   lp = _log_softmax(logits).reshape(B, Z, seqs.shape[1] - 1, -1)
   lp = np.take_along_axis(lp, np.broadcast_to(seqs[:, None, 1:, None], lp.shape[:3] + (1,)),
                           -1)[..., 0]
-  joint = lp + _log_softmax(doc_scores)[:, :, None]
-  expected = np.exp(joint - np.logaddexp.reduce(joint, axis=1, keepdims=True))
-  np.testing.assert_allclose(post, expected, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(model.doc_token_log_probs(ctx, mask, seqs), lp, rtol=1e-4,
+                             atol=1e-5)
+  prior = _log_softmax(doc_scores)[:, :, None]
+  for posterior_kind, joint in (("token", lp + prior), ("sequence", np.cumsum(lp, 2) + prior)):
+    expected = np.exp(joint - np.logaddexp.reduce(joint, axis=1, keepdims=True))
+    got = post if posterior_kind == "token" else model.doc_posteriors(ctx, mask, doc_scores, seqs,
+                                                                     kind="sequence")
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6, err_msg=posterior_kind)
 
 
 @dataclasses.dataclass(frozen=True)
