@@ -11,12 +11,16 @@ HF's rotate_half layout (first half, second half) to interleaved pairs, its own 
 convention; reading undoes that, as transformers' GGUF loader does.
 """
 
+import hashlib
 import pathlib
 import re
+import shutil
+import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from rag_jax import assets
 from rag_jax.weights import WeightsError, _KeyedState, one_line
 
 # What `gguf.quants.dequantize` turns into float32 for us. K-quants and i-quants would too,
@@ -166,15 +170,35 @@ class GGUFFile(_KeyedState):
     return w
 
   def tokenizer(self) -> Optional[Any]:
-    """The tokenizer stored in the file (transformers builds it), or None if it has none."""
+    """The tokenizer stored in the file (transformers builds it), or None if it has none.
+
+    Building it parses the file's whole vocabulary again, which takes longer than loading
+    the weights, so the built tokenizer is saved under `$RAG_JAX_CACHE/tokenizers/` (named
+    by the file's path, size and mtime and transformers' version) and loaded from there
+    next time.
+    """
     if self.field("tokenizer.ggml.model") is None:
       return None
     import transformers  # pylint: disable=import-outside-toplevel
+    stat = self.path.stat()
+    key = hashlib.sha256(f"{self.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|"
+                         f"{transformers.__version__}".encode()).hexdigest()[:16]
+    cached = assets.cache_dir() / "tokenizers" / f"{self.path.stem}-{key}"
+    if cached.is_dir():
+      return transformers.AutoTokenizer.from_pretrained(str(cached))
     try:
-      return transformers.AutoTokenizer.from_pretrained(str(self.path.parent),
-                                                        gguf_file=self.path.name)
+      tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.path.parent),
+                                                             gguf_file=self.path.name)
     except Exception as e:  # pylint: disable=broad-except  (tokenizers raises plain Exception)
       raise WeightsError(f"{self.path}: no usable tokenizer ({one_line(e)})") from None
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = pathlib.Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+    tokenizer.save_pretrained(str(partial))
+    try:
+      partial.rename(cached)  # atomic: a reader sees the whole directory or none
+    except OSError:  # another process got there first; theirs is the same
+      shutil.rmtree(partial, ignore_errors=True)
+    return tokenizer
 
 
 def find_gguf(path: pathlib.Path) -> Optional[pathlib.Path]:

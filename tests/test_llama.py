@@ -272,6 +272,25 @@ def test_gguf_matches_hf(tmp_path, rng, qtype, tolerance):
   assert len(tokenizer(text).input_ids) < len(text)  # the merges apply
 
 
+def test_gguf_tokenizer_is_built_once(tmp_path, monkeypatch):
+  """The tokenizer built from a GGUF is cached (named by the file's path, size and mtime) and
+  the cached one tokenizes the same; a changed file gets a new one."""
+  monkeypatch.setenv("RAG_JAX_CACHE", str(tmp_path / "cache"))
+  hf = _save(tmp_path / "hf", scale=0.05, tie_word_embeddings=True, **GGUF_TINY)
+  _write_gguf(tmp_path / "tiny.gguf", hf, QT.F32)
+  built = gguf_file.GGUFFile(tmp_path / "tiny.gguf").tokenizer()
+  cached = sorted((tmp_path / "cache" / "tokenizers").iterdir())
+  assert [p.name.startswith("tiny-") for p in cached] == [True]
+  again = gguf_file.GGUFFile(tmp_path / "tiny.gguf").tokenizer()
+  assert sorted((tmp_path / "cache" / "tokenizers").iterdir()) == cached
+  text = "the cat sat. a dog"
+  assert again(text).input_ids == built(text).input_ids
+  assert (again.bos_token_id, again.eos_token_id) == (built.bos_token_id, built.eos_token_id)
+  _write_gguf(tmp_path / "tiny.gguf", hf, QT.F16)
+  gguf_file.GGUFFile(tmp_path / "tiny.gguf").tokenizer()
+  assert len(list((tmp_path / "cache" / "tokenizers").iterdir())) == 2
+
+
 def test_unpermute_inverts_llama_cpp():
   w = np.arange(4 * 16 * 3, dtype=np.float32).reshape(4 * 16, 3)
   np.testing.assert_array_equal(gguf_file.unpermute_rotary(_llama_cpp_permute(w, 4), 4), w)
