@@ -29,6 +29,7 @@ setuptools.setup(
         "matplotlib>=3.8",  # rag_jax.viz: document-posterior heatmaps
         "sacrebleu>=2.4",  # rag_jax.metrics: BLEU-1
         "rouge-score>=0.1.2",  # rag_jax.metrics: ROUGE-L
+        "bm25s>=0.2",  # the BM25 retrieval ablation (rag_jax/index/bm25.py)
     ],
     extras_require={
         # torch is pinned: an unpinned torch pulls a CUDA build of several GB.

@@ -394,7 +394,8 @@ def build(config, target: Target, mesh_shape: Dict[str, int], batch_size: int,
   fmt = step_lib.ContextFormat(length=r.max_combined_length, start_id=g_cfg.bos_token_id,
                                end_id=g_cfg.eos_token_id, pad_id=g_cfg.pad_token_id)
   cfg = step_lib.StepConfig(kind=r.kind, k=k, label_smoothing=config.label_smoothing,
-                            doc_temperature=config.retrieval.doc_temperature, context=fmt)
+                            doc_temperature=config.retrieval.doc_temperature, context=fmt,
+                            frozen=step_lib.frozen_groups(config))
   if r.max_question_length > q_cfg.max_position_embeddings:
     raise InputError(f"config rag.max_question_length={r.max_question_length} exceeds the "
                      f"question encoder's {q_cfg.max_position_embeddings} positions")

@@ -199,10 +199,20 @@ def _shard_index(axes: Tuple[str, ...]) -> Array:
 # Optimizer and state.
 
 
+def frozen_groups(config) -> Tuple[str, ...]:
+  """The param groups that get no updates: the query encoder when the config freezes it (the
+  paper's "Frozen" ablation) or when BM25 retrieves (nothing reads it then)."""
+  r = config.retrieval
+  return ("question_encoder",) if r.freeze_query_encoder or r.mode == "bm25" else ()
+
+
 def make_optimizer(config) -> optax.GradientTransformation:
   """AdamW with linear warmup, then linear or cosine decay to 0 by `num_train_steps`, and
   global-norm clipping. config: learning_rate, warmup_steps, num_train_steps, decay
   ("linear" | "cosine" | "constant"), weight_decay, max_grad_norm, adam_b1, adam_b2, adam_eps.
+
+  The `frozen_groups` are frozen by construction: `optax.multi_transform` gives them zero
+  updates (no weight decay, no optimizer state), so their params stay bit for bit.
   """
   decay_steps = max(1, config.num_train_steps - config.warmup_steps)
   warmup = optax.linear_schedule(0.0, config.learning_rate, max(1, config.warmup_steps))
@@ -214,10 +224,15 @@ def make_optimizer(config) -> optax.GradientTransformation:
   if config.decay not in decays:
     raise ValueError(f"decay must be one of {sorted(decays)}, got {config.decay!r}")
   schedule = optax.join_schedules([warmup, decays[config.decay]], [config.warmup_steps])
-  return optax.chain(
+  tx = optax.chain(
       optax.clip_by_global_norm(config.max_grad_norm),
       optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
                   weight_decay=config.weight_decay))
+  frozen = frozen_groups(config)
+  if not frozen:
+    return tx
+  labels = lambda params: {k: "frozen" if k in frozen else "trained" for k in params}
+  return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def create_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -237,6 +252,7 @@ class StepConfig:
   label_smoothing: float = 0.0
   doc_temperature: float = 1.0     # p(z|x) = softmax(scores / doc_temperature)
   context: Optional[ContextFormat] = None
+  frozen: Tuple[str, ...] = ()     # param groups without gradient (`frozen_groups`)
 
 
 def encode_questions(rag: rag_lib.Rag, params, batch: Batch) -> Array:
@@ -257,17 +273,26 @@ def retrieve_on_device(rag: rag_lib.Rag, params, batch: Batch, index: DeviceInde
 
 def contexts_and_scores(rag: rag_lib.Rag, params, batch: Batch, cfg: StepConfig, *,
                         deterministic: bool = True, rngs=None) -> Tuple[Array, Array, Array]:
-  """Generator contexts [B * Z, L] (ids, mask) and the doc scores [B, Z] / temperature."""
+  """Generator contexts [B * Z, L] (ids, mask) and the doc scores [B, Z] / temperature.
+
+  The scores are q(x) . d(z), or a batch's `retrieval_scores` [B, Z] where a retriever
+  without vectors found the docs (BM25, whose scores the paper's ablation uses as the
+  logits of p(z|x))."""
   ctx, ctx_mask = join_contexts(batch["passage_tokens"], batch["passage_length"],
                                 batch["question_tokens"], batch["question_length"], cfg.context)
-  scores = rag.doc_scores(params, batch["question_ids"], batch["question_mask"],
-                          batch["doc_embeds"], deterministic=deterministic, rngs=rngs)
+  if "retrieval_scores" in batch:
+    scores = batch["retrieval_scores"]
+  else:
+    scores = rag.doc_scores(params, batch["question_ids"], batch["question_mask"],
+                            batch["doc_embeds"], deterministic=deterministic, rngs=rngs)
   valid = batch["doc_ids"] >= 0
   return ctx, ctx_mask, jnp.where(valid, scores / cfg.doc_temperature, -jnp.inf)
 
 
 def loss_fn(rag: rag_lib.Rag, params, batch: Batch, rng: Array, cfg: StepConfig) -> Array:
-  """Mean per-example RAG NLL of a retrieved batch, dropout on."""
+  """Mean per-example RAG NLL of a retrieved batch, dropout on; no gradient reaches the
+  `cfg.frozen` groups."""
+  params = {k: jax.lax.stop_gradient(v) if k in cfg.frozen else v for k, v in params.items()}
   kq, kg = jax.random.split(rng)
   ctx, ctx_mask, scores = contexts_and_scores(rag, params, batch, cfg, deterministic=False,
                                               rngs={"dropout": kq})
