@@ -88,7 +88,7 @@ def main():
                                         config.seed)[0]
     arrays = input_pipeline.gather(run.train.arrays, rows)
     if run.device_index is not None:
-      batch = run.place({k: v for k, v in arrays.items() if k != "gold"})
+      batch = run.place(run.device_arrays(arrays))
       index = run.device_index
     else:
       batch, index = run.retrieved(run.state.params, arrays), None

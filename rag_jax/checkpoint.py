@@ -17,10 +17,12 @@ class Manager:
   """A CheckpointManager for {"state": TrainState}."""
 
   def __init__(self, directory: pathlib.Path, keep: int):
+    # The handler named up front, so that a checkpoint's metadata reads before any restore.
     self._manager = ocp.CheckpointManager(
         pathlib.Path(directory).absolute(),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=True))
+                                             enable_async_checkpointing=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler()})
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()
@@ -39,6 +41,22 @@ class Manager:
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract)))
     return restored["state"]
+
+  def restore_params(self, params, sharding):
+    """The params of the latest checkpoint, placed as `params` is; the rest of its state
+    (optimizer, step, RNG) is read as it was saved, onto `sharding`, and dropped, so that a
+    run with another optimizer (a frozen query encoder, say) starts from it. None when there
+    is no checkpoint."""
+    step = self._manager.latest_step()
+    if step is None:
+      return None
+    saved = self._manager.item_metadata(step)["state"]
+    abstract = dict(jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved.tree))
+    abstract["params"] = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+    return restored["state"]["params"]
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

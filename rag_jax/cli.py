@@ -112,6 +112,32 @@ def config(holder, example: str):
   return value
 
 
+def job_config(argv, config_holder, workdir_holder, example: str, example_workdir: str):
+  """What an entry point that runs a job in a workdir (train, evaluate) checks first, each
+  failure one line with exit status 2: no stray arguments, the job's processes joined
+  (rag_jax.distributed), a config that loads and a --workdir. Returns the config.
+
+  Args:
+    argv: absl's argv, the program name first.
+    config_holder, workdir_holder: the config_flags and --workdir flags.
+    example, example_workdir: a config spec and a workdir for the messages.
+  """
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  from rag_jax import distributed  # pylint: disable=import-outside-toplevel
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
+  if len(argv) > 1:
+    fail(f"unexpected arguments {argv[1:]}", status=2)
+  try:
+    distributed.initialize()
+  except distributed.DistributedError as e:
+    fail(str(e), status=2)
+  value = config(config_holder, example)
+  if not workdir_holder.value:
+    fail(f"--{workdir_holder.name} is required, e.g. --{workdir_holder.name} {example_workdir}",
+         status=2)
+  return value
+
+
 def use_cpu_cores() -> None:
   """One XLA CPU device per core, so that data-parallel work (`TextEncoder.data_parallel`)
   runs a shard on each: MiniLM encoding is ~10% faster on 2 cores than with one device driving

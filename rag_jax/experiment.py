@@ -1,14 +1,19 @@
 """A training run from its config: mesh, model, data, index, sharded state and the step.
 
 `build(config, workdir)` checks the config, loads (or writes, for `model.tiny`) the
-checkpoints, reads the task's data, loads or builds the index, tokenizes everything once and
-places the state on the mesh. The result, a `Run`, is what `train.train_and_evaluate` and
-`evaluation.evaluate` work from.
+checkpoints, starts from `config.init` if it names one, reads the task's data, loads or
+builds the index, tokenizes everything once and places the state on the mesh. The result, a
+`Run`, is what `trainer.train_and_evaluate` and `evaluation.evaluate` work from.
+
+Retrieval modes (`retrieval.mode`): "device" (exact MIPS inside the jitted step), "host" (the
+saved index searched between jitted calls), and "bm25" (the paper's ablation: bm25s over the
+index's passages, each split retrieved once up front, its scores the logits of p(z|x)).
 """
 
 import dataclasses
 import os
 import pathlib
+import re
 import shutil
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -17,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rag_jax import checkpoint as checkpoint_lib
 from rag_jax import data as data_lib
 from rag_jax import distributed
 from rag_jax import input_pipeline
@@ -25,14 +31,19 @@ from rag_jax import sharding
 from rag_jax import tiny
 from rag_jax import train_step as step_lib
 from rag_jax import weights
+from rag_jax.data import dpr
 from rag_jax.encoder import TextEncoder
+from rag_jax.index import bm25 as bm25_lib
 from rag_jax.index import saved
 from rag_jax.models import scan
 
 Array = jax.Array
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# The separators of HF's context format (" / ", " // "), which the data's words may lack.
-TINY_PUNCTUATION = ("/",)
+# What a config's `metrics` may name: rag_jax.metrics' scores of predictions against golds.
+METRICS = ("exact_match", "f1", "regex_match", "bleu1", "rouge_l", "q_bleu1", "label_accuracy",
+           "answer_in_top_k")
+# Each RAG kind's decodings (RagModel.generate).
+DECODINGS = {"token": ("greedy", "beam"), "sequence": ("thorough", "fast")}
 
 
 class SetupError(ValueError):
@@ -61,7 +72,7 @@ def _field(config, dotted: str):
 
 def check_config(config) -> None:
   """Values the rest would trip over later, as one-line errors now."""
-  choices = {"retrieval.mode": ("device", "host"), "rag.kind": ("token", "sequence"),
+  choices = {"retrieval.mode": ("device", "host", "bm25"), "rag.kind": ("token", "sequence"),
              "model.dtype": tuple(DTYPES), "retrieval.dtype": tuple(DTYPES),
              "decay": ("linear", "cosine", "constant")}
   for name, allowed in choices.items():
@@ -81,6 +92,36 @@ def check_config(config) -> None:
                      "expected > 0")
   if config.rag.max_combined_length < 4:
     raise SetupError("config rag.max_combined_length must be at least 4")
+  unknown = [m for m in config.metrics if m not in METRICS]
+  if unknown or not config.metrics:
+    raise SetupError(f"config metrics={list(config.metrics)}: expected names from {list(METRICS)}")
+  decode_settings(config)
+
+
+def decode_settings(config) -> Dict[str, Any]:
+  """How evaluation decodes: {"kind", "k", "decoding", "num_beams", "max_length"}.
+
+  `eval_k` = 0 and `eval_decoding` = "" take the task's test-time settings for `rag.kind`
+  from `eval_paper` (the paper's: 15 passages and greedy for RAG-Token, 50 and thorough
+  decoding for RAG-Sequence on open-domain QA; 10 passages, 4 beams and fast decoding on
+  MS MARCO and Jeopardy), so that switching the kind switches them too.
+  """
+  kind = config.rag.kind
+  paper = config.eval_paper[kind]
+  k = config.eval_k or paper.k
+  decoding = config.eval_decoding or paper.decoding
+  if not isinstance(k, int) or k < 1:
+    raise SetupError(f"config eval_k={config.eval_k!r}: expected a positive integer (0: the "
+                     f"paper's, eval_paper.{kind}.k)")
+  if decoding not in DECODINGS[kind]:
+    raise SetupError(f"config eval_decoding={decoding!r}: rag.kind={kind!r} decodes with one "
+                     f"of {list(DECODINGS[kind])}")
+  beams = config.eval_num_beams
+  if not isinstance(beams, int) or beams < 1 or (decoding == "greedy" and beams != 1):
+    raise SetupError(f"config eval_num_beams={beams!r}: expected a positive integer (1 for "
+                     "greedy decoding)")
+  return {"kind": kind, "k": k, "decoding": decoding, "num_beams": beams,
+          "max_length": config.eval_max_length}
 
 
 @dataclasses.dataclass
@@ -107,6 +148,7 @@ class Run:
   passage_length: np.ndarray           # [M]
   device_index: Optional[step_lib.DeviceIndex]
   target: Callable[[data_lib.Example], str]
+  eval_split: str = "dev"              # which split `eval` holds: "dev" or "test"
   _step: Callable = None
   _encode: Callable = None
   _retrieve: Callable = None
@@ -125,33 +167,40 @@ class Run:
                        else sharding.batch_sharding(self.mesh, x.ndim))
     return {k: jax.make_array_from_process_local_data(shard(v), v) for k, v in arrays.items()}
 
-  def retrieved(self, params, arrays: Dict[str, np.ndarray], replicated: bool = False
-                ) -> Dict[str, Array]:
-    """A batch with its retrieved documents (doc_ids, doc_embeds, passage_tokens,
-    passage_length), by the config's retrieval mode. `arrays` holds this process's rows, or
-    with `replicated` the whole batch (evaluation decodes it on every process)."""
-    batch = self.place({k: v for k, v in arrays.items() if k != "gold"}, replicated)
+  def device_arrays(self, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """A batch's arrays less those only the host reads (BM25's retrieval of each example)."""
+    return {k: v for k, v in arrays.items() if k not in input_pipeline.HOST_ONLY}
+
+  def retrieved(self, params, arrays: Dict[str, np.ndarray], replicated: bool = False,
+                k: Optional[int] = None) -> Dict[str, Array]:
+    """A batch with its top `k` (default: training's k) retrieved documents (doc_ids,
+    passage_tokens, passage_length, and doc_embeds, or BM25's retrieval_scores), by the
+    config's retrieval mode. `arrays` holds this process's rows, or with `replicated` the
+    whole batch (evaluation decodes it on every process)."""
+    k = k or self.step_config.k
+    batch = self.place(self.device_arrays(arrays), replicated)
     if self.device_index is not None:
-      return self._retrieve(params, batch, self.device_index)
-    # Every process searches the whole batch's questions and keeps its own rows' documents.
-    q = distributed.to_host(self._encode(params, batch))
-    _, ids = self.index.search(q, self.step_config.k)
-    ids = np.asarray(ids, np.int64)
-    if not replicated:
-      ids = input_pipeline.host_rows(ids)
+      return self._retrieve(params, batch, self.device_index, k)
+    if "bm25_ids" in arrays:  # retrieved up front; these are already this process's rows
+      ids, docs = arrays["bm25_ids"][:, :k], {"retrieval_scores": arrays["bm25_scores"][:, :k]}
+    else:
+      # Every process searches the whole batch's questions and keeps its own rows' documents.
+      q = distributed.to_host(self._encode(params, batch))
+      ids = np.asarray(self.index.search(q, k)[1], np.int64)
+      if not replicated:
+        ids = input_pipeline.host_rows(ids)
+      docs = {"doc_embeds": np.asarray(self.index.embeddings[np.maximum(ids, 0).ravel()],
+                                       np.float32).reshape(ids.shape + (-1,))}
     safe = np.maximum(ids, 0)
-    docs = {"doc_ids": ids.astype(np.int32),
-            "doc_embeds": np.asarray(self.index.embeddings[safe.ravel()],
-                                     np.float32).reshape(ids.shape + (-1,)),
-            "passage_tokens": self.passage_tokens[safe],
-            "passage_length": np.where(ids >= 0, self.passage_length[safe], 0)}
+    docs.update({"doc_ids": ids.astype(np.int32), "passage_tokens": self.passage_tokens[safe],
+                 "passage_length": np.where(ids >= 0, self.passage_length[safe], 0)})
     return dict(batch, **self.place(docs, replicated))
 
   def step(self, state: step_lib.TrainState, rows: np.ndarray):
     """One training step on global batch `rows` of the training split."""
     arrays = input_pipeline.gather(self.train.arrays, input_pipeline.host_rows(rows))
     if self.device_index is not None:
-      batch, index = self.place({k: v for k, v in arrays.items() if k != "gold"}), self.device_index
+      batch, index = self.place(self.device_arrays(arrays)), self.device_index
     else:
       batch, index = self.retrieved(state.params, arrays), None
     # Traced under the logical axis rules, so the models' activation constraints apply.
@@ -159,23 +208,64 @@ class Run:
       return self._step(state, batch, index)
 
 
-def _load_model(config, workdir: pathlib.Path, words) -> Tuple[rag_lib.RagModel, str]:
-  """The RAG model and the directory of the document encoder's initial weights."""
+def _load_model(config, workdir: pathlib.Path,
+                rag_checkpoint: str) -> Tuple[rag_lib.RagModel, str]:
+  """The RAG model and the directory of the document encoder's initial weights ("" when the
+  config must name one)."""
   m = config.model
   dtype = DTYPES[m.dtype]
   rag_config = dict(n_docs=config.retrieval.k, max_combined_length=config.rag.max_combined_length,
                     label_smoothing=config.label_smoothing)
-  if m.tiny:
-    directory = tiny.write(workdir / "tiny_model", sorted(set(words) | set(TINY_PUNCTUATION) | set(config.data.label_words.values())),
-                           seed=config.seed)
-    question_encoder, generator = directory / "question_encoder", directory / "generator"
-  elif m.rag_checkpoint:
-    model = rag_lib.RagModel.from_pretrained(m.rag_checkpoint, dtype=dtype, **rag_config)
+  if rag_checkpoint:
+    model = rag_lib.RagModel.from_pretrained(rag_checkpoint, dtype=dtype, **rag_config)
     return model, ""
+  if m.tiny:
+    directory = tiny.write(workdir / "tiny_model", _tiny_words(m.tiny_vocab), seed=config.seed)
+    question_encoder, generator = directory / "question_encoder", directory / "generator"
   else:
     question_encoder, generator = m.question_encoder, m.generator
   model = rag_lib.RagModel.from_parts(question_encoder, generator, dtype=dtype, **rag_config)
   return model, str(question_encoder) if m.tiny else ""
+
+
+def _tiny_words(vocab: str) -> List[str]:
+  """The words of a WordPiece vocab.txt, less the special tokens tiny.write adds itself."""
+  try:
+    lines = pathlib.Path(vocab).read_text(encoding="utf-8").splitlines()
+  except OSError as e:
+    raise SetupError(f"config model.tiny_vocab={vocab!r}: {e.strerror or e}") from None
+  specials = set(tiny.BERT_SPECIALS) | set(tiny.BART_SPECIALS)
+  return [w for w in lines if w.strip() and w not in specials]
+
+
+def checkpoints_in(path: pathlib.Path) -> str:
+  """The directory of a training run's checkpoints at `path` (a workdir, or its checkpoints/
+  itself), or "" when there are none."""
+  for directory in (path / "checkpoints", path):
+    if directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir()):
+      return str(directory)
+  return ""
+
+
+def resolve_init(init: str) -> Tuple[str, str]:
+  """What `config.init` names: ("checkpoint", its checkpoints directory) for a training run's
+  workdir (or its `checkpoints/`), ("rag", init) for an HF RAG checkpoint (a directory or a
+  hub name), ("", "") for none. A path that is neither is a SetupError."""
+  if not init:
+    return "", ""
+  path = pathlib.Path(init).expanduser()
+  checkpoints = checkpoints_in(path)
+  if checkpoints:
+    return "checkpoint", checkpoints
+  config = path / "config.json"
+  if config.is_file():
+    return "rag", init
+  if not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", init) and not init.startswith("."):
+    return "rag", init  # a hub name (facebook/rag-token-nq)
+  what = "holds no training checkpoint nor an HF RAG config.json" if path.exists() else (
+      "no such checkpoint")
+  raise SetupError(f"init {init}: {what} (expected a train workdir, its checkpoints/, or an HF "
+                   "RAG directory)")
 
 
 def _for_training(model: rag_lib.RagModel, config) -> Tuple[rag_lib.Rag, Any]:
@@ -213,6 +303,9 @@ def _index(config, workdir: pathlib.Path, doc_encoder_dir: str):
                        "build, see the config's docstring)")
     return saved.load_index(path, checksums=False)
   _check_passages(config)
+  if not (r.doc_encoder or doc_encoder_dir):
+    raise SetupError("config retrieval.doc_encoder must name the document encoder that embeds "
+                     "retrieval.passages (an HF RAG checkpoint holds only the query encoder)")
   out = workdir / "index"
   if not (out / saved.MANIFEST).is_file():
     # Every process builds its own and renames it into place, the first rename winning: a
@@ -238,6 +331,18 @@ def _check_passages(config) -> None:
                      "config's docstring for where it comes from)")
 
 
+def split_name(config, split: str) -> str:
+  """The data's name for "train", "dev" or "test" (`data.train_split`, `eval_split`,
+  `test_split`); an unknown split, or a test split the task lacks, is a SetupError."""
+  names = {"train": config.data.train_split, "dev": config.data.eval_split,
+           "test": config.data.test_split}
+  if split not in names:
+    raise SetupError(f"unknown split {split!r}: expected one of {sorted(names)}")
+  if not names[split]:
+    raise SetupError(f"the config names no {split} split (data.{split}_split is empty)")
+  return names[split]
+
+
 def _read(config, split: str) -> List[data_lib.Example]:
   d = config.data
   options = {"two_way": d.two_way} if d.kind == "fever" else {}
@@ -247,10 +352,14 @@ def _read(config, split: str) -> List[data_lib.Example]:
     raise SetupError(str(e)) from None
 
 
-def _target_fn(config, tokenizer) -> Callable[[data_lib.Example], str]:
-  """Example -> its training target text. FEVER: the label's word, checked to be one token."""
+def _target_fn(config, tokenizer, regex_targets: Dict[str, str]
+               ) -> Callable[[data_lib.Example], str]:
+  """Example -> its training target text. FEVER: the label's word, checked to be one token.
+  CuratedTrec: `regex_targets` (the text its patterns match, `_regex_targets`)."""
+  if config.data.kind == "curatedtrec":
+    return lambda e: regex_targets.get(e.id, "")
   if config.data.kind != "fever":
-    return lambda e: e.targets[0]
+    return lambda e: e.targets[0] if e.targets else ""
   words = dict(config.data.label_words)
   for label, word in words.items():
     n = len(tokenizer(word, add_special_tokens=False)["input_ids"])
@@ -260,7 +369,42 @@ def _target_fn(config, tokenizer) -> Callable[[data_lib.Example], str]:
   return lambda e: words[e.label]
 
 
-def build(config, workdir: pathlib.Path) -> Run:
+def _regex_targets(config, examples: List[data_lib.Example], model: rag_lib.RagModel,
+                   index: saved.Index) -> Dict[str, str]:
+  """CuratedTrec's training targets, as the paper makes them: for each question, what its
+  patterns match most often in the top `data.regex_target_passages` passages the initial
+  retriever finds (`dpr.regex_target`)."""
+  labelled = [e for e in examples if e.targets]
+  if not labelled:
+    return {}
+  n = min(config.data.regex_target_passages, len(index.passages))
+  vectors = model.question_text_encoder().encode([e.source for e in labelled])
+  _, ids = index.search(vectors, n)
+  texts = lambda row: [index.passages[int(i)]["text"] for i in row if i >= 0]
+  return {e.id: dpr.regex_target(e.targets, texts(row)) for e, row in zip(labelled, ids)}
+
+
+def _bm25_arrays(index: saved.Index, splits: List[List[data_lib.Example]], k: int):
+  """BM25's top `k` of each example of each split, retrieved once (the retriever is fixed):
+  {"bm25_ids" [N, k], "bm25_scores" [N, k]} per split."""
+  search = bm25_lib.BM25Search(index.passages)
+  out = []
+  for examples in splits:
+    scores, ids = search.search([e.source for e in examples], k) if examples else (
+        np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
+    out.append({"bm25_ids": ids, "bm25_scores": scores})
+  return out
+
+
+def build(config, workdir: pathlib.Path, *, split: str = "dev", train: bool = True) -> Run:
+  """The run of `config` in `workdir`.
+
+  Args:
+    config: a task config (experiments/*.py).
+    workdir: where the tiny model and a built index go.
+    split: the split evaluation reads, "dev" or "test" (`split_name`).
+    train: read and tokenize the training split (evaluation alone does not need it).
+  """
   check_config(config)
   mesh = sharding.make_mesh(dict(config.mesh))
   if config.batch_size % sharding.data_size(mesh) or config.batch_size % jax.process_count():
@@ -269,60 +413,80 @@ def build(config, workdir: pathlib.Path) -> Run:
   if config.eval_batch_size % sharding.data_size(mesh):
     raise SetupError(f"config eval_batch_size={config.eval_batch_size} does not split over the "
                      f"{sharding.data_size(mesh)} data shards of the mesh")
-  train_examples = _read(config, config.data.train_split)
-  eval_examples = _read(config, config.data.eval_split)
+  init_kind, init_path = resolve_init(config.init)
+  train_examples = _read(config, split_name(config, "train")) if train else []
+  eval_examples = _read(config, split_name(config, split))
   if config.data.max_eval_examples:
     eval_examples = eval_examples[:config.data.max_eval_examples]
-  words = []
-  if config.model.tiny:  # its vocabulary: the words of the data and the passages
-    _check_passages(config)
-    from rag_jax.index import corpus  # pylint: disable=import-outside-toplevel
-    words = data_lib.words([e.source for e in train_examples + eval_examples] +
-                           [f"{p['title']} {p['text']}" for p in
-                            corpus.read_passages(config.retrieval.passages)])
-  model, doc_encoder_dir = _load_model(config, workdir, words)
+  model, doc_encoder_dir = _load_model(config, workdir, init_path if init_kind == "rag" else
+                                       config.model.rag_checkpoint)
   rag, params = _for_training(model, config)
   index = _index(config, workdir, doc_encoder_dir)
   if index.dim != rag.question_encoder.config.output_dim:
     raise SetupError(f"the index's vectors are {index.dim}-d, the query encoder's "
                      f"{rag.question_encoder.config.output_dim}-d")
-  if config.retrieval.k > len(index.passages):
-    raise SetupError(f"config retrieval.k={config.retrieval.k} exceeds the index's "
-                     f"{len(index.passages)} passages")
+  eval_k = decode_settings(config)["k"]
+  for name, k in (("retrieval.k", config.retrieval.k), ("eval_k", eval_k)):
+    if k > len(index.passages):
+      raise SetupError(f"config {name}={k} exceeds the index's {len(index.passages)} passages")
 
   g_tok = model.generator_tokenizer
   fmt = input_pipeline.context_format(g_tok, config.rag.max_combined_length)
-  target = _target_fn(config, g_tok)
-  titles = input_pipeline.title_rows(index.passages)
-  tokenize = lambda examples: Split(examples, input_pipeline.tokenize_examples(
+  regex_targets = (_regex_targets(config, train_examples, model, index)
+                   if config.data.kind == "curatedtrec" else {})
+  target = _target_fn(config, g_tok, regex_targets)
+  bm25 = ([{}, {}] if config.retrieval.mode != "bm25" else _bm25_arrays(
+      index, [train_examples, eval_examples], max(config.retrieval.k, eval_k)))
+  tokenize = lambda examples, extra: Split(examples, dict(input_pipeline.tokenize_examples(
       examples, question_tokenizer=model.question_tokenizer, generator_tokenizer=g_tok, fmt=fmt,
       max_question_length=config.rag.max_question_length,
-      max_target_length=config.rag.max_target_length, target=target, title_rows=titles))
+      max_target_length=config.rag.max_target_length, target=target), **extra))
   passage_tokens, passage_length = input_pipeline.tokenize_passages(index.passages, g_tok,
                                                                     model.config, fmt)
   step_config = step_lib.StepConfig(kind=config.rag.kind, k=config.retrieval.k,
                                     label_smoothing=config.label_smoothing,
                                     doc_temperature=config.retrieval.doc_temperature,
-                                    context=fmt)
+                                    context=fmt, frozen=step_lib.frozen_groups(config))
 
   tx = step_lib.make_optimizer(config)
   state, state_sharding = _place_state(rag, params, tx, config, mesh)
   del params
+  if init_kind == "checkpoint":
+    state = state.replace(params=_init_params(init_path, state.params, mesh))
   device_index = None
   if config.retrieval.mode == "device":
     device_index = step_lib.DeviceIndex.create(mesh, index.embeddings, passage_tokens,
                                                passage_length, config.retrieval.dtype)
   run = Run(config=config, mesh=mesh, rag=rag, question_tokenizer=model.question_tokenizer,
             generator_tokenizer=g_tok, step_config=step_config, state=state,
-            train=tokenize(train_examples), eval=tokenize(eval_examples), index=index,
-            passage_tokens=passage_tokens, passage_length=passage_length,
-            device_index=device_index, target=target)
+            train=tokenize(train_examples, bm25[0]) if train else Split([], {}),
+            eval=tokenize(eval_examples, bm25[1]),
+            index=index, passage_tokens=passage_tokens, passage_length=passage_length,
+            device_index=device_index, target=target, eval_split=split)
   run._step = step_lib.jit_train_step(rag, tx, step_config, state_sharding)
-  run._encode = jax.jit(lambda p, b: step_lib.encode_questions(rag, p, b))
-  run._retrieve = jax.jit(lambda p, b, i: step_lib.retrieve_on_device(rag, p, b, i,
-                                                                      step_config.k))
-  run._contexts = jax.jit(lambda p, b: step_lib.contexts_and_scores(rag, p, b, step_config))
+  # Module-level jits with the model and settings static: runs of the same model share them.
+  run._encode = lambda p, b: _ENCODE(rag, p, b)
+  run._retrieve = lambda p, b, i, k: _RETRIEVE(rag, p, b, i, k)
+  run._contexts = lambda p, b: _CONTEXTS(rag, p, b, step_config)
   return run
+
+
+_ENCODE = jax.jit(step_lib.encode_questions, static_argnums=0)
+_RETRIEVE = jax.jit(step_lib.retrieve_on_device, static_argnums=(0, 4))
+_CONTEXTS = jax.jit(step_lib.contexts_and_scores, static_argnums=(0, 3))
+
+
+def _init_params(directory: str, params, mesh):
+  """The params of the latest checkpoint in `directory`, placed as `params` are."""
+  manager = checkpoint_lib.Manager(pathlib.Path(directory), keep=1)
+  try:
+    restored = manager.restore_params(params, sharding.replicated(mesh))
+  except (ValueError, KeyError) as e:
+    raise SetupError(f"init {directory}: its params do not fit this config's model "
+                     f"({weights.one_line(e)})") from None
+  finally:
+    manager.close()
+  return restored
 
 
 def _place_state(rag: rag_lib.Rag, params, tx, config, mesh):

@@ -6,10 +6,9 @@ same sequence on every host and every mesh), and each host takes its own slice, 
 1 device and on 8, or on 1 process and on 2, sees the same batches.
 
 Shapes: N = examples, M = passages, Lq = question tokens, Q = the question's generator
-tokens, P = a passage's generator tokens (L - 2), T = target tokens, G = gold passages.
+tokens, P = a passage's generator tokens (L - 2), T = target tokens.
 """
 
-import collections
 from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import grain
@@ -19,6 +18,10 @@ import numpy as np
 from rag_jax import rag as rag_lib
 from rag_jax import train_step
 from rag_jax.data import Example
+
+# Arrays of a split that stay on the host: BM25's retrieval of each example, retrieved once up
+# front (experiment.build), which the host reads to gather the passages.
+HOST_ONLY = ("bm25_ids", "bm25_scores")
 
 
 def context_format(tokenizer, length: int) -> train_step.ContextFormat:
@@ -64,15 +67,14 @@ def tokenize_passages(passages, tokenizer, config: rag_lib.RagConfig,
 
 def tokenize_examples(examples: List[Example], *, question_tokenizer, generator_tokenizer,
                       fmt: train_step.ContextFormat, max_question_length: int,
-                      max_target_length: int, target: Callable[[Example], str],
-                      title_rows: Dict[str, List[int]]) -> Dict[str, np.ndarray]:
+                      max_target_length: int, target: Callable[[Example], str]
+                      ) -> Dict[str, np.ndarray]:
   """The arrays a batch is gathered from.
 
   Returns:
     question_ids, question_mask [N, Lq] (query encoder); question_tokens [N, P] and
     question_length [N] (the question's part of the generator input, `" " + question`);
-    labels [N, T] (the target framed by the generator's start and end tokens, padded);
-    gold [N, G] rows of the gold passages (-1 = none), from `title_rows`.
+    labels [N, T] (the target framed by the generator's start and end tokens, padded).
   """
   sources = [e.source for e in examples]
   q = question_tokenizer(sources, max_length=max_question_length, truncation=True,
@@ -82,22 +84,10 @@ def tokenize_examples(examples: List[Example], *, question_tokenizer, generator_
   labels = generator_tokenizer([target(e) for e in examples], max_length=max_target_length,
                                truncation=True, padding="max_length",
                                return_tensors="np")["input_ids"].astype(np.int32)
-  gold_rows = [[r for t in e.gold_titles for r in title_rows.get(t, ())] for e in examples]
-  gold = np.full((len(examples), max(1, max(map(len, gold_rows), default=1))), -1, np.int64)
-  for i, rows in enumerate(gold_rows):
-    gold[i, :len(rows)] = rows
   return {"question_ids": q["input_ids"].astype(np.int32),
           "question_mask": q["attention_mask"].astype(np.int32),
           "question_tokens": question_tokens, "question_length": question_length,
-          "labels": labels, "gold": gold}
-
-
-def title_rows(passages) -> Dict[str, List[int]]:
-  """Article title -> the rows of its passages."""
-  rows = collections.defaultdict(list)
-  for i in range(len(passages)):
-    rows[passages[i]["title"]].append(i)
-  return dict(rows)
+          "labels": labels}
 
 
 def train_batches(num_examples: int, batch_size: int, seed: int) -> grain.MapDataset:

@@ -10,12 +10,10 @@ A workdir with checkpoints resumes by itself; SIGTERM saves and exits 0.
 import json
 
 from absl import flags
-from absl import logging
 import jax
 from ml_collections import config_flags
 
 from rag_jax import cli
-from rag_jax import distributed
 from rag_jax import experiment
 from rag_jax import trainer
 from rag_jax import weights
@@ -28,16 +26,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and m
 
 
 def main(argv):
-  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  if len(argv) > 1:
-    cli.fail(f"unexpected arguments {argv[1:]}", status=2)
-  try:
-    distributed.initialize()
-  except distributed.DistributedError as e:
-    cli.fail(str(e), status=2)
-  config = cli.config(_CONFIG, "experiments/fever.py:tiny")
-  if not _WORKDIR.value:
-    cli.fail("--workdir is required, e.g. --workdir /tmp/fever-tiny", status=2)
+  config = cli.job_config(argv, _CONFIG, _WORKDIR, "experiments/fever.py:tiny", "/tmp/fever-tiny")
   try:
     out = trainer.train_and_evaluate(config, _WORKDIR.value)
   except (trainer.TrainingError, experiment.SetupError, OSError, ValueError) as e:

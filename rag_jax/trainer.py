@@ -8,8 +8,8 @@ saves a checkpoint and exits 0. A NaN or infinite loss (or gradient norm) stops 
 a one-line error; no checkpoint is written after it, so the last one is good. The workdir
 gets `metrics.jsonl` (one JSON object per line: train lines `step`, `loss` (the mean since
 the last line), `grad_norm`, `steps_per_s`; eval lines `step` and `eval/...`), TensorBoard
-event files, `predictions/step_N.jsonl` (each eval's outputs and retrieved passages) and
-`checkpoints/`.
+event files, `eval/step_N/` (each eval's predictions.jsonl, metrics.json and report.md, as
+`python -m rag_jax.evaluate` writes them: the same code) and `checkpoints/`.
 """
 
 import json
@@ -124,9 +124,10 @@ def train_and_evaluate(config, workdir, run: Optional[experiment.Run] = None) ->
           progress.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{last['steps_per_s']:.2f}")
         pending, norms, tick, tick_step = [], [], now, step
       if step % config.eval_every_steps == 0:
-        last.update(evaluation.evaluate(
-            run, state.params, workdir / "predictions" / f"step_{step}.jsonl"))
-        writer.write(step, {k: v for k, v in last.items() if k.startswith("eval/")})
+        scores = evaluation.evaluate(run, state.params, workdir / "eval" / f"step_{step}",
+                                     model_from=f"training step {step}")
+        last.update({f"eval/{k}": v for k, v in scores.items()})
+        writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
       if save or preemption.requested:
         manager.save(step, state)
         last_saved = step

@@ -21,15 +21,22 @@ CuratedTrec's answers are regular expressions (`Ronald (Wilson )?Reagan`); `read
 checks that each compiles, and `rag_jax.metrics.regex_match` scores against them. The paper
 trains on one plain answer per question, chosen by matching the patterns against the top
 retrieved passages; that needs the retriever, so it is not the reader's job: the targets
-here are the patterns as given.
+here are the patterns as given, and `regex_target` picks the training text from passages the
+trainer retrieves (rag_jax.experiment).
 """
 
 import ast
+import collections
 import csv
 import os
 import pathlib
 import re
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
+
+try:  # the regular-expression parser: re._parser from Python 3.11, sre_parse before
+  from re import _parser as _sre_parse
+except ImportError:  # pragma: no cover
+  import sre_parse as _sre_parse  # pylint: disable=deprecated-module
 
 from rag_jax.data.core import (Example, Malformed, field, line_error, read_json_array,
                                read_lines, short, split_file, strings, unique)
@@ -136,3 +143,60 @@ def _check_pattern(pattern: Any) -> None:
     re.compile(pattern)
   except re.error as e:
     raise Malformed(f"answer pattern {pattern!r} does not compile ({e})") from None
+
+
+def regex_target(patterns: Sequence[str], passages: Sequence[str]) -> str:
+  """A CuratedTrec question's training target, as the paper (appendix B) chooses it: the text
+  its patterns match most often in the passages retrieved for it (case-insensitively, white
+  space folded, ties to the first found); with no match anywhere, `expand_pattern` of the
+  first pattern."""
+  counts = collections.Counter()
+  for pattern in patterns:
+    compiled = re.compile(pattern, re.IGNORECASE)
+    found = (" ".join(m.group(0).split()) for text in passages for m in compiled.finditer(text))
+    counts.update(match for match in found if match)
+  if counts:
+    return counts.most_common(1)[0][0]
+  return expand_pattern(patterns[0])
+
+
+def expand_pattern(pattern: str) -> str:
+  """One text a pattern matches, with what it leaves open filled in the simplest way: the
+  first branch of an alternation, a repeat its fewest times (optional parts dropped), a
+  character class its first member (a space for \\s, a negated class or `.`). The paper's
+  fallback "replaces non-deterministic symbols with a whitespace"; taking the first member of
+  `[Cc]` keeps the word whole. `(Richard\\s+)?Nixon` -> "Nixon", `5,?280` -> "5280"."""
+  return " ".join(_expand(_sre_parse.parse(pattern)).split())
+
+
+def _expand(items) -> str:
+  out = []
+  for op, value in items:
+    name = str(op)
+    if name == "LITERAL":
+      out.append(chr(value))
+    elif name == "IN":
+      out.append(_class_member(value))
+    elif name in ("ANY", "NOT_LITERAL"):
+      out.append(" ")
+    elif name == "BRANCH":
+      out.append(_expand(value[1][0]))
+    elif name == "SUBPATTERN":
+      out.append(_expand(value[-1]))
+    elif name.endswith("_REPEAT"):
+      low, _, sub = value
+      out.append(_expand(sub) * low)
+    # Anchors, lookarounds and back-references add nothing.
+  return "".join(out)
+
+
+def _class_member(items) -> str:
+  op, value = items[0]
+  name = str(op)
+  if name == "LITERAL":
+    return chr(value)
+  if name == "RANGE":
+    return chr(value[0])
+  if name == "CATEGORY" and str(value) == "CATEGORY_DIGIT":
+    return "0"
+  return " "  # a space class, a negated class, a word class

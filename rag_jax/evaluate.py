@@ -1,0 +1,76 @@
+"""Evaluates RAG on a task's dev or test split with the paper's test-time settings: retrieves,
+decodes (open-domain QA greedily, RAG-Token over 15 passages, RAG-Sequence over 50 with
+thorough decoding; MS MARCO and Jeopardy over 10, with 4 beams and fast decoding: each
+config's `eval_paper`), and scores with rag_jax.metrics. Training's periodic eval is the same
+code (rag_jax.evaluation).
+
+    python -m rag_jax.evaluate --config experiments/nq.py --workdir runs/nq --split test
+    python -m rag_jax.evaluate --config experiments/nq.py:tiny --workdir /tmp/nq-tiny
+    python -m rag_jax.evaluate --config experiments/wq.py --workdir /tmp/wq --init facebook/rag-token-nq
+
+The model: `--init` (a train workdir or its checkpoints/, or an HF RAG checkpoint) if given;
+else the workdir's own latest checkpoint, so that a train workdir evaluates what it trained;
+else the config's `init`; else the config's model as it starts. Writes predictions.jsonl,
+metrics.json and report.md into the workdir and prints the scores as one JSON line.
+"""
+
+import json
+import pathlib
+from typing import Dict, Optional
+
+from absl import flags
+import jax
+from ml_collections import config_flags
+
+from rag_jax import cli
+from rag_jax import evaluation
+from rag_jax import experiment
+from rag_jax import weights
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Task config file, e.g. experiments/nq.py[:tiny]; fields override with "
+    "--config.field=value.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for predictions.jsonl, metrics.json "
+                               "and report.md; a train workdir's checkpoints are evaluated.")
+_SPLIT = flags.DEFINE_string("split", "dev", "The split to evaluate: dev or test.")
+_INIT = flags.DEFINE_string("init", None, "A train workdir (or its checkpoints/) or an HF RAG "
+                            "checkpoint to evaluate, instead of the workdir's own.")
+
+
+def model_source(config, workdir, init: Optional[str] = None) -> str:
+  """What to evaluate: `init`, else the workdir's checkpoints, else `config.init` ("" for the
+  config's model as it starts)."""
+  return init or experiment.checkpoints_in(pathlib.Path(workdir)) or config.init
+
+
+def evaluate_config(config, workdir, split: str = "dev", init: Optional[str] = None,
+                    progress: bool = True) -> Dict[str, float]:
+  """Builds `config`'s run on `split` from `model_source` and evaluates it into `workdir`;
+  returns the scores."""
+  workdir = experiment.prepare_workdir(workdir)
+  config = config.copy_and_resolve_references()
+  config.init = model_source(config, workdir, init)
+  run = experiment.build(config, workdir, split=split, train=False)
+  return evaluation.evaluate(run, run.state.params, workdir, progress=progress,
+                             model_from=config.init)
+
+
+def main(argv):
+  config = cli.job_config(argv, _CONFIG, _WORKDIR, "experiments/nq.py:tiny", "/tmp/nq-tiny")
+  try:  # usage errors first, before anything is loaded
+    experiment.split_name(config, _SPLIT.value)
+    experiment.resolve_init(_INIT.value or "")
+  except experiment.SetupError as e:
+    cli.fail(str(e), status=2)
+  try:
+    scores = evaluate_config(config, _WORKDIR.value, _SPLIT.value, _INIT.value)
+  except (experiment.SetupError, OSError, ValueError) as e:
+    cli.fail(weights.one_line(e))
+  except KeyboardInterrupt:
+    cli.fail("interrupted", status=130)
+  if jax.process_index() == 0:
+    print(json.dumps(scores))
+
+
+if __name__ == "__main__":
+  cli.run(main)
