@@ -1,0 +1,30 @@
+"""Jeopardy question generation with RAG (paper §3.3): an answer entity -> a Jeopardy clue about
+it, on SearchQA's questions, scored by Q-BLEU-1 and BLEU-1.
+
+    python -m rag_jax.train --config experiments/jeopardy.py --workdir runs/jeopardy
+    python -m rag_jax.evaluate --config experiments/jeopardy.py --workdir runs/jeopardy --split test
+    python -m rag_jax.train --config experiments/jeopardy.py:tiny --workdir /tmp/jeopardy-tiny
+
+From the paper: BART-large and DPR's NQ question encoder over psgs_w100, trained jointly; at
+test time (appendix B) 10 passages, beam search with 4 beams, and fast decoding for
+RAG-Sequence (`eval_paper`). Q-BLEU-1 is Nema & Khapra's answerability-weighted BLEU-1
+(rag_jax.metrics.q_bleu1, with a Python tokenizer where theirs is Java), BLEU-1 sacrebleu's.
+Test figures (Table 2): RAG-Token 17.3 BLEU-1 / 22.2 Q-BLEU-1, RAG-Sequence 14.7 / 21.4. The
+splits: SearchQA's, 100K train / 14K dev / 27K test. Training retrieves 10 passages too.
+
+The data: {train,val,test}.source (the answers) and .target (the clues) in data/jeopardy, the
+layout of HF's RAG example. `:tiny` reads tests/data/qa_tiny/jeopardy (an article's title ->
+a clue from one of its facts).
+"""
+
+from rag_jax.configs import tasks
+
+
+def get_config(arg: str = ""):
+  return tasks.config(
+      "jeopardy", arg, data=dict(kind="jeopardy", path="data/jeopardy", eval_split="val"),
+      tiny_data=dict(path=str(tasks.QA_TINY / "jeopardy"), eval_split="dev"),
+      metrics=["q_bleu1", "bleu1"], eval_paper=tasks.GENERATION_DECODING, eval_num_beams=4,
+      paper={"token": {"bleu1": 17.3, "q_bleu1": 22.2},
+             "sequence": {"bleu1": 14.7, "q_bleu1": 21.4}},
+      lengths=(40, 40), k=10)
