@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random HF PyTorch models saved with `save_pretrained`; the environment
 of subprocesses that need several (fake CPU) devices."""
 
+import importlib.util
 import os
 from typing import Dict, Optional
 
@@ -45,6 +46,24 @@ def subprocess_env(devices: Optional[int] = None) -> Dict[str, str]:
     env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                JAX_PLATFORMS="cpu")
   return env
+
+
+def task_config(task: str, arg: str = "tiny", **overrides):
+  """experiments/TASK.py's config `arg`, with dotted fields overridden: `task_config("nq",
+  **{"retrieval.k": 2})`."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  spec = importlib.util.spec_from_file_location(task, os.path.join(root, "experiments",
+                                                                   f"{task}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
 
 
 def max_abs(a, b) -> float:

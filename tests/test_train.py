@@ -3,7 +3,6 @@
 device = host retrieval, the gradient reaches the query encoder and not the passages, and bad
 input fails in one line."""
 
-import importlib.util
 import json
 import pathlib
 import signal
@@ -16,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import subprocess_env
+from conftest import subprocess_env, task_config
 from rag_jax import trainer
 from rag_jax import train_step as step_lib
 
@@ -62,17 +61,7 @@ def _final_params(workdir):
 
 
 def _config(**overrides):
-  spec = importlib.util.spec_from_file_location("fever_config", ROOT / "experiments" / "fever.py")
-  fever = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(fever)
-  config = fever.get_config("tiny")
-  for key, value in {**SHORT, **overrides}.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return task_config("fever", **{**SHORT, **overrides})
 
 
 def test_tiny_run_learns_and_moves_only_the_query_encoder_and_generator(tmp_path):
@@ -83,7 +72,7 @@ def test_tiny_run_learns_and_moves_only_the_query_encoder_and_generator(tmp_path
   losses = _losses(workdir)
   assert len(losses) == 4 and losses[-1] < 0.85 * losses[0], losses
   assert out["ended"] == "finished" and out["step"] == 24
-  for key in ("eval/accuracy", "eval/entropy", "eval/distinct_top1", "eval/recall_at_k"):
+  for key in ("eval/label_accuracy", "eval/entropy", "eval/distinct_top1", "eval/recall_at_k"):
     assert np.isfinite(out[key]), key
   assert list((workdir / "tensorboard").iterdir())
   # Trainable: exactly the query encoder and the generator; both moved.
@@ -159,7 +148,7 @@ def test_device_and_host_retrieval_give_the_same_losses(tmp_path):
   device = trainer.train_and_evaluate(_config(**{"retrieval.mode": "device"}), tmp_path / "d")
   host = trainer.train_and_evaluate(_config(**{"retrieval.mode": "host"}), tmp_path / "h")
   np.testing.assert_allclose(_losses(tmp_path / "h"), _losses(tmp_path / "d"), rtol=1e-6)
-  for key in ("eval/accuracy", "eval/recall_at_k", "eval/distinct_top1"):
+  for key in ("eval/label_accuracy", "eval/recall_at_k", "eval/distinct_top1"):
     assert host[key] == device[key], key
 
 
@@ -257,7 +246,7 @@ def test_scanned_layers_train_and_decode(tmp_path):
                                  tmp_path / "scan")
   losses = _losses(tmp_path / "scan")
   assert len(losses) == 6 and all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-  assert np.isfinite(out["eval/accuracy"])  # decoding ran on the unstacked params
+  assert np.isfinite(out["eval/label_accuracy"])  # decoding ran on the unstacked params
   stacked = out["state"].params["generator"]["encoder_layers"]
   assert "encoder_layers_0" not in out["state"].params["generator"]
   assert jax.tree.leaves(stacked)[0].shape[0] == 2  # the tiny BART's two layers, stacked
