@@ -2,8 +2,8 @@
 metrics.json equal to rag_jax.metrics recomputed from predictions.jsonl, the eval k apart from
 the training k, the paper's decoding per task and kind, BM25 retrieval equal to bm25s's own, a
 frozen query encoder left bit for bit while the generator moves, `--init` from a train
-checkpoint reproducing that run's final eval (and starting WQ from NQ), and bad input in one
-line.
+checkpoint reproducing that run's final eval (and starting WQ from NQ) or from an HF RAG
+checkpoint giving the model it holds, and bad input in one line.
 
 One process evaluates every task (the tiny QA tasks share one model shape, so their decoders
 compile once), after one short training run that several tests read.
@@ -11,6 +11,7 @@ compile once), after one short training run that several tests read.
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -186,6 +187,34 @@ def test_init_from_the_train_checkpoint_reproduces_its_final_eval(trained, tmp_p
   train_records, _ = read(workdir / "eval" / "step_2")
   records, summary = read(tmp_path)
   assert records == train_records and summary["model"] == str(workdir)
+
+
+def _as_hf_rag(tiny_model: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+  """rag_jax.tiny's two checkpoints as one HF RAG checkpoint (RagModel.from_pretrained's
+  layout: one config.json, weights under rag.question_encoder. and rag.generator., a
+  tokenizer directory for each)."""
+  import safetensors.numpy  # pylint: disable=import-outside-toplevel
+  out.mkdir()
+  config, state = {"model_type": "rag"}, {}
+  for part, prefix in (("question_encoder", "rag.question_encoder."),
+                       ("generator", "rag.generator.")):
+    config[part] = json.loads((tiny_model / part / "config.json").read_text())
+    weights = safetensors.numpy.load_file(str(tiny_model / part / "model.safetensors"))
+    state.update({prefix + k: v for k, v in weights.items()})
+    shutil.copytree(tiny_model / part, out / f"{part}_tokenizer",
+                    ignore=shutil.ignore_patterns("model.safetensors", "config.json"))
+  (out / "config.json").write_text(json.dumps(config))
+  safetensors.numpy.save_file(state, str(out / "model.safetensors"))
+  return out
+
+
+def test_init_from_an_hf_rag_checkpoint_is_the_model_it_holds(evaluated, tmp_path):
+  workdir, scores = evaluated["nq"]  # the config's own tiny model, no init
+  rag = _as_hf_rag(workdir / "tiny_model", tmp_path / "rag")
+  got = evaluate.evaluate_config(config("nq", **{"retrieval.index": str(workdir / "index")}),
+                                 tmp_path / "eval", init=str(rag), progress=False)
+  assert got == scores
+  assert read(tmp_path / "eval")[0] == read(workdir)[0]
 
 
 def test_bad_input_is_one_line_and_nonzero(tmp_path):
