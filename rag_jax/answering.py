@@ -59,14 +59,15 @@ class Answerer:
     if self.max_new_tokens < 1 or self.questions_per_batch < 1:
       raise ValueError("max_new_tokens and questions_per_batch must be positive")
 
-
   @classmethod
   def from_config(cls, config, question_encoder: TextEncoder, log=print) -> "Answerer":
-    """The config's generator (`generator`, `system_prompt`, `max_prompt_length`) behind the
-    retriever's question encoder, and its decoding settings (`check_config`)."""
+    """The config's generator (`generator`, `system_prompt`, `max_prompt_length`; the context
+    `title + title_sep + text + doc_sep + question`) behind the retriever's question encoder,
+    and its decoding settings (`check_config`)."""
     answerer = check_config(config)
     model = rag_lib.RagModel.from_parts(question_encoder, config.generator,
-                                        max_combined_length=config.max_prompt_length)
+                                        max_combined_length=config.max_prompt_length,
+                                        title_sep=config.title_sep, doc_sep=config.doc_sep)
     tokenizer = model.generator_tokenizer
     if tokenizer is None:
       raise ValueError(f"{config.generator}: the generator has no tokenizer")
