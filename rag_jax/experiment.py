@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from rag_jax import checkpoint as checkpoint_lib
 from rag_jax import data as data_lib
@@ -403,7 +404,8 @@ def build(config, workdir: pathlib.Path, *, split: str = "dev", train: bool = Tr
     config: a task config (experiments/*.py).
     workdir: where the tiny model and a built index go.
     split: the split evaluation reads, "dev" or "test" (`split_name`).
-    train: read and tokenize the training split (evaluation alone does not need it).
+    train: read and tokenize the training split and make the optimizer (evaluation alone
+      needs neither).
   """
   check_config(config)
   mesh = sharding.make_mesh(dict(config.mesh))
@@ -448,7 +450,8 @@ def build(config, workdir: pathlib.Path, *, split: str = "dev", train: bool = Tr
                                     doc_temperature=config.retrieval.doc_temperature,
                                     context=fmt, frozen=step_lib.frozen_groups(config))
 
-  tx = step_lib.make_optimizer(config)
+  # Evaluation alone keeps no optimizer state (AdamW's would be twice the params).
+  tx = step_lib.make_optimizer(config) if train else optax.set_to_zero()
   state, state_sharding = _place_state(rag, params, tx, config, mesh)
   del params
   if init_kind == "checkpoint":
