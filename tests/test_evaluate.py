@@ -63,7 +63,11 @@ def evaluated(tmp_path_factory, trained):
   beams), the rest as RAG-Token (Jeopardy: beam search)."""
   root = tmp_path_factory.mktemp("eval")
   init = {"wq": str(trained[0])}
-  overrides = {"msmarco": {"rag.kind": "sequence"}}
+  # The QA-style tasks share the tiny model, so NQ's index (built by the training run) serves
+  # them as a saved index; NQ and FEVER build their own.
+  index = {"retrieval.index": str(trained[0] / "index")}
+  overrides = {"tqa": index, "wq": index, "ct": index, "jeopardy": index,
+               "msmarco": {"rag.kind": "sequence", **index}}
   return {task: (root / task, evaluate.evaluate_config(
       config(task, **overrides.get(task, {})), root / task, init=init.get(task),
       progress=False)) for task in TASKS}
