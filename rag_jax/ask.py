@@ -51,11 +51,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     "rag_jax/configs/wiki.py); --config.FIELD=VALUE overrides a field.")
 _QUESTION = flags.DEFINE_multi_string("question", None, "A question (repeatable); overrides "
                                       "the config's questions.")
-_QUESTIONS_FILE = flags.DEFINE_string("questions_file", None, "A file of questions, one a "
+_QUESTIONS_FILE = flags.DEFINE_string("questions-file", None, "A file of questions, one a "
                                       "line (blank lines skipped).")
 _KIND = flags.DEFINE_enum("kind", None, list(answering.KINDS), "RAG-Token or RAG-Sequence "
                           "(default: the config's kind).")
-_CLOSED_BOOK = flags.DEFINE_bool("closed_book", False, "The generator alone, no passages.")
+_CLOSED_BOOK = flags.DEFINE_bool("closed-book", False, "The generator alone, no passages.")
 _JSON = flags.DEFINE_bool("json", False, "One JSON object per question per line: question, "
                           "answer, passages (id, title, score, prior, posterior, text).")
 _HEATMAP = flags.DEFINE_string("heatmap", None, "Write the passages' posterior at each answer "
@@ -296,12 +296,12 @@ def main(argv):
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}", status=2)
   config = cli.config(_CONFIG, str(DEFAULT_CONFIG))
   if sum(map(bool, (_QUESTION.value, _QUESTIONS_FILE.value, _DEV.value))) > 1:
-    cli.fail("--question, --questions_file and --dev do not go together", status=2)
+    cli.fail("--question, --questions-file and --dev do not go together", status=2)
   if _TEMPERATURES.value and not _DEV.value:
     cli.fail("--temperatures needs --dev", status=2)
   generate = str(config.get("generator", "none")).lower() != "none"
   if not generate and (_CLOSED_BOOK.value or _HEATMAP.value or _TEMPERATURES.value):
-    cli.fail("--closed_book, --heatmap and --temperatures need a generator "
+    cli.fail("--closed-book, --heatmap and --temperatures need a generator "
              "(--config.generator is none)", status=2)
   try:
     temperatures = [float(t) for t in _TEMPERATURES.value or ()]

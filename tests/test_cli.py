@@ -19,10 +19,10 @@ def _run(*args, module="rag_jax.ask"):
     (["--config.xyz=1"], 2, "unknown config field 'xyz' in "),  # the default config's
     (["--temperatures", "0.1"], 2, "--temperatures needs --dev"),
     (["--kind", "soft"], 2, "flag --kind=soft: value should be one of <token|sequence>"),
-    (["--config.generator=none", "--closed_book"], 2, "--closed_book, --heatmap and "
+    (["--config.generator=none", "--closed-book"], 2, "--closed-book, --heatmap and "
      "--temperatures need a generator"),
     (["--config.doc_temperature=0"], 1, "doc_temperature must be positive"),
-    (["--questions_file", "/nonexistent/q.txt"], 2, "/nonexistent/q.txt"),
+    (["--questions-file", "/nonexistent/q.txt"], 2, "/nonexistent/q.txt"),
     (["--config", "experiments/nope.py"], 2, "No such file or directory"),
     (["--config", "rag_jax/configs/wiki.py", "stray"], 2, "unexpected arguments: stray"),
     (["--config", "rag_jax/configs/wiki.py", "--config.encoder=/nonexistent/model"], 1,
@@ -39,12 +39,12 @@ def _run(*args, module="rag_jax.ask"):
     (["--config", "rag_jax/configs/wiki.py", "--config.k=20000"], 1,
      "k=20000 exceeds the index's 12324 passages"),
     (["--config", "rag_jax/configs/wiki.py", "--question", "Who?", "--dev", "x.jsonl"],
-     2, "--question, --questions_file and --dev do not go together"),
+     2, "--question, --questions-file and --dev do not go together"),
     (["--config", "rag_jax/configs/wiki.py", "--config.xyz=1"], 2,
      "unknown config field 'xyz' in rag_jax/configs/wiki.py (known: batch_size, corpus, "
-     "doc_temperature, encoder, generator, include_titles, index, k, kind, max_articles, "
-     "max_length, max_new_tokens, max_prompt_length, query_encoder, questions, "
-     "questions_per_batch, system_prompt)"),
+     "doc_sep, doc_temperature, encoder, generator, include_titles, index, k, kind, "
+     "max_articles, max_length, max_new_tokens, max_prompt_length, query_encoder, questions, "
+     "questions_per_batch, system_prompt, title_sep)"),
     (["--config=rag_jax/configs/wiki.py:small", "--config.k.x=1"], 2,
      "unknown config field 'k.x' in rag_jax/configs/wiki.py:small ('k' holds int 5, "
      "no fields)"),
