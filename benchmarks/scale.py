@@ -39,8 +39,8 @@ offset from its subtopic along a steeper one (i^-1). The number of topics grows 
 64 at 12,324 rows (`topics`), as a text's vocabulary grows with its length (Heaps' law). Why
 this and not something simpler, measured with ScaNN's default (its tree of 1.6 sqrt(N)
 leaves, the leaves searched tuned to recall@10 0.95):
-  - isotropic Gaussian vectors have no neighbours to speak of (nearly all pairs at cosine
-    ~0), so every index searches nearly everything;
+  - isotropic Gaussian unit vectors have no near neighbours (the nearest at cosine ~0.2 at
+    12,324 x 384): ScaNN searched all 178 leaves and reached 0.93;
   - a fixed set of clusters gets easier as N grows: at 100k, each of 64 x 16 subtopics is a
     dense blob that the tree holds in one leaf, and 2 of 506 leaves reached 0.95. With the
     topics growing as sqrt(N), as the leaves do, it took 12;
