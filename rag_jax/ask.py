@@ -53,6 +53,7 @@ _QUESTION = flags.DEFINE_multi_string("question", None, "A question (repeatable)
                                       "the config's questions.")
 _QUESTIONS_FILE = flags.DEFINE_string("questions-file", None, "A file of questions, one a "
                                       "line (blank lines skipped).")
+_K = flags.DEFINE_integer("k", None, "Passages per question (default: the config's k).")
 _KIND = flags.DEFINE_enum("kind", None, list(answering.KINDS), "RAG-Token or RAG-Sequence "
                           "(default: the config's kind).")
 _CLOSED_BOOK = flags.DEFINE_bool("closed-book", False, "The generator alone, no passages.")
@@ -314,6 +315,8 @@ def main(argv):
     config.questions = _QUESTION.value or [d["question"] for d in dev]
   if _KIND.value:
     config.kind = _KIND.value
+  if _K.value is not None:
+    config.k = _K.value
   stderr = lambda message: print(message, file=sys.stderr)
   try:
     questions = retriever_lib.check_questions(config.questions)

@@ -146,7 +146,7 @@ def test_the_default_job_answers_from_its_passages(tmp_path):
   minilm, smollm2 = assets.fetch("all-MiniLM-L6-v2"), assets.fetch("smollm2-135m-instruct")
   proc = subprocess.run(
       [sys.executable, "-m", "rag_jax.ask", f"--config.corpus={corpus}",
-       f"--config.encoder={minilm}", f"--config.generator={smollm2}", "--config.k=2",
+       f"--config.encoder={minilm}", f"--config.generator={smollm2}", "--k=2",
        "--config.max_new_tokens=20", "--json", "--heatmap", str(tmp_path / "map.png"),
        "--question", "Who wrote the novel War and Peace?",
        "--question", "Who painted the Mona Lisa?"],
@@ -163,3 +163,15 @@ def test_the_default_job_answers_from_its_passages(tmp_path):
     assert max(r["passages"], key=lambda p: p["posterior"])["title"] == title
   assert (tmp_path / "map-1.png").is_file() and (tmp_path / "map-2.png").is_file()
   assert "building the index" in proc.stderr and "generator" in proc.stderr
+  # The generator alone, on the same question: no passages, another answer; the index is
+  # not built again (nor read: closed book retrieves nothing).
+  proc = subprocess.run(
+      [sys.executable, "-m", "rag_jax.ask", f"--config.corpus={corpus}",
+       f"--config.encoder={minilm}", f"--config.generator={smollm2}",
+       "--config.max_new_tokens=20", "--json", "--closed-book",
+       "--question", "Who wrote the novel War and Peace?"],
+      capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr
+  closed = json.loads(proc.stdout)
+  assert closed["passages"] == [] and closed["answer"] and closed["answer"] != tolstoy["answer"]
+  assert "building the index" not in proc.stderr
