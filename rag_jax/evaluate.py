@@ -11,12 +11,11 @@ code (rag_jax.evaluation).
 The model: `--init` (a train workdir or its checkpoints/, or an HF RAG checkpoint) if given;
 else the workdir's own latest checkpoint, so that a train workdir evaluates what it trained;
 else the config's `init`; else the config's model as it starts. Writes predictions.jsonl,
-metrics.json and report.md into the workdir and prints the scores as one JSON line.
+metrics.json and report.md into the workdir and prints the scores as one JSON line. The work
+is `evaluation.evaluate_config` (importable: this module only defines the flags).
 """
 
 import json
-import pathlib
-from typing import Dict, Optional
 
 from absl import flags
 import jax
@@ -37,24 +36,6 @@ _INIT = flags.DEFINE_string("init", None, "A train workdir (or its checkpoints/)
                             "checkpoint to evaluate, instead of the workdir's own.")
 
 
-def model_source(config, workdir, init: Optional[str] = None) -> str:
-  """What to evaluate: `init`, else the workdir's checkpoints, else `config.init` ("" for the
-  config's model as it starts)."""
-  return init or experiment.checkpoints_in(pathlib.Path(workdir)) or config.init
-
-
-def evaluate_config(config, workdir, split: str = "dev", init: Optional[str] = None,
-                    progress: bool = True) -> Dict[str, float]:
-  """Builds `config`'s run on `split` from `model_source` and evaluates it into `workdir`;
-  returns the scores."""
-  workdir = experiment.prepare_workdir(workdir)
-  config = config.copy_and_resolve_references()
-  config.init = model_source(config, workdir, init)
-  run = experiment.build(config, workdir, split=split, train=False)
-  return evaluation.evaluate(run, run.state.params, workdir, progress=progress,
-                             model_from=config.init)
-
-
 def main(argv):
   config = cli.job_config(argv, _CONFIG, _WORKDIR, "experiments/nq.py:tiny", "/tmp/nq-tiny")
   try:  # usage errors first, before anything is loaded
@@ -63,7 +44,7 @@ def main(argv):
   except experiment.SetupError as e:
     cli.fail(str(e), status=2)
   try:
-    scores = evaluate_config(config, _WORKDIR.value, _SPLIT.value, _INIT.value)
+    scores = evaluation.evaluate_config(config, _WORKDIR.value, _SPLIT.value, _INIT.value)
   except (experiment.SetupError, OSError, ValueError) as e:
     cli.fail(weights.one_line(e))
   except KeyboardInterrupt:

@@ -3,6 +3,7 @@ with the current query encoder (or BM25), decode with the task's test-time setti
 (`experiment.decode_settings`), score with `rag_jax.metrics`, and watch the retriever.
 
     scores = evaluate(run, params, out_dir)   # {"exact_match": ..., "entropy": ..., ...}
+    scores = evaluate_config(config, workdir, "test", init)  # build the run, then evaluate
 
 `out_dir` gets three files (process 0, each written atomically):
   * predictions.jsonl: per example {"id", "question", "prediction", "gold" (what the metrics
@@ -36,6 +37,23 @@ from rag_jax import rag as rag_lib
 from rag_jax.index import files
 
 FILES = ("predictions.jsonl", "metrics.json", "report.md")
+
+
+def model_source(config, workdir, init: Optional[str] = None) -> str:
+  """What to evaluate: `init`, else the workdir's checkpoints, else `config.init` ("" for the
+  config's model as it starts)."""
+  return init or experiment.checkpoints_in(pathlib.Path(workdir)) or config.init
+
+
+def evaluate_config(config, workdir, split: str = "dev", init: Optional[str] = None,
+                    progress: bool = True) -> Dict[str, float]:
+  """Builds `config`'s run on `split` from `model_source` and evaluates it into `workdir`;
+  returns the scores."""
+  workdir = experiment.prepare_workdir(workdir)
+  config = config.copy_and_resolve_references()
+  config.init = model_source(config, workdir, init)
+  run = experiment.build(config, workdir, split=split, train=False)
+  return evaluate(run, run.state.params, workdir, progress=progress, model_from=config.init)
 
 
 def evaluate(run: experiment.Run, params, out_dir=None, *, model_from: str = "",

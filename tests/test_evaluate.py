@@ -21,7 +21,7 @@ import pytest
 
 from conftest import subprocess_env
 from conftest import task_config as config
-from rag_jax import evaluate
+from rag_jax import evaluation
 from rag_jax import experiment
 from rag_jax import metrics
 from rag_jax import trainer
@@ -68,7 +68,7 @@ def evaluated(tmp_path_factory, trained):
   index = {"retrieval.index": str(trained[0] / "index")}
   overrides = {"tqa": index, "wq": index, "ct": index, "jeopardy": index,
                "msmarco": {"rag.kind": "sequence", **index}}
-  return {task: (root / task, evaluate.evaluate_config(
+  return {task: (root / task, evaluation.evaluate_config(
       config(task, **overrides.get(task, {})), root / task, init=init.get(task),
       progress=False)) for task in TASKS}
 
@@ -159,7 +159,7 @@ def test_bm25_returns_what_bm25s_returns():
 
 
 def test_bm25_mode_retrieves_bm25s_passages_with_its_scores_as_priors(tmp_path):
-  evaluate.evaluate_config(config("ct", **{"retrieval.mode": "bm25"}), tmp_path, progress=False)
+  evaluation.evaluate_config(config("ct", **{"retrieval.mode": "bm25"}), tmp_path, progress=False)
   records, _ = read(tmp_path)
   passages = list(corpus.read_passages(ROOT / "tests" / "data" / "fever_tiny" / "passages.tsv"))
   scores, ids = bm25.BM25Search(passages).search([r["question"] for r in records], 4)
@@ -185,7 +185,7 @@ def test_frozen_query_encoder_is_bit_identical_while_the_generator_moves(trained
 
 def test_init_from_the_train_checkpoint_reproduces_its_final_eval(trained, tmp_path):
   workdir, out = trained
-  scores = evaluate.evaluate_config(config("nq"), tmp_path, init=str(workdir), progress=False)
+  scores = evaluation.evaluate_config(config("nq"), tmp_path, init=str(workdir), progress=False)
   assert {f"eval/{k}": v for k, v in scores.items()} == {
       k: v for k, v in out.items() if k.startswith("eval/")}
   train_records, _ = read(workdir / "eval" / "step_2")
@@ -215,7 +215,7 @@ def _as_hf_rag(tiny_model: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
 def test_init_from_an_hf_rag_checkpoint_is_the_model_it_holds(evaluated, tmp_path):
   workdir, scores = evaluated["nq"]  # the config's own tiny model, no init
   rag = _as_hf_rag(workdir / "tiny_model", tmp_path / "rag")
-  got = evaluate.evaluate_config(config("nq", **{"retrieval.index": str(workdir / "index")}),
+  got = evaluation.evaluate_config(config("nq", **{"retrieval.index": str(workdir / "index")}),
                                  tmp_path / "eval", init=str(rag), progress=False)
   assert got == scores
   assert read(tmp_path / "eval")[0] == read(workdir)[0]
