@@ -11,6 +11,7 @@ HF's rotate_half layout (first half, second half) to interleaved pairs, its own 
 convention; reading undoes that, as transformers' GGUF loader does.
 """
 
+import contextlib
 import hashlib
 import pathlib
 import re
@@ -169,6 +170,22 @@ class GGUFFile(_KeyedState):
       w = unpermute_rotary(w, heads)
     return w
 
+  def metadata(self) -> Dict[str, Any]:
+    """Every metadata key -> its value: a str, a number, or a list of them (arrays)."""
+    out = {}
+    for key, f in self._reader.fields.items():
+      kinds = list(f.types)
+      if not kinds:
+        continue
+      if kinds[0] == self._gguf.GGUFValueType.ARRAY:
+        if kinds[-1] == self._gguf.GGUFValueType.STRING:
+          out[key] = [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+        else:
+          out[key] = [f.parts[i].tolist()[0] for i in f.data]
+      else:
+        out[key] = self.field(key)
+    return out
+
   def tokenizer(self) -> Optional[Any]:
     """The tokenizer stored in the file (transformers builds it), or None if it has none.
 
@@ -187,8 +204,13 @@ class GGUFFile(_KeyedState):
     if cached.is_dir():
       return transformers.AutoTokenizer.from_pretrained(str(cached))
     try:
-      tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.path.parent),
-                                                             gguf_file=self.path.name)
+      with _metadata_reader_without_torch(self) as shimmed:
+        if shimmed:  # AutoTokenizer would read the file's config through torch too
+          tokenizer = transformers.PreTrainedTokenizerFast(gguf_file=self.path.name,
+                                                           name_or_path=str(self.path.parent))
+        else:
+          tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.path.parent),
+                                                                 gguf_file=self.path.name)
     except Exception as e:  # pylint: disable=broad-except  (tokenizers raises plain Exception)
       raise WeightsError(f"{self.path}: no usable tokenizer ({one_line(e)})") from None
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -199,6 +221,34 @@ class GGUFFile(_KeyedState):
     except OSError:  # another process got there first; theirs is the same
       shutil.rmtree(partial, ignore_errors=True)
     return tokenizer
+
+
+@contextlib.contextmanager
+def _metadata_reader_without_torch(gguf: GGUFFile):
+  """transformers builds a GGUF's tokenizer from `read_gguf_metadata`, which needs nothing but
+  the file, in a module that imports torch for its tensors; rag_jax does not need torch. Where
+  that module cannot be imported, this supplies its `read_gguf_metadata` from the `gguf`
+  package's reading of the same file while the tokenizer is built (the metadata's keys and
+  values, the tensor names), and removes it afterwards. Yields whether it did."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  import types  # pylint: disable=import-outside-toplevel
+  name = "transformers.integrations.gguf.reader"
+  try:
+    importlib.import_module(name)
+  except ImportError:
+    pass
+  else:
+    yield False
+    return
+  metadata, tensors = gguf.metadata(), tuple(gguf._tensors)  # pylint: disable=protected-access
+  shim = types.ModuleType(name)
+  shim.read_gguf_metadata = lambda path, *args, **kwargs: (metadata, tensors)
+  sys.modules[name] = shim
+  try:
+    yield True
+  finally:
+    sys.modules.pop(name, None)
 
 
 def find_gguf(path: pathlib.Path) -> Optional[pathlib.Path]:

