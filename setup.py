@@ -25,6 +25,7 @@ setuptools.setup(
         "tqdm>=4.66",
         "tensorboardX>=2.6",  # rag_jax.train: TensorBoard event files without TensorFlow
         "gguf>=0.10",  # decoder-only weights (SmolLM2) from GGUF files
+        "jinja2>=3.1",  # an instruct generator's chat template (transformers renders it)
         "numpy>=1.26",
         "matplotlib>=3.8",  # rag_jax.viz: document-posterior heatmaps
         "sacrebleu>=2.4",  # rag_jax.metrics: BLEU-1
