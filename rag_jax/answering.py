@@ -85,10 +85,9 @@ class Answerer:
     out), "passages": per hit its "id", "title", "score", "prior" p(z|x), "posterior" and
     "text", "posteriors": [k, len(tokens)] (`doc_posteriors` of the answer's tokens)}.
 
-    "posterior" is how much a passage counted for the whole answer: for RAG-Sequence
-    p(z | x, y); for RAG-Token, where each token has its own document, the mean over the
-    answer's tokens of p(z | x, y_i, y_<i). With `hits` None (closed book) there are no
-    passages.
+    "posterior" is how much a passage counted for the whole answer (`rag.answer_posteriors`:
+    for RAG-Sequence p(z | x, y); for RAG-Token the mean over the answer's tokens of
+    p(z | x, y_i, y_<i); EOS left out). With `hits` None (closed book) there are no passages.
     """
     out = []
     for start in range(0, len(questions), self.questions_per_batch):
@@ -136,10 +135,7 @@ class Answerer:
       if hits is None:
         passages = []
       else:
-        # The posterior given the whole answer: the last column for RAG-Sequence (the prior
-        # for an empty answer), the tokens' mean for RAG-Token.
-        whole = (post.mean(axis=1) if self.kind == "token" else post[:, -1]) if n else \
-            np.exp(prior[b])
+        whole = rag_lib.answer_posteriors(posteriors[b:b + 1], np.array([n]), self.kind)[0]
         passages = [{"id": h["id"], "title": h["title"], "score": h["score"],
                      "prior": float(np.exp(prior[b, z])), "posterior": float(whole[z]),
                      "text": h["text"]} for z, h in enumerate(hits[b])]

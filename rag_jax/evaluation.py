@@ -107,7 +107,8 @@ def predict(run: experiment.Run, params, settings: Dict[str, Any], *,
     texts += run.generator_tokenizer.batch_decode(seqs, skip_special_tokens=True)
     ids.append(distributed.to_host(batch["doc_ids"]))
     priors.append(_softmax(distributed.to_host(doc_scores)))
-    posteriors.append(_answer_posteriors(post, full, pad, settings["kind"]))
+    posteriors.append(rag_lib.answer_posteriors(post, (full[:, 1:] != pad).sum(axis=1),
+                                                settings["kind"]))
     bar.update(min(config.eval_batch_size, n - start))
   bar.close()
   if not n:
@@ -135,17 +136,6 @@ def _softmax(scores: np.ndarray) -> np.ndarray:
   scores = scores.astype(np.float64)
   p = np.exp(scores - scores.max(axis=1, keepdims=True))
   return p / p.sum(axis=1, keepdims=True)
-
-
-def _answer_posteriors(post: np.ndarray, seqs: np.ndarray, pad: int, kind: str) -> np.ndarray:
-  """[B, Z, T - 1] per-token posteriors, [B, T] sequences -> [B, Z]: for RAG-Sequence the
-  column of the answer's last token (p(z|x,y)), for RAG-Token the mean over its tokens."""
-  real = seqs[:, 1:] != pad                                                   # [B, T - 1]
-  if kind == "sequence":
-    last = np.maximum(real.sum(axis=1) - 1, 0)
-    return np.take_along_axis(post, last[:, None, None], axis=2)[:, :, 0]
-  weights = real / np.maximum(real.sum(axis=1, keepdims=True), 1)
-  return np.einsum("bzt,bt->bz", post, weights)
 
 
 def score(config, records: List[Dict[str, Any]], k: int, passages) -> Dict[str, float]:

@@ -88,6 +88,19 @@ def format_context(title: str, text: str, question: str, config: RagConfig) -> s
           question).replace("  ", " ")
 
 
+def answer_posteriors(posteriors: np.ndarray, lengths: np.ndarray, kind: str) -> np.ndarray:
+  """How much each document counted for a whole answer: [B, Z, T] per-token posteriors
+  (`RagModel.doc_posteriors`) of answers `lengths` [B] tokens long -> [B, Z]. RAG-Sequence:
+  p(z|x,y), the column of the answer's last token; RAG-Token, where each token has its own
+  document: the mean over the answer's tokens of p(z|x,y_i,y_<i). A zero length reads the
+  first column."""
+  lengths = np.maximum(np.asarray(lengths), 1)
+  if kind == "sequence":
+    return np.take_along_axis(posteriors, (lengths - 1)[:, None, None], axis=2)[:, :, 0]
+  weights = np.arange(posteriors.shape[2])[None, :] < lengths[:, None]               # [B, T]
+  return np.einsum("bzt,bt->bz", posteriors, weights / lengths[:, None])
+
+
 def shift_left(labels: Array, pad_token_id: int) -> Array:
   """HF RAG's targets: labels [B, T] shifted left by one, pad appended."""
   return jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], pad_token_id)], axis=1)
