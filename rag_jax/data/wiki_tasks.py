@@ -24,54 +24,61 @@ Sentences, values, swaps. A lead is split into sentences at `.`/`!`/`?` before a
 (not after an abbreviation or an initial). A sentence "names the subject" when it holds the
 title (its parenthesised part dropped, case-insensitively) or, for People, the surname. The
 values a claim or question can turn on are years (1000-2029), other numbers (`32`, `15,693`)
-and countries (the Geography articles described as a country). `swap_value(article, kind,
+and countries (the Geography articles described as a country). `_Values.swap(article, kind,
 value)` is the value of the same kind that replaces one: walking a sorted pool of the values
 of that kind in articles of the same topic, from a position given by a hash of (title, value),
 the first that differs and does not occur in the article's text.
 
 Passages: each kept article's lead, split by `rag_jax.index.corpus.chunk_words` (100 words,
 as `read_jsonl` splits articles), id `{n}-{chunk}` with n the article's 1-based position in
-`wiki_summaries()` (the ids `--articles asset:wiki-summaries-en` gives). 9,531 articles,
-9,787 passages.
+`wiki_summaries()` (the ids `--articles asset:wiki-summaries-en` gives). 9,541 articles,
+11,735 passages.
 
 FEVER (labels balanced in each split: each label is cut, in hash order, to the rarest's count;
 evidence names the article's page, so `gold_titles` is its title):
   * SUPPORTS: a sentence of the lead, as it is, that names the subject and has 6 to 50 words:
     one per article, chosen by hash.
   * REFUTES: such a sentence that holds a value, with one value (chosen by hash) replaced by
-    `swap_value`: one per article.
+    `_Values.swap`: one per article.
   * NOT ENOUGH INFO: up to 3 such sentences of a held-out article, as they are.
-  Counts (SUPPORTS = REFUTES = NOT ENOUGH INFO): train 1,001, dev 118, test 124.
+  Counts (SUPPORTS = REFUTES = NOT ENOUGH INFO, each): train 596, dev 111, test 74; NOT ENOUGH
+  INFO (about 5% of articles) is the rarest.
 
 NQ-style QA (answers occur in a passage of the gold article; no question contains one):
   * title: "Which {description} {is} {predicate}?" from a first sentence "{Title} is
     {predicate}", the predicate cut at its first comma, semicolon or bracket; the answer is the
-    title as the text writes it. Needs a description without the title in it.
+    title as the text writes it. The predicate stops before a relative clause (that, which,
+    who) when 3 words are left; needs a description of at most 10 words without the title.
   * year: "In what year was {subject} {founded ...}?" / "In what year did {subject} {die
     ...}?" from a sentence that starts with the subject (or It/He/She/They) and says the
-    passive or past verb happened "in {year}" (one of a fixed list of verbs).
+    passive or past verb happened "in {year}" (one of a fixed list of verbs); and, for
+    History, "In what year did {subject} begin?" / "... end?" from "fought (lasted, ruled,
+    ...) from {year} to {year}".
   * country: "In which country is {subject}?" from a first sentence "{Title} is a {place noun
     phrase} in {country}", and "Which country has {subject} as its capital?" from "{Title} is
     the capital of {country}".
   * number: "How many {noun} does {subject} have?" (and consist of, comprise, contain, is
     divided into, is composed of) from a sentence that starts with the subject, and "What is
-    the atomic number of {element}?".
-  Counts per type (title / year / country / number): train 4,941 / 505 / 165 / 205, dev
-  596 / 62 / 20 / 24, test 601 / 69 / 21 / 30.
+    the atomic number of {element}?". Not "32 million speakers" (the answer would be half).
+  Counts per type (title / year / country / number): train 3,968 / 121 / 83 / 99, dev
+  490 / 25 / 12 / 10, test 492 / 16 / 11 / 9.
 
 Jeopardy (source: the title; target: the clue): the first sentence "{Title} is {predicate}."
 becomes "This {description} is {predicate}." (a description of at most 8 words, else a noun
 for the topic), kept only when no word of the title (3 letters or more) is in the clue.
-Counts: train 4,222, dev 509, test 513.
+Counts: train 4,232, dev 548, test 521.
 
 Hot swap: facts (article, value) of test articles, in hash order, whose value occurs once in
 the article's text and whose sentence lies in one passage, and which a test example of some
 task turns on, until each task has 60 or there are no more: a year, number or country answer
 (QA); the value in a SUPPORTS sentence or the value a REFUTES claim replaced (FEVER); a value in
-a clue (Jeopardy). In `passages_swapped.tsv` that value becomes `swap_value`'s. Each
+a clue (Jeopardy). In `passages_swapped.tsv` that value becomes `_Values.swap`'s. Each
 `test_swapped` file holds every test example of the task that turns on a swapped fact, with
 its new gold: the new value (QA), the flipped label (FEVER: SUPPORTS -> REFUTES and the other
-way), the clue with the new value (Jeopardy). Counts (QA / FEVER / Jeopardy): 60 / 60 / 60.
+way), the clue with the new value (Jeopardy). A fact is not swapped when its value is in a test
+question of its article (that question would no longer match its passage). The test split
+runs out before 60: counts QA 23 (year 11, number 8, country 4), FEVER 49 (37 REFUTES ->
+SUPPORTS, 12 SUPPORTS -> REFUTES), Jeopardy 42.
 """
 
 import argparse
@@ -79,7 +86,6 @@ import collections
 import csv
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import pathlib
@@ -211,7 +217,7 @@ class Tasks:
   nq: Dict[str, List[dict]]                     # split -> DPR retriever records
   jeopardy: Dict[str, List[Tuple[str, str]]]    # split -> (source, target)
   qa_types: Dict[str, collections.Counter]      # split -> question type -> count
-  swaps: Dict[Fact, str]
+  swaps: Dict[Tuple[str, str], str]            # (title, value) -> new value
 
 
 class _Values:
@@ -267,7 +273,9 @@ _PASSIVE = ("founded|established|born|built|completed|published|released|discove
             "annexed|incorporated|described|synthesized|isolated|ordained|appointed|"
             "inaugurated|assassinated|executed|canonized|consecrated|premiered|performed|"
             "patented|developed|designed|produced|killed|conquered|captured|destroyed|"
-            "discontinued|recognized|admitted|first described|first published|first used")
+            "discontinued|recognized|admitted|awarded|ennobled|selected|designated|inscribed|"
+            "renamed|rebuilt|restored|identified|knighted|granted|fought|held|formed|"
+            "first described|first published|first used|first observed|first isolated")
 _ACTIVE = {"died": "die", "began": "begin", "ended": "end", "became": "become", "won": "win",
            "joined": "join", "moved": "move", "married": "marry", "received": "receive",
            "emigrated": "emigrate", "retired": "retire", "returned": "return",
@@ -447,8 +455,13 @@ class _Builder:
   def _title_question(self, article: Article, first: _First, sentence: str):
     desc = self.description(article)
     predicate = re.split(r"[,;(:]|\.$", first.predicate)[0].strip()
+    # A relative clause makes the question long and is rarely needed to tell the answer.
+    clause = re.search(r" (?:that|which|who|whose|where)\b", predicate)
+    if clause and len(predicate[:clause.start()].split()) >= 3:
+      predicate = predicate[:clause.start()]
+    predicate = re.sub(r"(?: (?:in|of|by|on|at|for|to|with|from|and|or|as))+$", "", predicate)
     words = predicate.split()
-    if not desc or len(words) < 2 or len(words) > 25:
+    if not desc or len(desc.split()) > 10 or len(words) < 2 or len(words) > 25:
       return []
     plain = re.sub(r"^(?:a|an|the) ", "", predicate.lower())
     if plain in desc.lower() or desc.lower() in plain:
@@ -480,13 +493,24 @@ class _Builder:
     return []
 
   def _year_question(self, article: Article, subject: str, sentence: str, rest: str):
-    passive = re.match(rf"(was|were) ((?:first |officially |formally |originally )?"
+    # "was founded in 1919", or a first sentence's "is a band formed in Düsseldorf in 1970".
+    passive = re.match(rf"(?:(was|were) |(is|are|was|were) (?:(?!\b(?:who|which|that|whose|"
+                       rf"where)\b)[^,;()\d])*? )((?:first |officially |formally |originally )?"
                        rf"(?:{_PASSIVE}))((?: [^\d,;.()]{{1,60}}?)?) {_DATE} ({_YEAR})"
                        rf"{_CLAUSE_END}", rest.lstrip())
+    span = re.search(rf"\b(?:from ({_YEAR}) to ({_YEAR})|between ({_YEAR}) and ({_YEAR}))\b",
+                     sentence)
     if passive:
-      aux = "was" if passive.group(1) == "was" else "were"
-      question = f"In what year {aux} {subject} {passive.group(2)}{passive.group(3)}?"
-      year = passive.group(4)
+      aux = "were" if (passive.group(1) or passive.group(2)) in ("were", "are") else "was"
+      question = f"In what year {aux} {subject} {passive.group(3)}{passive.group(4)}?"
+      year = passive.group(5)
+    elif span and article.topic == "History" and re.search(
+        r"\b(?:fought|lasted|ruled|existed|took place|spanned|reigned|occurred)\b", rest):
+      first, last = (span.group(1), span.group(2)) if span.group(1) else span.group(3, 4)
+      return [_Question("year", f"In what year did {subject} begin?", first, sentence,
+                        Fact(article.title, YEAR, first, sentence)),
+              _Question("year", f"In what year did {subject} end?", last, sentence,
+                        Fact(article.title, YEAR, last, sentence))]
     else:
       verbs = "|".join(_ACTIVE)
       active = re.match(rf"({verbs})((?: [^\d,;.()]{{1,60}}?)?) {_DATE} ({_YEAR}){_CLAUSE_END}",
@@ -505,7 +529,8 @@ class _Builder:
         rf"were) )?({participles})) (?:about |approximately |over |more than |nearly |around )?"
         rf"({_NUMBER}) ((?:[a-z-]+ ){{0,2}}[a-z-]+s)(?=\s*[,.;:)]|\s+(?:and|in|of|with|that|"
         rf"which|from|on|at|to|for|between|across|by)\b)", rest.lstrip())
-    if not match or match.group(5) in ("0", "1"):
+    if not match or match.group(5) in ("0", "1") or re.match(
+        r"(?:hundred|thousand|million|billion|trillion|percent|per)\b", match.group(6)):
       return []
     number, noun = match.group(5), match.group(6)
     if match.group(2):
@@ -715,7 +740,7 @@ def _assemble(b: _Builder, kept: List[Article], fever_claims, questions, clues,
         if new != clue:
           jeopardy_out[SWAPPED].append((article.title, new))
   return Tasks(passages, swapped, fever_out, nq_out, jeopardy_out, qa_types,
-               {Fact(t, "", v, ""): new for (t, v), new in swaps.items()})
+               swaps)
 
 
 def _write_tsv(path: pathlib.Path, rows: Iterable[Tuple[str, str, str]]) -> None:
