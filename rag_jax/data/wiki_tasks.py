@@ -27,7 +27,8 @@ values a claim or question can turn on are years (1000-2029), other numbers (`32
 and countries (the Geography articles described as a country). `_Values.swap(article, kind,
 value)` is the value of the same kind that replaces one: walking a sorted pool of the values
 of that kind in articles of the same topic, from a position given by a hash of (title, value),
-the first that differs and does not occur in the article's text.
+the first that differs, does not occur in the article's text and could pass for it (a year
+within 100 years, a number with as many digits).
 
 Passages: each kept article's lead, split by `rag_jax.index.corpus.chunk_words` (100 words,
 as `read_jsonl` splits articles), id `{n}-{chunk}` with n the article's 1-based position in
@@ -253,16 +254,28 @@ class _Values:
   def swap(self, article: Article, kind: str, value: str) -> Optional[str]:
     """The value of `kind` that replaces `value` in `article`: from the sorted pool of the
     topic's values of that kind, starting at a hash of (title, value), the first that differs
-    from `value` and is not in the article's text (as a substring). None if there is none."""
+    from `value`, is not in the article's text (as a substring) and is `_plausible`. None if
+    there is none."""
     pool = self._pools.get((article.topic, kind), [])
     if not pool:
       return None
     start = _hash(article.title, value) % len(pool)
     for i in range(len(pool)):
       candidate = pool[(start + i) % len(pool)]
-      if candidate != value and candidate not in article.text and value not in candidate:
+      if (candidate != value and candidate not in article.text and value not in candidate
+          and _plausible(kind, value, candidate)):
         return candidate
     return None
+
+
+def _plausible(kind: str, value: str, candidate: str) -> bool:
+  """Whether `candidate` could pass for `value`: a year within a century of it, a number
+  with as many digits; so that a changed claim is not refuted by its magnitude alone."""
+  if kind == YEAR:
+    return abs(int(candidate) - int(value)) <= 100
+  if kind == NUMBER:
+    return len(candidate.replace(",", "")) == len(value.replace(",", ""))
+  return True
 
 
 _DATE = r"(?:in|on (?:\d{1,2} )?[A-Z][a-z]+(?: \d{1,2},)?)"
