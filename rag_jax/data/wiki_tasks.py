@@ -49,7 +49,8 @@ NQ-style QA (answers occur in a passage of the gold article; no question contain
   * title: "Which {description} {is} {predicate}?" from a first sentence "{Title} is
     {predicate}", the predicate cut at its first comma, semicolon or bracket; the answer is the
     title as the text writes it. The predicate stops before a relative clause (that, which,
-    who) when 3 words are left; needs a description of at most 10 words without the title.
+    who) when 3 words are left; needs 3 to 25 words of predicate and a description of at most
+    10 words without the title.
   * year: "In what year was {subject} {founded ...}?" / "In what year did {subject} {die
     ...}?" from a sentence that starts with the subject (or It/He/She/They) and says the
     passive or past verb happened "in {year}" (one of a fixed list of verbs); and, for
@@ -61,8 +62,8 @@ NQ-style QA (answers occur in a passage of the gold article; no question contain
   * number: "How many {noun} does {subject} have?" (and consist of, comprise, contain, is
     divided into, is composed of) from a sentence that starts with the subject, and "What is
     the atomic number of {element}?". Not "32 million speakers" (the answer would be half).
-  Counts per type (title / year / country / number): train 3,968 / 121 / 83 / 99, dev
-  490 / 25 / 12 / 10, test 492 / 16 / 11 / 9.
+  Counts per type (title / year / country / number): train 3,867 / 121 / 83 / 99, dev
+  479 / 25 / 12 / 10, test 479 / 16 / 11 / 9.
 
 Jeopardy (source: the title; target: the clue): the first sentence "{Title} is {predicate}."
 becomes "This {description} is {predicate}." (a description of at most 8 words, else a noun
@@ -474,7 +475,7 @@ class _Builder:
       predicate = predicate[:clause.start()]
     predicate = re.sub(r"(?: (?:in|of|by|on|at|for|to|with|from|and|or|as))+$", "", predicate)
     words = predicate.split()
-    if not desc or len(desc.split()) > 10 or len(words) < 2 or len(words) > 25:
+    if not desc or len(desc.split()) > 10 or len(words) < 3 or len(words) > 25:
       return []
     plain = re.sub(r"^(?:a|an|the) ", "", predicate.lower())
     if plain in desc.lower() or desc.lower() in plain:
