@@ -88,7 +88,7 @@ def step_config(docs: int, context: int):
   """The RAG-Token StepConfig of the benchmarks' batches."""
   from rag_jax import train_step  # pylint: disable=import-outside-toplevel
   return train_step.StepConfig(kind="token", k=docs, context=train_step.ContextFormat(
-      length=context, start_id=START, end_id=END, pad_id=PAD))
+      length=context, prefix=(START,), suffix=(END,), pad_id=PAD))
 
 
 def contexts(inputs: dict, docs: int, context: int):

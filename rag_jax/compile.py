@@ -391,11 +391,11 @@ def build(config, target: Target, mesh_shape: Dict[str, int], batch_size: int,
   rag = rag_lib.Rag(q_module, g_module, rag_lib.RagConfig(
       n_docs=k, max_combined_length=r.max_combined_length,
       label_smoothing=config.label_smoothing))
-  fmt = step_lib.ContextFormat(length=r.max_combined_length, start_id=g_cfg.bos_token_id,
-                               end_id=g_cfg.eos_token_id, pad_id=g_cfg.pad_token_id)
+  fmt = step_lib.ContextFormat(length=r.max_combined_length, prefix=(g_cfg.bos_token_id,),
+                               suffix=(g_cfg.eos_token_id,), pad_id=g_cfg.pad_token_id)
   cfg = step_lib.StepConfig(kind=r.kind, k=k, label_smoothing=config.label_smoothing,
                             doc_temperature=config.retrieval.doc_temperature, context=fmt,
-                            frozen=step_lib.frozen_groups(config))
+                            frozen=step_lib.frozen_params(config, rag))
   if r.max_question_length > q_cfg.max_position_embeddings:
     raise InputError(f"config rag.max_question_length={r.max_question_length} exceeds the "
                      f"question encoder's {q_cfg.max_position_embeddings} positions")
@@ -417,18 +417,14 @@ def build(config, target: Target, mesh_shape: Dict[str, int], batch_size: int,
         f"model={target.count // fit})")
 
   rules = sharding.logical_rules(config.fsdp)
-  tx = step_lib.make_optimizer(config)
-  ids = jnp.ones((1, 4), jnp.int32)
-  boxed = jax.eval_shape(lambda: {
-      "question_encoder": q_module.init(jax.random.PRNGKey(0), ids, ids)["params"],
-      "generator": g_module.init(jax.random.PRNGKey(0), ids, ids, ids)["params"]})
-  abstract = jax.eval_shape(lambda: step_lib.create_state(boxed, tx, config.seed))
+  tx = step_lib.make_optimizer(config, cfg.frozen)
+  abstract = step_lib.abstract_state(rag, tx, config.seed)
   shardings = sharding.shardings_for(mesh, abstract, rules)
   state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                        nn.meta.unbox(abstract), shardings)
   num_params = sum(math.prod(p.shape) for p in jax.tree.leaves(state.params))
 
-  b, p = batch_size, r.max_combined_length - 2
+  b, p = batch_size, fmt.content_length
   shapes = {"question_ids": ((b, r.max_question_length), jnp.int32),
             "question_mask": ((b, r.max_question_length), jnp.int32),
             "question_tokens": ((b, p), jnp.int32), "question_length": ((b,), jnp.int32),

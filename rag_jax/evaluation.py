@@ -115,6 +115,7 @@ def predict(run: experiment.Run, params, settings: Dict[str, Any], *,
     return []
   ids, priors, posteriors = (np.concatenate(a)[:n] for a in (ids, priors, posteriors))
   passages = run.index.passages
+  closed_book = config.retrieval.mode == "none"  # its one "passage" is empty
   records = []
   for i, example in enumerate(split.examples):
     records.append({
@@ -122,7 +123,8 @@ def predict(run: experiment.Run, params, settings: Dict[str, Any], *,
         "gold": list(example.targets), "gold_titles": list(example.gold_titles),
         "passages": [{"row": int(r), "id": passages[int(r)]["id"],
                       "title": passages[int(r)]["title"], "prior": float(p), "posterior": float(q)}
-                     for r, p, q in zip(ids[i], priors[i], posteriors[i]) if r >= 0]})
+                     for r, p, q in zip(ids[i], priors[i], posteriors[i])
+                     if r >= 0 and not closed_book]})
   return records
 
 

@@ -6,8 +6,9 @@ builds the index, tokenizes everything once and places the state on the mesh. Th
 `Run`, is what `trainer.train_and_evaluate` and `evaluation.evaluate` work from.
 
 Retrieval modes (`retrieval.mode`): "device" (exact MIPS inside the jitted step), "host" (the
-saved index searched between jitted calls), and "bm25" (the paper's ablation: bm25s over the
-index's passages, each split retrieved once up front, its scores the logits of p(z|x)).
+saved index searched between jitted calls), "bm25" (the paper's ablation: bm25s over the
+index's passages, each split retrieved once up front, its scores the logits of p(z|x)), and
+"none" (closed book: the generator reads the question alone, trained and evaluated the same way).
 """
 
 import dataclasses
@@ -27,6 +28,7 @@ from rag_jax import checkpoint as checkpoint_lib
 from rag_jax import data as data_lib
 from rag_jax import distributed
 from rag_jax import input_pipeline
+from rag_jax import prompts
 from rag_jax import rag as rag_lib
 from rag_jax import sharding
 from rag_jax import tiny
@@ -73,7 +75,8 @@ def _field(config, dotted: str):
 
 def check_config(config) -> None:
   """Values the rest would trip over later, as one-line errors now."""
-  choices = {"retrieval.mode": ("device", "host", "bm25"), "rag.kind": ("token", "sequence"),
+  choices = {"retrieval.mode": ("device", "host", "bm25", "none"),
+             "rag.kind": ("token", "sequence"),
              "model.dtype": tuple(DTYPES), "retrieval.dtype": tuple(DTYPES),
              "decay": ("linear", "cosine", "constant")}
   for name, allowed in choices.items():
@@ -109,7 +112,7 @@ def decode_settings(config) -> Dict[str, Any]:
   """
   kind = config.rag.kind
   paper = config.eval_paper[kind]
-  k = config.eval_k or paper.k
+  k = 1 if config.retrieval.mode == "none" else config.eval_k or paper.k
   decoding = config.eval_decoding or paper.decoding
   if not isinstance(k, int) or k < 1:
     raise SetupError(f"config eval_k={config.eval_k!r}: expected a positive integer (0: the "
@@ -182,7 +185,11 @@ class Run:
     batch = self.place(self.device_arrays(arrays), replicated)
     if self.device_index is not None:
       return self._retrieve(params, batch, self.device_index, k)
-    if "bm25_ids" in arrays:  # retrieved up front; these are already this process's rows
+    if self.config.retrieval.mode == "none":
+      # Closed book: one empty passage of score 0, so that each context is the question alone.
+      ids = np.zeros((len(arrays["question_ids"]), 1), np.int64)
+      docs = {"retrieval_scores": np.zeros(ids.shape, np.float32)}
+    elif "bm25_ids" in arrays:  # retrieved up front; these are already this process's rows
       ids, docs = arrays["bm25_ids"][:, :k], {"retrieval_scores": arrays["bm25_scores"][:, :k]}
     else:
       # Every process searches the whole batch's questions and keeps its own rows' documents.
@@ -193,8 +200,9 @@ class Run:
       docs = {"doc_embeds": np.asarray(self.index.embeddings[np.maximum(ids, 0).ravel()],
                                        np.float32).reshape(ids.shape + (-1,))}
     safe = np.maximum(ids, 0)
+    empty = (ids < 0) | (self.config.retrieval.mode == "none")
     docs.update({"doc_ids": ids.astype(np.int32), "passage_tokens": self.passage_tokens[safe],
-                 "passage_length": np.where(ids >= 0, self.passage_length[safe], 0)})
+                 "passage_length": np.where(empty, 0, self.passage_length[safe])})
     return dict(batch, **self.place(docs, replicated))
 
   def step(self, state: step_lib.TrainState, rows: np.ndarray):
@@ -217,15 +225,25 @@ def _load_model(config, workdir: pathlib.Path,
   dtype = DTYPES[m.dtype]
   rag_config = dict(n_docs=config.retrieval.k, max_combined_length=config.rag.max_combined_length,
                     label_smoothing=config.label_smoothing)
-  if rag_checkpoint:
+  if rag_checkpoint:  # it has its own title and doc separators
     model = rag_lib.RagModel.from_pretrained(rag_checkpoint, dtype=dtype, **rag_config)
     return model, ""
   if m.tiny:
-    directory = tiny.write(workdir / "tiny_model", _tiny_words(m.tiny_vocab), seed=config.seed)
+    if m.tiny_generator not in tiny.GENERATOR_KINDS:
+      raise SetupError(f"config model.tiny_generator={m.tiny_generator!r}: expected one of "
+                       f"{list(tiny.GENERATOR_KINDS)}")
+    name = "tiny_model" if m.tiny_generator == "bart" else f"tiny_model_{m.tiny_generator}"
+    directory = tiny.write(workdir / name, _tiny_words(m.tiny_vocab), seed=config.seed,
+                           generator_kind=m.tiny_generator)
     question_encoder, generator = directory / "question_encoder", directory / "generator"
   else:
     question_encoder, generator = m.question_encoder, m.generator
-  model = rag_lib.RagModel.from_parts(question_encoder, generator, dtype=dtype, **rag_config)
+  model = rag_lib.RagModel.from_parts(question_encoder, generator, dtype=dtype,
+                                      title_sep=config.rag.title_sep,
+                                      doc_sep=config.rag.doc_sep, **rag_config)
+  tokenizer = model.generator_tokenizer
+  if not model.rag.gen.has_encoder and tokenizer is not None and tokenizer.chat_template:
+    model.prompt_format = prompts.chat_prompt(tokenizer, system=config.rag.system_prompt or None)
   return model, str(question_encoder) if m.tiny else ""
 
 
@@ -275,6 +293,12 @@ def _for_training(model: rag_lib.RagModel, config) -> Tuple[rag_lib.Rag, Any]:
   modules = {"question_encoder": model.question_encoder, "generator": model.generator}
   params = dict(model.params)
   for name, module in modules.items():
+    if not hasattr(module, "scan_layers"):  # the Llama
+      if m.scan_layers:
+        raise SetupError(f"config model.scan_layers: the {type(module).__name__} {name} runs "
+                         "its layers unscanned; set it to False")
+      modules[name] = module.clone(remat=m.remat)
+      continue
     modules[name] = module.clone(remat=m.remat, scan_layers=m.scan_layers)
     if m.scan_layers:
       params[name] = scan.stack_layers(params[name], module)
@@ -433,14 +457,21 @@ def build(config, workdir: pathlib.Path, *, split: str = "dev", train: bool = Tr
       raise SetupError(f"config {name}={k} exceeds the index's {len(index.passages)} passages")
 
   g_tok = model.generator_tokenizer
-  fmt = input_pipeline.context_format(g_tok, config.rag.max_combined_length)
+  prompt = None if rag.gen.has_encoder else model.prompt_format or (lambda context: context)
+  try:
+    fmt = input_pipeline.context_format(g_tok, config.rag.max_combined_length, prompt)
+    frozen = step_lib.frozen_params(config, rag)
+  except ValueError as e:
+    raise SetupError(str(e)) from None
   regex_targets = (_regex_targets(config, train_examples, model, index)
                    if config.data.kind == "curatedtrec" else {})
   target = _target_fn(config, g_tok, regex_targets)
   bm25 = ([{}, {}] if config.retrieval.mode != "bm25" else _bm25_arrays(
       index, [train_examples, eval_examples], max(config.retrieval.k, eval_k)))
   tokenize = lambda examples, extra: Split(examples, dict(input_pipeline.tokenize_examples(
-      examples, question_tokenizer=model.question_tokenizer, generator_tokenizer=g_tok, fmt=fmt,
+      examples, question_tokenizer=model.question_tokenizer, generator_tokenizer=g_tok,
+      config=model.config, fmt=fmt,
+      target_format=input_pipeline.TargetFormat.of(g_tok, rag.gen),
       max_question_length=config.rag.max_question_length,
       max_target_length=config.rag.max_target_length, target=target), **extra))
   passage_tokens, passage_length = input_pipeline.tokenize_passages(index.passages, g_tok,
@@ -448,10 +479,10 @@ def build(config, workdir: pathlib.Path, *, split: str = "dev", train: bool = Tr
   step_config = step_lib.StepConfig(kind=config.rag.kind, k=config.retrieval.k,
                                     label_smoothing=config.label_smoothing,
                                     doc_temperature=config.retrieval.doc_temperature,
-                                    context=fmt, frozen=step_lib.frozen_groups(config))
+                                    context=fmt, frozen=frozen)
 
   # Evaluation alone keeps no optimizer state (AdamW's would be twice the params).
-  tx = step_lib.make_optimizer(config) if train else optax.set_to_zero()
+  tx = step_lib.make_optimizer(config, frozen) if train else optax.set_to_zero()
   state, state_sharding = _place_state(rag, params, tx, config, mesh)
   del params
   if init_kind == "checkpoint":
@@ -494,11 +525,7 @@ def _init_params(directory: str, params, mesh):
 
 def _place_state(rag: rag_lib.Rag, params, tx, config, mesh):
   """The train state on the mesh, with its shardings from the modules' logical axes."""
-  ids = jnp.ones((1, 4), jnp.int32)
-  boxed = jax.eval_shape(lambda: {
-      "question_encoder": rag.question_encoder.init(jax.random.PRNGKey(0), ids, ids)["params"],
-      "generator": rag.generator.init(jax.random.PRNGKey(0), ids, ids, ids)["params"]})
-  abstract = jax.eval_shape(lambda: step_lib.create_state(boxed, tx, config.seed))
+  abstract = step_lib.abstract_state(rag, tx, config.seed)
   shardings = sharding.shardings_for(mesh, abstract, sharding.logical_rules(config.fsdp))
   state = step_lib.create_state(params, tx, config.seed)
   return jax.device_put(state, shardings), shardings

@@ -9,7 +9,8 @@ Shapes: N = examples, M = passages, Lq = question tokens, Q = the question's gen
 tokens, P = a passage's generator tokens (L - 2), T = target tokens.
 """
 
-from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+import dataclasses
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import grain
 import jax
@@ -24,14 +25,57 @@ from rag_jax.data import Example
 HOST_ONLY = ("bm25_ids", "bm25_scores")
 
 
-def context_format(tokenizer, length: int) -> train_step.ContextFormat:
-  """The generator tokenizer's special tokens around one input of `length` tokens."""
-  specials = tokenizer("")["input_ids"]
-  if len(specials) != 2:
-    raise ValueError(f"the generator tokenizer frames a text with {len(specials)} special "
-                     "tokens; RAG's contexts need a start and an end token")
-  return train_step.ContextFormat(length=length, start_id=specials[0], end_id=specials[1],
-                                  pad_id=tokenizer.pad_token_id)
+def context_format(tokenizer, length: int,
+                   prompt_format: Optional[Callable[[str], str]] = None
+                   ) -> train_step.ContextFormat:
+  """The tokens around the passage + question of one generator input of `length` tokens.
+
+  Args:
+    tokenizer: the generator's tokenizer.
+    length: L.
+    prompt_format: a decoder-only generator's prompt for a context string
+      (`RagModel.prompt_format`, e.g. `prompts.chat_prompt`); the prefix and suffix are its
+      text before and after the context. None: the tokenizer's own special tokens (BART's
+      <s> ... </s>). With a prompt format, truncation keeps the question (`ContextFormat`).
+  """
+  if prompt_format is not None:
+    before, after = prompt_format(_MARK).split(_MARK)
+    prefix = tokenizer(before)["input_ids"]
+    suffix = tokenizer(after, add_special_tokens=False)["input_ids"]
+  else:
+    specials = tokenizer("")["input_ids"]
+    if len(specials) != 2:
+      raise ValueError(f"the generator tokenizer frames a text with {len(specials)} special "
+                       "tokens; RAG's contexts need a start and an end token")
+    prefix, suffix = specials[:1], specials[1:]
+  if length - len(prefix) - len(suffix) < 2:
+    raise ValueError(f"contexts of {length} tokens leave no room for a passage and a question "
+                     f"besides the prompt's {len(prefix) + len(suffix)} tokens")
+  return train_step.ContextFormat(length=length, prefix=tuple(prefix), suffix=tuple(suffix),
+                                  pad_id=tokenizer.pad_token_id,
+                                  keep_question=prompt_format is not None)
+
+
+# Stands for the context in a prompt template, to split the template around it.
+_MARK = "\x00context\x00"
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetFormat:
+  """How a target text becomes a label row: start + its tokens + end, then padding."""
+  start_id: int
+  end_id: int
+  pad_id: int
+
+  @classmethod
+  def of(cls, tokenizer, generator) -> "TargetFormat":
+    """BART: the tokenizer's own framing (<s> target </s>, HF RAG's labels). A decoder-only
+    generator: its start token (what follows the prompt, a newline) and its EOS, padded with
+    its pad (`DecoderOnlyGenerator`), so the model learns to end its answer."""
+    if generator.has_encoder:
+      start, end = tokenizer("")["input_ids"]
+      return cls(start, end, tokenizer.pad_token_id)
+    return cls(generator.start_token_id, generator.eos_token_id, generator.pad_token_id)
 
 
 def _content(tokenizer, texts: Sequence[str], max_len: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -47,10 +91,24 @@ def _content(tokenizer, texts: Sequence[str], max_len: int) -> Tuple[np.ndarray,
   return out, lengths
 
 
+def context_parts(title: str, text: str, question: str, config: rag_lib.RagConfig,
+                  fmt: train_step.ContextFormat) -> Tuple[str, str]:
+  """`rag.format_context`'s string cut into the passage's part and the question's, which
+  join into it: `prefix + title / text //` and `" " + question` (HF's layout, whose
+  truncation cuts the question), or with `fmt.keep_question` `prefix + title / text` and
+  `// question`, so that truncating the passage keeps the separator (and a closed-book
+  context, passage-less, reads `// question`)."""
+  whole = rag_lib.format_context(title, text, "", config)
+  if not fmt.keep_question:
+    return whole.rstrip(), " " + question
+  sep = config.doc_sep.replace("  ", " ")
+  return whole.removesuffix(sep), (sep + question).replace("  ", " ")
+
+
 def tokenize_passages(passages, tokenizer, config: rag_lib.RagConfig,
                       fmt: train_step.ContextFormat, chunk: int = 4096
                       ) -> Tuple[np.ndarray, np.ndarray]:
-  """Each passage's part of the generator input, `prefix + title / text //`.
+  """Each passage's part of the generator input (`context_parts`).
 
   Args:
     passages: a sequence of objects with `title` and `text` (a PassageStore).
@@ -60,30 +118,37 @@ def tokenize_passages(passages, tokenizer, config: rag_lib.RagConfig,
   parts = []
   for start in range(0, len(passages), chunk):
     rows = [passages[i] for i in range(start, min(start + chunk, len(passages)))]
-    texts = [rag_lib.format_context(p["title"], p["text"], "", config).rstrip() for p in rows]
-    parts.append(_content(tokenizer, texts, fmt.length - 2))
+    texts = [context_parts(p["title"], p["text"], "", config, fmt)[0] for p in rows]
+    parts.append(_content(tokenizer, texts, fmt.content_length))
   return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
 
 def tokenize_examples(examples: List[Example], *, question_tokenizer, generator_tokenizer,
-                      fmt: train_step.ContextFormat, max_question_length: int,
-                      max_target_length: int, target: Callable[[Example], str]
-                      ) -> Dict[str, np.ndarray]:
+                      config: rag_lib.RagConfig, fmt: train_step.ContextFormat,
+                      target_format: TargetFormat,
+                      max_question_length: int, max_target_length: int,
+                      target: Callable[[Example], str]) -> Dict[str, np.ndarray]:
   """The arrays a batch is gathered from.
 
   Returns:
     question_ids, question_mask [N, Lq] (query encoder); question_tokens [N, P] and
-    question_length [N] (the question's part of the generator input, `" " + question`);
-    labels [N, T] (the target framed by the generator's start and end tokens, padded).
+    question_length [N] (the question's part of the generator input, `context_parts`);
+    labels [N, T] (the target framed by `target_format`, truncated, padded).
   """
   sources = [e.source for e in examples]
   q = question_tokenizer(sources, max_length=max_question_length, truncation=True,
                          padding="max_length", return_tensors="np")
-  question_tokens, question_length = _content(generator_tokenizer, [" " + s for s in sources],
-                                              fmt.length - 2)
-  labels = generator_tokenizer([target(e) for e in examples], max_length=max_target_length,
-                               truncation=True, padding="max_length",
-                               return_tensors="np")["input_ids"].astype(np.int32)
+  question_tokens, question_length = _content(
+      generator_tokenizer, [context_parts("", "", s, config, fmt)[1] for s in sources],
+      fmt.content_length)
+  t = target_format
+  content, lengths = _content(generator_tokenizer, [target(e) for e in examples],
+                              max_target_length - 2)
+  labels = np.full((len(examples), max_target_length), t.pad_id, np.int32)
+  labels[:, 0] = t.start_id
+  for i, n in enumerate(lengths):
+    labels[i, 1:n + 1] = content[i, :n]
+    labels[i, n + 1] = t.end_id
   return {"question_ids": q["input_ids"].astype(np.int32),
           "question_mask": q["attention_mask"].astype(np.int32),
           "question_tokens": question_tokens, "question_length": question_length,

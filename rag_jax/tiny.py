@@ -6,6 +6,9 @@ tokenizer over `words`, so that every loader, the index builder and the trainer 
 exactly as on real checkpoints, in seconds and with no model hub.
 
 The generator's vocabulary puts [CLS] / [PAD] / [SEP] at 0 / 1 / 2, BART's <s> / <pad> / </s>.
+With `generator_kind="llama"` the generator is a decoder-only Llama instead, tokenized as
+SmolLM2-Instruct is: no special tokens added to a text, and a chat template ([CLS] opens a
+turn, [SEP] ends it and is the EOS).
 """
 
 import json
@@ -23,6 +26,7 @@ import safetensors.numpy
 from rag_jax import weights
 from rag_jax.models import bart as bart_lib
 from rag_jax.models import bert as bert_lib
+from rag_jax.models import llama as llama_lib
 
 QUESTION_ENCODER = dict(model_type="dpr", vocab_size=0, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=64,
@@ -35,6 +39,13 @@ GENERATOR = dict(model_type="bart", vocab_size=0, d_model=32, encoder_layers=2,
                  decoder_start_token_id=2, forced_bos_token_id=None, forced_eos_token_id=2)
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 BART_SPECIALS = ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"]  # <s> <pad> </s> <unk> <mask>
+LLAMA = dict(model_type="llama", vocab_size=0, hidden_size=32, intermediate_size=64,
+             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+             max_position_embeddings=256, tie_word_embeddings=True, attention_dropout=0.1,
+             bos_token_id=0, pad_token_id=1, eos_token_id=2)
+CHAT_TEMPLATE = ("{% for m in messages %}[CLS] {{ m['role'] }} {{ m['content'] }} [SEP] "
+                 "{% endfor %}{% if add_generation_prompt %}[CLS] assistant{% endif %}")
+GENERATOR_KINDS = ("bart", "llama")
 
 
 def _hf_arrays(params, names) -> dict:
@@ -67,9 +78,24 @@ def _tokenizer(directory: pathlib.Path, specials, words, **kwargs):
   return tok
 
 
+def _chat_tokenizer(directory: pathlib.Path, words):
+  """A word-level tokenizer that adds no special tokens, with a chat template."""
+  import tokenizers  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  vocab = {w: i for i, w in enumerate(BART_SPECIALS + list(words))}
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.normalizer = tokenizers.normalizers.Lowercase()
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+  fast = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, bos_token="[CLS]", pad_token="[PAD]", eos_token="[SEP]",
+      unk_token="[UNK]", mask_token="[MASK]")
+  fast.chat_template = CHAT_TEMPLATE
+  fast.save_pretrained(str(directory))
+
+
 def write(directory, words: Iterable[str], seed: int = 0, *,
-          question_encoder: Optional[dict] = None, generator: Optional[dict] = None
-          ) -> pathlib.Path:
+          question_encoder: Optional[dict] = None, generator: Optional[dict] = None,
+          generator_kind: str = "bart") -> pathlib.Path:
   """Writes `question_encoder/` and `generator/` under `directory` (made atomically: a
   finished directory is reused as it is). Returns `directory`.
 
@@ -79,7 +105,10 @@ def write(directory, words: Iterable[str], seed: int = 0, *,
     seed: the params' seed.
     question_encoder, generator: HF config fields overriding the tiny shapes (e.g. dpr-base
       and bart-base for a benchmark); a vocab_size there is kept if it covers the words.
+    generator_kind: "bart" or "llama" (see the module docstring).
   """
+  if generator_kind not in GENERATOR_KINDS:
+    raise ValueError(f"generator_kind must be one of {GENERATOR_KINDS}, got {generator_kind!r}")
   directory = pathlib.Path(directory)
   if (directory / "generator" / "model.safetensors").is_file():
     return directory
@@ -103,16 +132,23 @@ def write(directory, words: Iterable[str], seed: int = 0, *,
       str(q_dir / "model.safetensors"))
   _tokenizer(q_dir, BERT_SPECIALS, words)
 
-  g_hf = _shapes(GENERATOR, generator, len(BART_SPECIALS) + len(words))
-  g_module = bart_lib.Bart(bart_lib.BartConfig.from_hf(g_hf))
-  g_params = flax.linen.meta.unbox(g_module.init(kg, ids, ids, ids)["params"])
   g_dir = work / "generator"
   g_dir.mkdir(exist_ok=True)
+  if generator_kind == "llama":
+    g_hf = _shapes(LLAMA, generator, len(BART_SPECIALS) + len(words))
+    g_module = llama_lib.Llama(llama_lib.LlamaConfig.from_hf(g_hf))
+    g_params = flax.linen.meta.unbox(g_module.init(kg, ids, ids)["params"])
+    names = weights.llama_names
+    _chat_tokenizer(g_dir, words)
+  else:
+    g_hf = _shapes(GENERATOR, generator, len(BART_SPECIALS) + len(words))
+    g_module = bart_lib.Bart(bart_lib.BartConfig.from_hf(g_hf))
+    g_params = flax.linen.meta.unbox(g_module.init(kg, ids, ids, ids)["params"])
+    names = weights.bart_names
+    _tokenizer(g_dir, BART_SPECIALS, words, cls_token="[CLS]", pad_token="[PAD]",
+               sep_token="[SEP]", unk_token="[UNK]", mask_token="[MASK]")
   (g_dir / "config.json").write_text(json.dumps(g_hf, indent=1))
-  safetensors.numpy.save_file(_hf_arrays(g_params, weights.bart_names),
-                              str(g_dir / "model.safetensors"))
-  _tokenizer(g_dir, BART_SPECIALS, words, cls_token="[CLS]", pad_token="[PAD]",
-             sep_token="[SEP]", unk_token="[UNK]", mask_token="[MASK]")
+  safetensors.numpy.save_file(_hf_arrays(g_params, names), str(g_dir / "model.safetensors"))
   try:
     work.rename(directory)
   except OSError:  # another writer finished first

@@ -26,6 +26,7 @@ import functools
 from typing import Any, Dict, Optional, Tuple
 
 import flax
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,19 +52,31 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class ContextFormat:
-  """How a passage and a question join into one generator input, as HF's RagRetriever
-  tokenizes `prefix + title / text // question`: [start] passage question [end], truncated
-  to `length` (the question is what truncation cuts first, as in HF), then padded.
+  """How a passage and a question join into one generator input: `prefix` + passage +
+  question + `suffix`, truncated to `length`, then padded on the right. What truncation cuts
+  first is the question, as in HF, or with `keep_question` the passage (a decoder-only
+  generator's prompt, as `RagModel.contextualize` makes it: the answer follows the question).
+
+  BART's is HF RagRetriever's tokenization of `prefix + title / text // question`: prefix
+  (<s>,), suffix (</s>,). A decoder-only generator's is its prompt: with a chat template,
+  the prefix is the template up to the user's text (system turn included) and the suffix
+  the end of that turn and the assistant's header, so the target follows the prompt.
 
   Passages are pre-tokenized without special tokens (`prefix + title / text //`), questions
-  as `" " + question` without special tokens, so that joining the two token lists is the
-  tokenization of the whole string wherever the tokenizer splits at spaces (WordPiece, and
-  byte-level BPE with its leading-space tokens).
+  as `" " + question` without special tokens, so that joining the token lists is the
+  tokenization of the whole string wherever the tokenizer splits at spaces and newlines
+  (WordPiece, and byte-level BPE with its leading-space tokens).
   """
-  length: int          # L, HF's max_combined_length
-  start_id: int        # the tokenizer's first special token (BART: <s>, BERT: [CLS])
-  end_id: int          # its last (BART: </s>, BERT: [SEP])
+  length: int                # L, HF's max_combined_length
+  prefix: Tuple[int, ...]    # tokens before the passage
+  suffix: Tuple[int, ...]    # tokens after the question
   pad_id: int
+  keep_question: bool = False
+
+  @property
+  def content_length(self) -> int:
+    """The most passage + question tokens an input holds."""
+    return self.length - len(self.prefix) - len(self.suffix)
 
 
 def join_contexts(passages: Array, passage_length: Array, question: Array,
@@ -78,21 +91,29 @@ def join_contexts(passages: Array, passage_length: Array, question: Array,
     context ids [B * Z, L] int32 and their attention mask [B * Z, L] int32.
   """
   b, z, p = passages.shape
-  pos = jnp.arange(fmt.length - 2)                                           # [L - 2]
+  pre, suf, c = len(fmt.prefix), len(fmt.suffix), fmt.content_length
+  pos = jnp.arange(c)                                                        # [C]
   lp = passage_length[:, :, None]                                            # [B, Z, 1]
+  if fmt.keep_question:
+    lp = jnp.minimum(lp, c - jnp.minimum(question_length, c)[:, None, None])
   from_passage = jnp.take_along_axis(passages, jnp.clip(pos, 0, p - 1)[None, None].repeat(
-      b, 0).repeat(z, 1), axis=2)                                            # [B, Z, L - 2]
-  q_pos = jnp.clip(pos[None, None] - lp, 0, question.shape[1] - 1)          # [B, Z, L - 2]
+      b, 0).repeat(z, 1), axis=2)                                            # [B, Z, C]
+  q_pos = jnp.clip(pos[None, None] - lp, 0, question.shape[1] - 1)          # [B, Z, C]
   from_question = jnp.take_along_axis(question[:, None].repeat(z, 1), q_pos, axis=2)
   content = jnp.where(pos < lp, from_passage, from_question)
-  n = jnp.minimum(lp + question_length[:, None, None], fmt.length - 2)      # [B, Z, 1]
-  content = jnp.where(pos < n, content, fmt.pad_id)
-  ids = jnp.concatenate([jnp.full((b, z, 1), fmt.start_id, content.dtype), content,
-                         jnp.full((b, z, 1), fmt.pad_id, content.dtype)], axis=2)  # [B, Z, L]
-  full = jnp.arange(fmt.length)[None, None]
-  ids = jnp.where(full == n + 1, fmt.end_id, ids)
-  mask = (full <= n + 1).astype(jnp.int32)
-  return ids.reshape(b * z, fmt.length).astype(jnp.int32), mask.reshape(b * z, fmt.length)
+  n = jnp.minimum(lp + question_length[:, None, None], c)                   # [B, Z, 1]
+  content = jnp.where(pos < n, content, fmt.pad_id).astype(jnp.int32)
+  ids = jnp.pad(content, ((0, 0), (0, 0), (pre, suf)), constant_values=fmt.pad_id)  # [B, Z, L]
+  full = jnp.arange(fmt.length)[None, None]                                  # [1, 1, L]
+  if pre:
+    prefix = jnp.asarray(fmt.prefix + (fmt.pad_id,) * (fmt.length - pre), jnp.int32)
+    ids = jnp.where(full < pre, prefix, ids)
+  if suf:
+    at = full - pre - n                                                      # [B, Z, L]
+    suffix = jnp.asarray(fmt.suffix, jnp.int32)[jnp.clip(at, 0, suf - 1)]
+    ids = jnp.where((at >= 0) & (at < suf), suffix, ids)
+  mask = (full < pre + n + suf).astype(jnp.int32)
+  return ids.reshape(b * z, fmt.length), mask.reshape(b * z, fmt.length)
 
 
 # ------------------------------------------------------------------------------------------
@@ -199,20 +220,47 @@ def _shard_index(axes: Tuple[str, ...]) -> Array:
 # Optimizer and state.
 
 
-def frozen_groups(config) -> Tuple[str, ...]:
-  """The param groups that get no updates: the query encoder when the config freezes it (the
-  paper's "Frozen" ablation) or when BM25 retrieves (nothing reads it then)."""
+def frozen_params(config, rag: rag_lib.Rag) -> Tuple[str, ...]:
+  """The params that get no updates, as "/"-joined path prefixes of the params tree:
+
+  - "question_encoder" when the config freezes it (the paper's "Frozen" ablation) or when
+    nothing reads it (BM25 retrieval, a closed-book run);
+  - with `model.train_generator_layers` = n > 0, all of a decoder-only generator but its
+    top n layers and final norm: what a short run on a CPU can train of a 135M model (the
+    embeddings, tied to the LM head in SmolLM2, stay as they are).
+
+  Raises:
+    ValueError: train_generator_layers for a generator it does not apply to.
+  """
   r = config.retrieval
-  return ("question_encoder",) if r.freeze_query_encoder or r.mode == "bm25" else ()
+  frozen = ["question_encoder"] if r.freeze_query_encoder or r.mode in ("bm25", "none") else []
+  n = config.model.train_generator_layers
+  if n:
+    if rag.gen.has_encoder:
+      raise ValueError("config model.train_generator_layers applies to a decoder-only "
+                       "generator; BART trains whole")
+    total = rag.generator.config.num_hidden_layers
+    if not 0 < n <= total:
+      raise ValueError(f"config model.train_generator_layers={n}: the generator has {total} "
+                       "layers")
+    frozen += ["generator/embed_tokens", "generator/lm_head"]
+    frozen += [f"generator/layers_{i}" for i in range(total - n)]
+  return tuple(frozen)
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
+def is_frozen(path, frozen: Tuple[str, ...]) -> bool:
+  """Whether the param at `path` (a jax key path) is under one of the `frozen` prefixes."""
+  name = "/".join(str(getattr(key, "key", getattr(key, "name", key))) for key in path)
+  return any(name == f or name.startswith(f + "/") for f in frozen)
+
+
+def make_optimizer(config, frozen: Tuple[str, ...] = ()) -> optax.GradientTransformation:
   """AdamW with linear warmup, then linear or cosine decay to 0 by `num_train_steps`, and
   global-norm clipping. config: learning_rate, warmup_steps, num_train_steps, decay
   ("linear" | "cosine" | "constant"), weight_decay, max_grad_norm, adam_b1, adam_b2, adam_eps.
 
-  The `frozen_groups` are frozen by construction: `optax.multi_transform` gives them zero
-  updates (no weight decay, no optimizer state), so their params stay bit for bit.
+  The `frozen` params (`frozen_params`) are frozen by construction: `optax.multi_transform`
+  gives them zero updates (no weight decay, no optimizer state), so they stay bit for bit.
   """
   decay_steps = max(1, config.num_train_steps - config.warmup_steps)
   warmup = optax.linear_schedule(0.0, config.learning_rate, max(1, config.warmup_steps))
@@ -228,16 +276,30 @@ def make_optimizer(config) -> optax.GradientTransformation:
       optax.clip_by_global_norm(config.max_grad_norm),
       optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
                   weight_decay=config.weight_decay))
-  frozen = frozen_groups(config)
   if not frozen:
     return tx
-  labels = lambda params: {k: "frozen" if k in frozen else "trained" for k in params}
+  # A boxed param (the abstract state, whose shardings come from its logical axes) is
+  # labelled whole, so that its box stays around its value or is masked with it.
+  labels = lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: "frozen" if is_frozen(path, frozen) else "trained", params,
+      is_leaf=lambda x: isinstance(x, nn.Partitioned))
   return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
 
 
 def create_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=jax.random.PRNGKey(seed))
+
+
+def abstract_state(rag: rag_lib.Rag, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  """The state's shapes, its params boxed with the modules' logical axes (for shardings)."""
+  ids = jnp.ones((1, 4), jnp.int32)
+  # An encoder-decoder reads contexts and targets; a decoder-only model one sequence.
+  g_inputs = (ids, ids, ids) if rag.gen.has_encoder else (ids, ids)
+  boxed = jax.eval_shape(lambda: {
+      "question_encoder": rag.question_encoder.init(jax.random.PRNGKey(0), ids, ids)["params"],
+      "generator": rag.generator.init(jax.random.PRNGKey(0), *g_inputs)["params"]})
+  return jax.eval_shape(lambda: create_state(boxed, tx, seed))
 
 
 # ------------------------------------------------------------------------------------------
@@ -252,7 +314,7 @@ class StepConfig:
   label_smoothing: float = 0.0
   doc_temperature: float = 1.0     # p(z|x) = softmax(scores / doc_temperature)
   context: Optional[ContextFormat] = None
-  frozen: Tuple[str, ...] = ()     # param groups without gradient (`frozen_groups`)
+  frozen: Tuple[str, ...] = ()     # params without gradient (`frozen_params`)
 
 
 def encode_questions(rag: rag_lib.Rag, params, batch: Batch) -> Array:
@@ -291,8 +353,9 @@ def contexts_and_scores(rag: rag_lib.Rag, params, batch: Batch, cfg: StepConfig,
 
 def loss_fn(rag: rag_lib.Rag, params, batch: Batch, rng: Array, cfg: StepConfig) -> Array:
   """Mean per-example RAG NLL of a retrieved batch, dropout on; no gradient reaches the
-  `cfg.frozen` groups."""
-  params = {k: jax.lax.stop_gradient(v) if k in cfg.frozen else v for k, v in params.items()}
+  `cfg.frozen` params."""
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, v: jax.lax.stop_gradient(v) if is_frozen(path, cfg.frozen) else v, params)
   kq, kg = jax.random.split(rng)
   ctx, ctx_mask, scores = contexts_and_scores(rag, params, batch, cfg, deterministic=False,
                                               rngs={"dropout": kq})

@@ -250,3 +250,78 @@ def test_scanned_layers_train_and_decode(tmp_path):
   stacked = out["state"].params["generator"]["encoder_layers"]
   assert "encoder_layers_0" not in out["state"].params["generator"]
   assert jax.tree.leaves(stacked)[0].shape[0] == 2  # the tiny BART's two layers, stacked
+
+
+# ------------------------------------------------------------------------------------------
+# A decoder-only generator (a tiny Llama with a chat template, tokenized as SmolLM2 is).
+
+
+def test_decoder_only_contexts_and_labels_are_the_prompts_and_answers(tmp_path):
+  """The step's joined contexts are RagModel.contextualize's chat prompts (the same tokens,
+  right- instead of left-padded), RAG and closed book; labels are start + answer + EOS."""
+  from rag_jax import input_pipeline, prompts, rag as rag_lib, tiny  # pylint: disable=import-outside-toplevel
+  from rag_jax.data import Example  # pylint: disable=import-outside-toplevel
+  words = "alpha beta gamma delta river king queen star who what".split()
+  directory = tiny.write(tmp_path / "m", words, generator_kind="llama")
+  model = rag_lib.RagModel.from_parts(directory / "question_encoder", directory / "generator",
+                                      max_combined_length=40)
+  tok, cfg, gen = model.generator_tokenizer, model.config, model.rag.gen
+  model.prompt_format = prompts.chat_prompt(tok, system="alpha")
+  fmt = input_pipeline.context_format(tok, cfg.max_combined_length, model.prompt_format)
+  assert fmt.prefix[0] == tok.bos_token_id and fmt.suffix[0] == tok.eos_token_id
+  passages = [{"title": "Alpha", "text": "beta gamma"}, {"title": "River king", "text": "queen"},
+              {"title": "Star", "text": "delta " * 30}]  # the last truncates the question away
+  examples = [Example("0", "who gamma star", ("king queen",)), Example("1", "what king", ("",))]
+  target = input_pipeline.TargetFormat.of(tok, gen)
+  arrays = input_pipeline.tokenize_examples(
+      examples, question_tokenizer=model.question_tokenizer, generator_tokenizer=tok,
+      config=cfg, fmt=fmt, target_format=target, max_question_length=8, max_target_length=5,
+      target=lambda e: e.targets[0])
+  king, queen = tok.convert_tokens_to_ids(["king", "queen"])
+  np.testing.assert_array_equal(arrays["labels"], [
+      [gen.start_token_id, king, queen, gen.eos_token_id, gen.pad_token_id],
+      [gen.start_token_id, gen.eos_token_id, gen.pad_token_id, gen.pad_token_id,
+       gen.pad_token_id]])
+  tokens, lengths = input_pipeline.tokenize_passages(passages, tok, cfg, fmt)
+  unpad = lambda ids, mask: [list(np.asarray(r)[np.asarray(m) == 1]) for r, m in zip(ids, mask)]
+  rows = np.array([[0, 2], [1, 0]])
+  ids, mask = step_lib.join_contexts(tokens[rows], lengths[rows], arrays["question_tokens"],
+                                     arrays["question_length"], fmt)
+  assert (np.asarray(mask)[:, 0] == 1).all()  # right-padded
+  want = model.contextualize([e.source for e in examples],
+                             [[passages[i] for i in r] for r in rows])
+  assert unpad(ids, mask) == unpad(*want)
+  # Closed book: no passage, the same prompt less the passage.
+  ids, mask = step_lib.join_contexts(tokens[:2, None], np.zeros((2, 1), np.int32),
+                                     arrays["question_tokens"], arrays["question_length"], fmt)
+  want = [tok(model.prompt_format(cfg.doc_sep + e.source))["input_ids"] for e in examples]
+  assert unpad(ids, mask) == want
+
+
+def test_tiny_llama_learns_training_only_its_top_layer_and_closed_book_no_retriever(tmp_path):
+  from rag_jax import rag as rag_lib  # pylint: disable=import-outside-toplevel
+  llama = {"model.tiny_generator": "llama", "model.train_generator_layers": 1,
+           "num_train_steps": 24, "log_every_steps": 6, "checkpoint_every_steps": 24,
+           "eval_every_steps": 24, "data.max_eval_examples": 8}
+  runs = {}
+  for mode in ("device", "none"):
+    workdir = tmp_path / mode
+    runs[mode] = trainer.train_and_evaluate(_config(**llama, **{"retrieval.mode": mode}),
+                                            workdir)
+    losses = _losses(workdir)
+    # One layer of 2 trains, over frozen random embeddings: slower than the whole tiny BART.
+    assert len(losses) == 4 and losses[-1] < 0.95 * losses[0], (mode, losses)
+    start = rag_lib.RagModel.from_parts(workdir / "tiny_model_llama" / "question_encoder",
+                                        workdir / "tiny_model_llama" / "generator").params
+    params = runs[mode]["state"].params
+    flat = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
+                         for path, v in jax.tree_util.tree_leaves_with_path(tree)}
+    now, before = flat(params), flat(start)
+    moved = {name for name in now if not np.array_equal(now[name], before[name])}
+    trained = {n for n in now if n.startswith(("generator/layers_1/", "generator/norm/"))}
+    if mode == "device":  # the query encoder learns through the doc scores
+      trained |= {n for n in now if n.startswith("question_encoder/")}
+    assert moved == trained, (mode, sorted(moved ^ trained)[:5])
+    records = [json.loads(l) for l in
+               (workdir / "eval" / "step_24" / "predictions.jsonl").read_text().splitlines()]
+    assert all(bool(r["passages"]) == (mode == "device") for r in records)

@@ -88,18 +88,22 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
   c.model = ml_collections.ConfigDict()
   c.model.tiny = arg == "tiny"          # tiny random DPR + BART written under the workdir
   c.model.tiny_vocab = str(tiny_vocab)  # its vocabulary
+  c.model.tiny_generator = "bart"       # or "llama": a tiny decoder-only generator
   c.model.question_encoder = "facebook/dpr-question_encoder-single-nq-base"
   c.model.generator = "facebook/bart-large"
   c.model.rag_checkpoint = ""
   c.model.dtype = "bfloat16"            # computation dtype; params stay float32
   c.model.remat = "none"                # layers.REMAT_POLICIES
   c.model.scan_layers = False           # one lax.scan over stacked layers: compiles once
+  # n > 0: train only the top n layers of a decoder-only generator (and its final norm).
+  c.model.train_generator_layers = 0
 
   # Retrieval: a saved index (python -m rag_jax.index build), or a passage file built into
   # WORKDIR/index with `doc_encoder` on first use.
   c.retrieval = ml_collections.ConfigDict()
   c.retrieval.mode = "device"           # "device": exact MIPS in the step; "host": the index;
-                                        # "bm25": bm25s over the index's passages (ablation)
+                                        # "bm25": bm25s over the index's passages (ablation);
+                                        # "none": closed book, the question alone
   c.retrieval.index = "psgs_w100-idx"
   c.retrieval.passages = ""
   c.retrieval.doc_encoder = "facebook/dpr-ctx_encoder-single-nq-base"
@@ -113,6 +117,12 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
   c.rag.max_combined_length = 300
   c.rag.max_question_length = 64        # query encoder tokens
   c.rag.max_target_length = lengths[0]
+  # The context string is `title + title_sep + text + doc_sep + question` (HF RAG's); a
+  # decoder-only generator with a chat template reads it as the user's turn after
+  # `system_prompt` ("": the template's default).
+  c.rag.title_sep = " / "
+  c.rag.doc_sep = " // "
+  c.rag.system_prompt = ""
 
   # Optimisation (HF's RAG recipe).
   c.batch_size = 8                      # global: split over the mesh's data axes
