@@ -4,6 +4,7 @@ the generator, document encoder and index frozen; each label is one output token
     python -m rag_jax.train --config experiments/fever.py --workdir runs/fever3
     python -m rag_jax.train --config experiments/fever.py:2way --workdir runs/fever2
     python -m rag_jax.train --config experiments/fever.py:tiny --workdir /tmp/fever-tiny
+    python -m rag_jax.train --config experiments/fever.py:wiki --workdir /tmp/fever-wiki
     python -m rag_jax.evaluate --config experiments/fever.py --workdir runs/fever3 --split test
 
 No argument is the paper's FEVER-3 run. From the paper: BART-large generator, DPR's NQ
@@ -17,7 +18,10 @@ retrieves the training k.
 
 `:2way` drops NOT ENOUGH INFO (SUPPORTS / REFUTES only). `:tiny` trains a tiny random DPR +
 BART (written under the workdir) on `tests/data/fever_tiny`, a 48-passage corpus and a few
-dozen claims in FEVER's own format: seconds on a CPU.
+dozen claims in FEVER's own format: seconds on a CPU. `:wiki` is the demo on the embedded
+Wikipedia (rag_jax.demo; claims from rag_jax.data.wiki_tasks): MiniLM + SmolLM2 (top 4 layers)
+trained with k = 3, against a closed-book SmolLM2 trained the same way, the query encoder's
+recall before and after, and the hot swap (claims whose evidence changed).
 
 The real data: FEVER's `train.jsonl` / `shared_task_dev.jsonl` from fever.ai (or KILT's
 `fever-train-kilt.jsonl` / `fever-dev-kilt.jsonl`), and DPR's `psgs_w100.tsv` (built into
@@ -27,7 +31,7 @@ facebook/dpr-ctx_encoder-single-nq-base --backend exact --out psgs_w100-idx`).
 
 from rag_jax.configs import tasks
 
-VARIANTS = ("", "2way", "tiny")
+VARIANTS = ("", "2way", "tiny")  # and "wiki" (tasks.config adds it)
 TINY_DATA = tasks.TESTS_DATA / "fever_tiny"
 # The training k at test time too (the paper gives no other).
 DECODING = {"token": {"k": 5, "decoding": "greedy"}, "sequence": {"k": 5, "decoding": "thorough"}}
@@ -46,5 +50,12 @@ def get_config(arg: str = ""):
       tiny_data=dict(path=str(TINY_DATA / "{split}.jsonl"), test_split=""),
       metrics=["label_accuracy"], eval_paper=DECODING,
       paper={"token": accuracy, "sequence": accuracy},
-      lengths=(8, 4), tiny_lengths=(8, 4), tiny_vocab=TINY_DATA / "vocab.txt")
+      lengths=(8, 4), tiny_lengths=(8, 4), tiny_vocab=TINY_DATA / "vocab.txt",
+      wiki=dict(kind="fever", path="wiki-tasks:fever", doc_sep="\n\nClaim: ",
+                system_prompt="Is the claim true, false, or unknown from the passage? "
+                              "Answer in one word.",
+                max_target_length=4, eval_max_length=4))
+  if arg == "wiki":
+    # Every test claim (one output token each, so quick), which keeps the labels balanced.
+    c.demo.max_test_examples = 0
   return c

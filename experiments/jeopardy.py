@@ -4,6 +4,7 @@ it, on SearchQA's questions, scored by Q-BLEU-1 and BLEU-1.
     python -m rag_jax.train --config experiments/jeopardy.py --workdir runs/jeopardy
     python -m rag_jax.evaluate --config experiments/jeopardy.py --workdir runs/jeopardy --split test
     python -m rag_jax.train --config experiments/jeopardy.py:tiny --workdir /tmp/jeopardy-tiny
+    python -m rag_jax.train --config experiments/jeopardy.py:wiki --workdir /tmp/jeopardy-wiki
 
 From the paper: BART-large and DPR's NQ question encoder over psgs_w100, trained jointly; at
 test time (appendix B) 10 passages, beam search with 4 beams, and fast decoding for
@@ -15,16 +16,27 @@ splits: SearchQA's, 100K train / 14K dev / 27K test. Training retrieves 10 passa
 The data: {train,val,test}.source (the answers) and .target (the clues) in data/jeopardy, the
 layout of HF's RAG example. `:tiny` reads tests/data/qa_tiny/jeopardy (an article's title ->
 a clue from one of its facts).
+
+`:wiki` is the demo on the embedded Wikipedia (rag_jax.demo; the tasks: rag_jax.data.wiki_tasks):
+an article's title -> "This {description} is ...", from its lead; MiniLM + SmolLM2 (top 4
+layers) trained with k = 3, greedy decoding, against a closed-book SmolLM2 trained the same
+way, and the hot swap (clues over an index whose facts changed).
 """
 
 from rag_jax.configs import tasks
 
 
 def get_config(arg: str = ""):
-  return tasks.config(
+  c = tasks.config(
       "jeopardy", arg, data=dict(kind="jeopardy", path="data/jeopardy", eval_split="val"),
       tiny_data=dict(path=str(tasks.QA_TINY / "jeopardy"), eval_split="dev"),
       metrics=["q_bleu1", "bleu1"], eval_paper=tasks.GENERATION_DECODING, eval_num_beams=4,
       paper={"token": {"bleu1": 17.3, "q_bleu1": 22.2},
              "sequence": {"bleu1": 14.7, "q_bleu1": 21.4}},
-      lengths=(40, 40), k=10)
+      lengths=(40, 40), k=10,
+      wiki=dict(kind="jeopardy", path="wiki-tasks:jeopardy", doc_sep="\n\nAnswer: ",
+                system_prompt="Write a Jeopardy! clue whose answer is the one given.",
+                max_target_length=40, eval_max_length=40))
+  if arg == "wiki":
+    c.demo.max_test_examples = 32  # clues of up to 40 tokens: the slowest decoding here
+  return c

@@ -6,6 +6,7 @@ exact match.
     python -m rag_jax.train --config experiments/nq.py --config.rag.kind=sequence --workdir runs/nq-seq
     python -m rag_jax.train --config experiments/nq.py:tiny --workdir /tmp/nq-tiny
     python -m rag_jax.evaluate --config experiments/nq.py:tiny --workdir /tmp/nq-tiny
+    python -m rag_jax.train --config experiments/nq.py:wiki --workdir /tmp/nq-wiki
 
 From the paper: BART-large generator and DPR's NQ question encoder against the 21M-passage
 psgs_w100 index, both trained jointly (document encoder and index frozen), k = 5 retrieved
@@ -25,6 +26,11 @@ data/dpr: biencoder-nq-train.json, biencoder-nq-dev.json and nq-test.qa.csv. NQ-
 tfds instead: `--config.data.kind=nq_open --config.data.path=~/tensorflow_datasets
 --config.data.eval_split=validation --config.data.test_split=validation`. `:tiny` reads
 tests/data/qa_tiny (DPR's retriever JSON over the made-up world of tests/data/fever_tiny).
+
+`:wiki` is the demo on the embedded Wikipedia (rag_jax.demo; the questions, each answered in
+one article, from rag_jax.data.wiki_tasks): MiniLM + SmolLM2 (top 4 layers) trained with k = 3,
+greedy decoding, against a closed-book SmolLM2 trained the same way, the query encoder's
+recall before and after, and the hot swap (questions whose year, number or country changed).
 """
 
 from rag_jax.configs import tasks
@@ -32,4 +38,8 @@ from rag_jax.configs import tasks
 
 def get_config(arg: str = ""):
   return tasks.qa("nq", arg, dpr="nq", tiny="biencoder-nq-{split}.json",
-                  paper={"token": {"exact_match": 44.1}, "sequence": {"exact_match": 44.5}})
+                  paper={"token": {"exact_match": 44.1}, "sequence": {"exact_match": 44.5}},
+                  wiki=dict(kind="dpr_qa", path="wiki-tasks:nq/{split}.json",
+                            doc_sep="\n\nQuestion: ",
+                            system_prompt="Answer in English, in a few words.",
+                            max_target_length=16, eval_max_length=16))

@@ -23,14 +23,12 @@ the doc prior's temperature. The work is in `retrieve()` and `answering.Answerer
 importable and tested; `main` only parses flags and prints.
 """
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import pathlib
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 from absl import flags
 from ml_collections import config_flags
@@ -122,42 +120,6 @@ def sample_articles(source: pathlib.Path, count: int, include: Sequence[str] = (
   return path
 
 
-def cached_index(source: pathlib.Path, encoder: TextEncoder, encoder_dir: pathlib.Path, *,
-                 encoder_source: str, log: Log = print, progress: bool = False
-                 ) -> saved.Index:
-  """The exact float32 index of `source` under `encoder`, built on first use (`saved.
-  build_index`, resumable) into `$RAG_JAX_CACHE/indexes/`, then loaded from there.
-
-  The directory is named by what its contents depend on: the corpus file's content, its
-  format and article split (`corpus.SPLIT_VERSION`), the encoder's identity and max_length.
-  A lock file keeps two processes from building the same one at once.
-  """
-  fmt = corpus.corpus_format(source)
-  key = {"corpus_sha256": assets.sha256_file(source), "format": fmt,
-         "split": corpus.SPLIT_VERSION, "encoder": saved.encoder_identity(encoder_dir),
-         "max_length": encoder.max_length}
-  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-  out = assets.cache_dir() / "indexes" / f"{source.stem}-{digest}"
-  out.parent.mkdir(parents=True, exist_ok=True)
-  with _locked(out.with_name(f".{out.name}.lock")):
-    if not (out / saved.MANIFEST).is_file():
-      log(f"building the index of {source} in {out} (once; later runs load it)")
-      saved.build_index(source, encoder, encoder_dir, out, backend="exact", dtype="float32",
-                        corpus_format=fmt, progress=progress, encoder_source=encoder_source,
-                        log=log)
-  return saved.load_index(out, encoder=encoder, encoder_dir=encoder_dir)
-
-
-@contextlib.contextmanager
-def _locked(path: pathlib.Path):
-  with open(path, "a", encoding="utf-8") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _count(source: pathlib.Path) -> int:
   """The passages an index of `source` would hold (read, not embedded: fast)."""
   return sum(1 for _ in corpus.read_passages(source))
@@ -180,7 +142,7 @@ def retrieve(config, log: Log = print, progress: bool = False) -> List[Dict[str,
 def open_retriever(config, log: Log = print, progress: bool = False
                    ) -> retriever_lib.Retriever:
   """The saved index `config.index` if one is set, else the cached index of the config's
-  corpus (`corpus_source`, `cached_index`; built on first use, with a tqdm bar on stderr if
+  corpus (`corpus_source`, `saved.cached_index`; built on first use, with a tqdm bar on stderr if
   `progress`), behind its question encoder. Passage ids are the index's (`line-chunk` for
   articles).
 
@@ -233,7 +195,7 @@ def _corpus_index(config, log: Log, progress: bool):
   directory = weights.resolve(config.encoder)
   encoder = TextEncoder.from_pretrained(directory, max_length=config.max_length,
                                         batch_size=config.batch_size).data_parallel()
-  index = cached_index(source, encoder, directory, encoder_source=config.encoder, log=log,
+  index = saved.cached_index(source, encoder, directory, encoder_source=config.encoder, log=log,
                        progress=progress)
   log(f"{len(index.passages)} passages of {config.corpus}"
       f"{f' ({config.max_articles} articles)' if config.max_articles else ''}, {index.dim}-d, "

@@ -35,6 +35,7 @@ from rag_jax import tiny
 from rag_jax import train_step as step_lib
 from rag_jax import weights
 from rag_jax.data import dpr
+from rag_jax.data import wiki_tasks
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import bm25 as bm25_lib
 from rag_jax.index import saved
@@ -327,17 +328,22 @@ def _index(config, workdir: pathlib.Path, doc_encoder_dir: str):
       raise SetupError(f"{path}: no such index (build it once with python -m rag_jax.index "
                        "build, see the config's docstring)")
     return saved.load_index(path, checksums=False)
-  _check_passages(config)
+  passages = _passages(config)
   if not (r.doc_encoder or doc_encoder_dir):
     raise SetupError("config retrieval.doc_encoder must name the document encoder that embeds "
                      "retrieval.passages (an HF RAG checkpoint holds only the query encoder)")
+  if r.cache_index:
+    encoder_dir = weights.resolve(r.doc_encoder or doc_encoder_dir)
+    return saved.cached_index(passages, TextEncoder.from_pretrained(encoder_dir), encoder_dir,
+                              encoder_source=r.doc_encoder or str(encoder_dir),
+                              log=_log, progress=jax.process_index() == 0)
   out = workdir / "index"
   if not (out / saved.MANIFEST).is_file():
     # Every process builds its own and renames it into place, the first rename winning: a
     # workdir may be shared by the hosts or local to each, and no process waits on another.
     encoder_dir = weights.resolve(r.doc_encoder or doc_encoder_dir)
     mine = workdir / f"index.{jax.process_index()}-{os.getpid()}"
-    saved.build_index(r.passages, TextEncoder.from_pretrained(encoder_dir), encoder_dir, mine,
+    saved.build_index(passages, TextEncoder.from_pretrained(encoder_dir), encoder_dir, mine,
                       backend="exact", dtype="float32", progress=False, overwrite=True,
                       log=lambda m: None)
     try:
@@ -347,13 +353,20 @@ def _index(config, workdir: pathlib.Path, doc_encoder_dir: str):
   return saved.load_index(out, checksums=False)
 
 
-def _check_passages(config) -> None:
-  passages = config.retrieval.passages
+def _passages(config) -> pathlib.Path:
+  """The passage file `retrieval.passages` names."""
+  passages = wiki_tasks.resolve(config.retrieval.passages)
   if not passages:
     raise SetupError("config retrieval.index or retrieval.passages must name the passages")
   if not pathlib.Path(passages).is_file():
     raise SetupError(f"{passages}: no such passage file (DPR's psgs_w100.tsv format; see the "
                      "config's docstring for where it comes from)")
+  return pathlib.Path(passages)
+
+
+def _log(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, file=sys.stderr)
 
 
 def split_name(config, split: str) -> str:
@@ -368,11 +381,13 @@ def split_name(config, split: str) -> str:
   return names[split]
 
 
-def _read(config, split: str) -> List[data_lib.Example]:
+def read_examples(config, split: str) -> List[data_lib.Example]:
+  """The examples of "train", "dev" or "test" (`split_name`), as the task's reader gives them."""
+  split = split_name(config, split)
   d = config.data
   options = {"two_way": d.two_way} if d.kind == "fever" else {}
   try:
-    return data_lib.read(d.kind, d.path, split, **options)
+    return data_lib.read(d.kind, wiki_tasks.resolve(d.path), split, **options)
   except data_lib.DataError as e:
     raise SetupError(str(e)) from None
 
@@ -440,10 +455,12 @@ def build(config, workdir: pathlib.Path, *, split: str = "dev", train: bool = Tr
     raise SetupError(f"config eval_batch_size={config.eval_batch_size} does not split over the "
                      f"{sharding.data_size(mesh)} data shards of the mesh")
   init_kind, init_path = resolve_init(config.init)
-  train_examples = _read(config, split_name(config, "train")) if train else []
-  eval_examples = _read(config, split_name(config, split))
+  train_examples = read_examples(config, "train") if train else []
+  eval_examples = read_examples(config, split)
   if config.data.max_eval_examples:
     eval_examples = eval_examples[:config.data.max_eval_examples]
+  if config.data.max_train_examples:
+    train_examples = train_examples[:config.data.max_train_examples]
   model, doc_encoder_dir = _load_model(config, workdir, init_path if init_kind == "rag" else
                                        config.model.rag_checkpoint)
   rag, params = _for_training(model, config)
@@ -486,7 +503,7 @@ def build(config, workdir: pathlib.Path, *, split: str = "dev", train: bool = Tr
   state, state_sharding = _place_state(rag, params, tx, config, mesh)
   del params
   if init_kind == "checkpoint":
-    state = state.replace(params=_init_params(init_path, state.params, mesh))
+    state = state.replace(params=restore_params(init_path, state.params, mesh))
   device_index = None
   if config.retrieval.mode == "device":
     device_index = step_lib.DeviceIndex.create(mesh, index.embeddings, passage_tokens,
@@ -510,7 +527,7 @@ _RETRIEVE = jax.jit(step_lib.retrieve_on_device, static_argnums=(0, 4))
 _CONTEXTS = jax.jit(step_lib.contexts_and_scores, static_argnums=(0, 3))
 
 
-def _init_params(directory: str, params, mesh):
+def restore_params(directory: str, params, mesh):
   """The params of the latest checkpoint in `directory`, placed as `params` are."""
   manager = checkpoint_lib.Manager(pathlib.Path(directory), keep=1)
   try:

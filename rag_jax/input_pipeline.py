@@ -6,7 +6,7 @@ same sequence on every host and every mesh), and each host takes its own slice, 
 1 device and on 8, or on 1 process and on 2, sees the same batches.
 
 Shapes: N = examples, M = passages, Lq = question tokens, Q = the question's generator
-tokens, P = a passage's generator tokens (L - 2), T = target tokens.
+tokens, P = a passage's generator tokens (`ContextFormat.content_length`), T = target tokens.
 """
 
 import dataclasses

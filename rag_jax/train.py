@@ -3,7 +3,10 @@ frozen) from a config; the loop is `rag_jax.trainer.train_and_evaluate`.
 
     python -m rag_jax.train --config experiments/fever.py:tiny --workdir /tmp/fever-tiny
     python -m rag_jax.train --config experiments/fever.py --config.retrieval.mode=host --workdir DIR
+    python -m rag_jax.train --config experiments/nq.py:wiki --workdir /tmp/nq-wiki
 
+A `:wiki` config runs the demo on the embedded Wikipedia (rag_jax.demo): RAG and a closed-book
+generator trained, their test scores, retrieval before and after, and the hot swap.
 A workdir with checkpoints resumes by itself; SIGTERM saves and exits 0.
 """
 
@@ -14,6 +17,7 @@ import jax
 from ml_collections import config_flags
 
 from rag_jax import cli
+from rag_jax import demo
 from rag_jax import experiment
 from rag_jax import trainer
 from rag_jax import weights
@@ -28,7 +32,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and m
 def main(argv):
   config = cli.job_config(argv, _CONFIG, _WORKDIR, "experiments/fever.py:tiny", "/tmp/fever-tiny")
   try:
-    out = trainer.train_and_evaluate(config, _WORKDIR.value)
+    if "demo" in config:  # a `:wiki` config: the demo's runs and tables (rag_jax.demo)
+      out = demo.run(config, _WORKDIR.value)
+    else:
+      out = trainer.train_and_evaluate(config, _WORKDIR.value)
   except (trainer.TrainingError, experiment.SetupError, OSError, ValueError) as e:
     cli.fail(weights.one_line(e))
   except KeyboardInterrupt:

@@ -259,8 +259,9 @@ def test_scanned_layers_train_and_decode(tmp_path):
 def test_decoder_only_contexts_and_labels_are_the_prompts_and_answers(tmp_path):
   """The step's joined contexts are RagModel.contextualize's chat prompts (the same tokens,
   right- instead of left-padded), RAG and closed book; labels are start + answer + EOS."""
-  from rag_jax import input_pipeline, prompts, rag as rag_lib, tiny  # pylint: disable=import-outside-toplevel
-  from rag_jax.data import Example  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from rag_jax import input_pipeline, prompts, rag as rag_lib, tiny
+  from rag_jax.data import Example
   words = "alpha beta gamma delta river king queen star who what".split()
   directory = tiny.write(tmp_path / "m", words, generator_kind="llama")
   model = rag_lib.RagModel.from_parts(directory / "question_encoder", directory / "generator",

@@ -26,7 +26,7 @@ tiny WQ or CT run as the paper's NQ model starts theirs.
 """
 
 import pathlib
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import ml_collections
 
@@ -50,7 +50,8 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
            paper: Dict[str, Dict[str, float]], lengths: Tuple[int, int],
            tiny_lengths: Tuple[int, int] = (16, 16), eval_num_beams: int = 1, k: int = 5,
            variants: Sequence[str] = ("", "tiny"),
-           tiny_vocab: pathlib.Path = QA_TINY / "vocab.txt") -> ml_collections.ConfigDict:
+           tiny_vocab: pathlib.Path = QA_TINY / "vocab.txt",
+           wiki: Optional[Dict[str, Any]] = None) -> ml_collections.ConfigDict:
   """A task's config.
 
   Args:
@@ -69,7 +70,12 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
     k: passages retrieved per question in training.
     variants: the args the task accepts.
     tiny_vocab: the tiny model's vocabulary (a WordPiece vocab.txt).
+    wiki: the `:wiki` demo's `config.data` fields (over rag_jax.data.wiki_tasks) and its
+      prompt ("doc_sep", "system_prompt", "max_target_length", "eval_max_length"); None: the
+      task has no such demo.
   """
+  if wiki is not None:
+    variants = tuple(variants) + ("wiki",)
   if arg not in variants:
     raise ValueError(f"unknown config variant {arg!r} of experiments/{task}.py; expected one "
                      f"of {[v for v in variants if v]} or none")
@@ -82,6 +88,7 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
   c.data = ml_collections.ConfigDict({"train_split": "train", "eval_split": "dev",
                                       "test_split": "test", **data})
   c.data.max_eval_examples = 0          # 0 = all
+  c.data.max_train_examples = 0         # 0 = all
 
   # Model: a query encoder and a generator (directories, hub names or asset:NAME), or an HF
   # RAG checkpoint (`rag_checkpoint`, which then supplies both).
@@ -107,6 +114,8 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
   c.retrieval.index = "psgs_w100-idx"
   c.retrieval.passages = ""
   c.retrieval.doc_encoder = "facebook/dpr-ctx_encoder-single-nq-base"
+  # Build the passages' index once into $RAG_JAX_CACHE/indexes (shared by runs), not WORKDIR.
+  c.retrieval.cache_index = False
   c.retrieval.dtype = "float32"         # device mode: the vectors' dtype on the mesh
   c.retrieval.k = k                     # passages per question in training
   c.retrieval.doc_temperature = 1.0     # p(z|x) = softmax(scores / doc_temperature)
@@ -170,12 +179,46 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
     c.update(dict(learning_rate=3e-3, warmup_steps=5, label_smoothing=0.0, max_grad_norm=1.0,
                   num_train_steps=60, log_every_steps=10, eval_every_steps=30,
                   checkpoint_every_steps=20))
+  if arg == "wiki":
+    _wiki(c, dict(wiki))
   return c
+
+
+def _wiki(c: ml_collections.ConfigDict, wiki: Dict[str, Any]) -> None:
+  """The demo on the embedded Wikipedia (`python -m rag_jax.train --config
+  experiments/TASK.py:wiki`, rag_jax.demo): the task derived by rag_jax.data.wiki_tasks, MiniLM
+  as the query encoder (fine-tuned) and as the frozen index's document encoder, SmolLM2-135M-
+  Instruct as the generator with its top layers trained, sized to train and evaluate on a
+  2-core CPU in minutes."""
+  prompt = {k: wiki.pop(k) for k in ("doc_sep", "system_prompt", "max_target_length",
+                                      "eval_max_length")}
+  c.data.update(dict(train_split="train", eval_split="dev", test_split="test", **wiki))
+  c.model.question_encoder = "asset:all-MiniLM-L6-v2"
+  c.model.generator = "asset:smollm2-135m-instruct"
+  c.model.dtype = "float32"
+  c.model.train_generator_layers = 4    # of 30
+  c.retrieval.update(dict(index="", passages="wiki-tasks:passages.tsv",
+                          doc_encoder="asset:all-MiniLM-L6-v2", cache_index=True, k=3,
+                          doc_temperature=0.02))  # MiniLM's cosines: see configs/wiki.py
+  c.rag.update(dict(title_sep=": ", doc_sep=prompt["doc_sep"],
+                    system_prompt=prompt["system_prompt"], max_combined_length=128,
+                    max_target_length=prompt["max_target_length"]))
+  c.eval_max_length = prompt["eval_max_length"]
+  # Greedy, over the training k: what a CPU decodes in a minute or two.
+  c.eval_paper = {"token": {"k": 3, "decoding": "greedy"},
+                  "sequence": {"k": 3, "decoding": "thorough"}}
+  c.eval_num_beams = 1
+  c.update(dict(batch_size=4, eval_batch_size=8, learning_rate=1e-4, warmup_steps=5,
+                label_smoothing=0.0, max_grad_norm=1.0, num_train_steps=60, log_every_steps=5,
+                checkpoint_every_steps=60))
+  # No periodic eval (a step past the last): the demo scores the test split after training.
+  c.eval_every_steps = c.get_ref("num_train_steps") + 1
+  c.demo = ml_collections.ConfigDict({"max_test_examples": 64, "max_swapped_examples": 64})
 
 
 def qa(task: str, arg: str, *, dpr: str, tiny: str, paper: Dict[str, Dict[str, float]],
        kind: str = "dpr_qa", metrics: Sequence[str] = QA_METRICS, init: str = "",
-       **options) -> ml_collections.ConfigDict:
+       wiki: Optional[Dict[str, Any]] = None, **options) -> ml_collections.ConfigDict:
   """An open-domain QA task from DPR's files in data/dpr, the paper's splits: the retriever JSON
   of train and dev (`biencoder-{dpr}-train.json`; their positive passages name the gold
   articles), the QA csv of test (`{dpr}-test.qa.csv`); greedy decoding at test time
@@ -195,6 +238,6 @@ def qa(task: str, arg: str, *, dpr: str, tiny: str, paper: Dict[str, Dict[str, f
                                   test_split=f"{dpr}-test.qa.csv", **options),
              tiny_data=dict(path=str(QA_TINY / tiny), train_split="train", eval_split="dev",
                             test_split="test"),
-             metrics=metrics, eval_paper=QA_DECODING, paper=paper, lengths=(25, 25))
-  c.init = "" if arg == "tiny" else init
+             metrics=metrics, eval_paper=QA_DECODING, paper=paper, lengths=(25, 25), wiki=wiki)
+  c.init = "" if arg in ("tiny", "wiki") else init
   return c

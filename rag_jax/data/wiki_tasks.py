@@ -809,6 +809,17 @@ def ensure(root: Optional[os.PathLike] = None) -> pathlib.Path:
   return target
 
 
+PREFIX = "wiki-tasks:"
+
+
+def resolve(spec: str) -> str:
+  """A config's path: `wiki-tasks:REL` is REL under `ensure()` (the files written on first
+  use); anything else is returned as it is."""
+  if not spec.startswith(PREFIX):
+    return spec
+  return str(ensure() / spec[len(PREFIX):])
+
+
 def counts(directory: os.PathLike) -> Dict[str, Dict[str, object]]:
   """What each file holds: passages; per split, FEVER's labels, QA's questions, clues."""
   from rag_jax import data  # pylint: disable=import-outside-toplevel

@@ -17,6 +17,9 @@ checksum that does not match, or an encoder of another dimension or identity is 
 `IndexError_` naming the file, never a wrong answer.
 """
 
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import pathlib
@@ -287,3 +290,39 @@ def load_index(directory, *, encoder: Optional[TextEncoder] = None, encoder_dir=
   else:
     searcher = search_lib.build(backend["name"], vectors, **backend["params"])
   return Index(directory, manifest, searcher, passages, vectors)
+
+
+def cached_index(source: pathlib.Path, encoder: TextEncoder, encoder_dir: pathlib.Path, *,
+                 encoder_source: str, log=print, progress: bool = False
+                 ) -> Index:
+  """The exact float32 index of `source` under `encoder`, built on first use (`
+  build_index`, resumable) into `$RAG_JAX_CACHE/indexes/`, then loaded from there.
+
+  The directory is named by what its contents depend on: the corpus file's content, its
+  format and article split (`corpus.SPLIT_VERSION`), the encoder's identity and max_length.
+  A lock file keeps two processes from building the same one at once.
+  """
+  fmt = corpus.corpus_format(source)
+  key = {"corpus_sha256": assets.sha256_file(source), "format": fmt,
+         "split": corpus.SPLIT_VERSION, "encoder": encoder_identity(encoder_dir),
+         "max_length": encoder.max_length}
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+  out = assets.cache_dir() / "indexes" / f"{source.stem}-{digest}"
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with _locked(out.with_name(f".{out.name}.lock")):
+    if not (out / MANIFEST).is_file():
+      log(f"building the index of {source} in {out} (once; later runs load it)")
+      build_index(source, encoder, encoder_dir, out, backend="exact", dtype="float32",
+                        corpus_format=fmt, progress=progress, encoder_source=encoder_source,
+                        log=log)
+  return load_index(out, encoder=encoder, encoder_dir=encoder_dir)
+
+
+@contextlib.contextmanager
+def _locked(path: pathlib.Path):
+  with open(path, "a", encoding="utf-8") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,152 @@
+"""The demos on the embedded Wikipedia: `python -m rag_jax.train --config experiments/TASK.py:wiki`
+for fever, nq and jeopardy (`tasks.config`'s `:wiki` variant; the data from
+rag_jax.data.wiki_tasks, split by article, so that no test article was trained on).
+
+`run(config, workdir)`:
+
+1. RAG: MiniLM as the query encoder and SmolLM2-135M-Instruct as the generator (its top
+   layers), trained jointly over the frozen MiniLM index (WORKDIR/rag), then scored on the
+   test split.
+2. Closed book: the same generator trained the same way on the prompts less their passages
+   (`retrieval.mode=none`, WORKDIR/closed_book), scored on the same test split.
+3. Retrieval: recall@k of the gold article over the test split, with the query encoder as it
+   starts (frozen) and as RAG trained it.
+4. Hot swap: the trained RAG model over the index of `passages_swapped.tsv`, in which the test
+   facts of `test_swapped` were changed, with no retraining: the share of those examples whose
+   output follows the new fact, before the swap (the old index) and after it.
+
+It prints the tables (markdown) and writes them with every figure to WORKDIR/demo.json.
+"""
+
+import json
+import pathlib
+import sys
+from typing import Any, Dict, List
+
+import jax
+import numpy as np
+
+from rag_jax import distributed
+from rag_jax import evaluation
+from rag_jax import experiment
+from rag_jax import input_pipeline
+from rag_jax import metrics
+from rag_jax import trainer
+from rag_jax.data import wiki_tasks
+
+
+def _variant(config, **fields):
+  """A copy of `config` with dotted `fields` set."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for key, value in fields.items():
+      node = config
+      *parents, leaf = key.split(".")
+      for part in parents:
+        node = node[part]
+      node[leaf] = value
+  return config
+
+
+def recall(run: experiment.Run, params, k: int) -> float:
+  """recall@k (%) of `run.eval`'s gold articles by the query encoder of `params`, searched in
+  `run.index` (the search `evaluate` does, without decoding)."""
+  split, n = run.eval, len(run.eval.examples)
+  vectors = []
+  for rows in input_pipeline.iterate_eval(n, run.config.eval_batch_size):
+    batch = run.place(run.device_arrays(input_pipeline.gather(split.arrays, rows)),
+                      replicated=True)
+    q = run._encode(params, batch)  # pylint: disable=protected-access
+    vectors.append(distributed.to_host(q))
+  _, ids = run.index.search(np.concatenate(vectors)[:n], k)
+  titles = [[run.index.passages[int(i)]["title"] for i in row if i >= 0] for row in ids]
+  return metrics.recall_at_k(titles, [e.gold_titles for e in split.examples], k)
+
+
+def _records(directory: pathlib.Path) -> List[Dict[str, Any]]:
+  lines = (directory / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+  return [json.loads(line) for line in lines]
+
+
+def follows(records: List[Dict[str, Any]], old: Dict[str, List[str]], fever: bool) -> float:
+  """The share (%) of predictions that give the new fact of their example: FEVER, the new
+  label; otherwise every word of the new gold that its old gold lacks (the changed value) in
+  the prediction, with SQuAD's normalisation. `old`: the old golds by question."""
+  hits = []
+  for r in records:
+    if fever:
+      hits.append(metrics.normalize_answer(r["prediction"]) ==
+                  metrics.normalize_answer(r["gold"][0]))
+      continue
+    before = set(metrics.normalize_answer(" ".join(old.get(r["question"], []))).split())
+    changed = [w for w in metrics.normalize_answer(r["gold"][0]).split() if w not in before]
+    said = set(metrics.normalize_answer(r["prediction"]).split())
+    hits.append(bool(changed) and all(w in said for w in changed))
+  return 100.0 * float(np.mean(hits)) if hits else float("nan")
+
+
+def run(config, workdir) -> Dict[str, Any]:
+  """The demo of a `:wiki` config (the module docstring); returns its figures."""
+  workdir = experiment.prepare_workdir(workdir)
+  d = config.demo
+  rag_dir, closed_dir = workdir / "rag", workdir / "closed_book"
+  closed = _variant(config, **{"retrieval.mode": "none"})
+  trained = {"rag": trainer.train_and_evaluate(config, rag_dir),
+             "closed_book": trainer.train_and_evaluate(closed, closed_dir)}
+  test = {"data.max_eval_examples": d.max_test_examples}
+  scores = {
+      "rag": evaluation.evaluate_config(_variant(config, **test), rag_dir / "test", "test",
+                                        init=str(rag_dir)),
+      "closed_book": evaluation.evaluate_config(_variant(closed, **test), closed_dir / "test",
+                                                "test", init=str(closed_dir))}
+
+  # Retrieval before and after training, on the same test questions.
+  k = experiment.decode_settings(config)["k"]
+  start = experiment.build(_variant(config, **test), workdir / "retrieval", split="test",
+                           train=False)
+  learned = experiment.restore_params(experiment.checkpoints_in(rag_dir), start.state.params,
+                                      start.mesh)
+  retrieval = {"frozen": recall(start, start.state.params, k), "learned": recall(start, learned, k)}
+  del start, learned
+
+  # The hot swap: the examples whose fact changed, over the old index and over the new one.
+  fever = config.data.kind == "fever"
+  swapped = {"data.test_split": wiki_tasks.SWAPPED,
+             "data.max_eval_examples": d.max_swapped_examples}
+  old_golds = {e.source: list(e.targets) for e in experiment.read_examples(config, "test")}
+  swap = {}
+  for name, passages in (("before", config.retrieval.passages),
+                         ("after", "wiki-tasks:passages_swapped.tsv")):
+    out = rag_dir / f"swap_{name}"
+    evaluation.evaluate_config(_variant(config, **swapped, **{"retrieval.passages": passages}),
+                               out, "test", init=str(rag_dir))
+    swap[name] = follows(_records(out), old_golds, fever)
+  swap["examples"] = len(_records(rag_dir / "swap_after"))
+
+  figures = {"task": config.task, "metric": config.metrics[0], "test_examples":
+             int(scores["rag"]["examples"]),
+             "train_steps": config.num_train_steps, "batch_size": config.batch_size,
+             "scores": scores, "recall_at_k": retrieval, "k": k, "hot_swap": swap,
+             "final_loss": {m: trained[m].get("loss") for m in trained}}
+  if jax.process_index() == 0:
+    (workdir / "demo.json").write_text(json.dumps(figures, indent=1))
+    print(tables(figures), file=sys.stderr)
+  return figures
+
+
+def tables(f: Dict[str, Any]) -> str:
+  """The demo's three tables, markdown."""
+  metric, s = f["metric"], f["scores"]
+  lines = [f"## {f['task']}:wiki, test split ({f['test_examples']} examples; "
+           f"{f['train_steps']} steps of {f['batch_size']})", "",
+           f"| model | {metric} | final train loss |", "|---|---|---|"]
+  for name, label in (("rag", "RAG"), ("closed_book", "closed book, trained the same way")):
+    lines.append(f"| {label} | {s[name][metric]:.1f} | {f['final_loss'][name]:.3f} |")
+  r, h = f["recall_at_k"], f["hot_swap"]
+  lines += ["", f"| query encoder | recall@{f['k']} of the gold article |", "|---|---|",
+            f"| frozen (MiniLM as it starts) | {r['frozen']:.1f} |",
+            f"| learned (trained with RAG) | {r['learned']:.1f} |", "",
+            f"| hot swap ({h['examples']} changed facts) | outputs that follow the new fact |",
+            "|---|---|", f"| old index | {h['before']:.1f}% |",
+            f"| swapped index, no retraining | {h['after']:.1f}% |"]
+  return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""The `:wiki` demos' runner (rag_jax.demo): every part on tiny models over the real derived
+tasks, and the hot-swap share on hand-made records."""
+
+import json
+
+from conftest import task_config
+from rag_jax import demo
+
+
+def test_follows_counts_outputs_that_give_the_changed_fact():
+  old = {"How many moons?": ["55"], "Which year?": ["1950"]}
+  records = [
+      {"question": "How many moons?", "prediction": "It has 45.", "gold": ["45"]},
+      {"question": "How many moons?", "prediction": "55", "gold": ["45"]},
+      {"question": "Which year?", "prediction": "In 1850, the", "gold": ["1850"]},
+      {"question": "Which year?", "prediction": "1950", "gold": ["1850"]}]
+  assert demo.follows(records, old, fever=False) == 50.0
+  claims = [{"question": "c", "prediction": "False", "gold": ["false"]},
+            {"question": "d", "prediction": "true", "gold": ["false"]}]
+  assert demo.follows(claims, {}, fever=True) == 50.0
+  # A clue: the words of the new gold that the old one lacks must all be in the output.
+  old = {"Spanish-American War": ["This war was fought in 1898."]}
+  records = [{"question": "Spanish-American War", "prediction": "This war was fought in 1798",
+              "gold": ["This war was fought in 1798."]}]
+  assert demo.follows(records, old, fever=False) == 100.0
+  records[0]["prediction"] = "This war was fought in 1898"
+  assert demo.follows(records, old, fever=False) == 0.0
+
+
+def test_tiny_demo_trains_both_models_and_measures_every_table(tmp_path, capsys):
+  """nq.py:wiki with a tiny DPR + Llama in place of MiniLM + SmolLM2: the real derived tasks,
+  indexes and hot swap, a few steps."""
+  config = task_config("nq", "wiki", **{
+      "model.tiny": True, "model.tiny_generator": "llama", "model.train_generator_layers": 1,
+      "retrieval.doc_encoder": "", "rag.max_combined_length": 48, "num_train_steps": 4,
+      "log_every_steps": 2, "checkpoint_every_steps": 4, "eval_every_steps": 4,
+      "data.max_train_examples": 16, "data.max_eval_examples": 4,
+      "demo.max_test_examples": 8, "demo.max_swapped_examples": 6})
+  figures = demo.run(config, tmp_path)
+  assert json.loads((tmp_path / "demo.json").read_text()) == json.loads(json.dumps(figures))
+  for model in ("rag", "closed_book"):
+    assert figures["scores"][model]["examples"] == 8
+    assert (tmp_path / model / "test" / "predictions.jsonl").is_file()
+  # The demo's own search and evaluate's agree on the trained encoder's recall.
+  assert figures["recall_at_k"]["learned"] == figures["scores"]["rag"]["recall_at_k"]
+  assert figures["hot_swap"]["examples"] == 6
+  for when in ("before", "after"):
+    records = [json.loads(l) for l in
+               (tmp_path / "rag" / f"swap_{when}" / "predictions.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all(r["passages"] for r in records)
+  closed = [json.loads(l) for l in
+            (tmp_path / "closed_book" / "test" / "predictions.jsonl").read_text().splitlines()]
+  assert not any(r["passages"] for r in closed)
+  assert "| RAG |" in capsys.readouterr().err
+
+
+def test_every_wiki_demo_config_is_valid_and_uses_the_embedded_assets():
+  from rag_jax import experiment  # pylint: disable=import-outside-toplevel
+  for task in ("fever", "nq", "jeopardy"):
+    config = task_config(task, "wiki")
+    experiment.check_config(config)
+    assert config.model.generator == "asset:smollm2-135m-instruct", task
+    assert config.model.question_encoder == config.retrieval.doc_encoder == (
+        "asset:all-MiniLM-L6-v2"), task
+    assert config.data.path.startswith("wiki-tasks:") and config.retrieval.cache_index, task
+    assert 0 < config.model.train_generator_layers < 30 and "demo" in config, task
