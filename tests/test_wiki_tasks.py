@@ -2,11 +2,17 @@
 through `rag_jax.data.read`, splits are disjoint by article, each template keeps its promise
 in the files (answers in the gold passages, not in the questions; REFUTES claims are not the
 article's text, SUPPORTS claims are; NOT ENOUGH INFO articles are in no passage), the hot swap
-changes exactly the passages of its examples, and two builds are the same bytes."""
+changes exactly the passages of its examples, the docstring's counts are the files', and two
+builds (under different hash seeds) are the same bytes."""
 
 import collections
+import dataclasses
 import filecmp
+import os
 import pathlib
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -160,8 +166,76 @@ def test_the_hot_swap_changes_exactly_the_passages_of_its_examples(root):
   assert swapped_titles == set(by_title)
 
 
+def test_the_docstring_states_the_counts(root, texts):
+  """Each figure of the module docstring is what `counts()` finds in a fresh build (the
+  docstring's phrases, formatted from the counts: a changed derivation fails here until the
+  docstring is updated)."""
+  counts = wiki_tasks.counts(root)
+  doc = " ".join(wiki_tasks.__doc__.split())
+
+  def n(value: int) -> str:
+    return f"{value:,}"
+
+  for split in SPLITS:  # the docstring states one count for the three labels
+    assert len(set(counts[split]["fever"].values())) == 1, counts[split]
+  swapped = counts["test_swapped"]
+  assert swapped["nq"]["title"] == 0 and swapped["fever"][fever.NOT_ENOUGH_INFO] == 0
+  types = " / ".join(wiki_tasks.QUESTION_TYPES)
+  phrases = [
+      f"{n(len(texts))} vital articles",
+      f"{n(counts['corpus']['articles'])} articles, {n(counts['corpus']['passages'])} passages",
+      "Counts (SUPPORTS = REFUTES = NOT ENOUGH INFO, each): " + ", ".join(
+          f"{split} {n(counts[split]['fever'][fever.SUPPORTS])}" for split in SPLITS),
+      f"Counts per type ({types}): " + ", ".join(
+          f"{split} " + " / ".join(n(counts[split]["nq"][t]) for t in wiki_tasks.QUESTION_TYPES)
+          for split in SPLITS),
+      "Counts: " + ", ".join(f"{split} {n(counts[split]['jeopardy'])}" for split in SPLITS),
+      f"QA {sum(swapped['nq'].values())} (" + ", ".join(
+          f"{t} {swapped['nq'][t]}" for t in wiki_tasks.QUESTION_TYPES[1:]) + ")",
+      f"FEVER {swapped['fever'][fever.SUPPORTS] + swapped['fever'][fever.REFUTES]} "
+      f"({swapped['fever'][fever.SUPPORTS]} REFUTES -> SUPPORTS, "
+      f"{swapped['fever'][fever.REFUTES]} SUPPORTS -> REFUTES)",
+      f"Jeopardy {swapped['jeopardy']}; {counts['corpus']['swapped_passages']} passages change",
+  ]
+  for phrase in phrases:
+    assert phrase in doc, phrase
+
+
+def test_page_names_read_back_to_their_titles():
+  for title in ("Savages (2012 film)", "Star Wars: Episode IV", "Apology (Plato)",
+                "Ohm's law", "[Square] {curly}", "Nikolaj Coster-Waldau", "Python"):
+    page = fever.page_name(title)
+    assert " " not in page and fever.normalize_title(page) == title, page
+  assert fever.page_name("Savages (2012 film)") == "Savages_-LRB-2012_film-RRB-"
+  assert fever.page_name("Star Wars: Episode IV") == "Star_Wars-COLON-_Episode_IV"
+
+
+def test_the_cache_directory_is_named_by_what_the_files_depend_on(root, tmp_path, monkeypatch):
+  name = wiki_tasks.name()
+  assert re.fullmatch(r"wiki-tasks-[0-9a-f]{12}", name)
+  asset = assets.ASSETS[wiki_tasks.ASSET]
+  monkeypatch.setitem(assets.ASSETS, wiki_tasks.ASSET, dataclasses.replace(asset, version="0"))
+  assert wiki_tasks.name.__wrapped__() != name  # another version of the asset, another name
+  monkeypatch.undo()
+  assert wiki_tasks.name.__wrapped__() == name
+  # An existing directory under the name is what `ensure` and `resolve` give, unbuilt.
+  monkeypatch.setenv("RAG_JAX_CACHE", str(tmp_path))
+  (tmp_path / name).symlink_to(root, target_is_directory=True)
+  assert wiki_tasks.ensure() == tmp_path / name
+  path = wiki_tasks.resolve("wiki-tasks:nq/{split}.json")
+  assert path == str(tmp_path / name / "nq" / "{split}.json")
+  assert wiki_tasks.resolve("/data/nq") == "/data/nq"
+
+
 def test_two_builds_are_the_same_bytes(root, tmp_path):
-  again = wiki_tasks.ensure(tmp_path / "again")
+  """The second build is the command line's, in a process with another hash seed: an order
+  taken from a set or dict of strings would differ between the two."""
+  seed = "456" if os.environ.get("PYTHONHASHSEED") == "123" else "123"
+  again = tmp_path / "again"
+  run = subprocess.run([sys.executable, "-m", "rag_jax.data.wiki_tasks", "--out", str(again)],
+                       env=dict(os.environ, PYTHONHASHSEED=seed), capture_output=True, text=True,
+                       cwd=pathlib.Path(wiki_tasks.__file__).parents[2], check=False)
+  assert run.returncode == 0, run.stderr
   names = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
   assert names == sorted(str(p.relative_to(again)) for p in again.rglob("*") if p.is_file())
   match, mismatch, errors = filecmp.cmpfiles(root, again, names, shallow=False)

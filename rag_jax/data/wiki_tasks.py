@@ -2,17 +2,20 @@
 10,033 vital articles: title, lead, description, topic), for training demos that need no
 download.
 
-`ensure()` writes, once, into `$RAG_JAX_CACHE/wiki-tasks-v1/`:
+`ensure()` writes, once, into `$RAG_JAX_CACHE/wiki-tasks-{digest}/` (`name()`: the digest is
+of the code that derives and writes the files and of the asset's identity, so that changed
+code writes a new directory instead of reusing one written by older code):
 
   passages.tsv               the retrieval corpus (DPR's `id<TAB>text<TAB>title`, `read_tsv`)
   passages_swapped.tsv       the same rows with the hot-swapped facts changed (below)
   fever/{split}.jsonl        FEVER's official JSONL (reader kind "fever")
-  nq/{split}.json            DPR's retriever JSON (kind "dpr_qa", path `nq/{split}.json`)
+  nq/{split}.json            DPR's retriever JSON (kind "dpr_qa", path `nq/{split}.json`),
+                             each record with its `question_type` (below)
   jeopardy/{split}.source    answer -> clue, the seq2seq layout (kind "jeopardy")
   jeopardy/{split}.target
 
 with split in train, dev, test and test_swapped. `python -m rag_jax.data.wiki_tasks` does the
-same and prints the counts.
+same and prints `counts()`, the figures below (tests/test_wiki_tasks.py checks that they are).
 
 Articles and splits. An article's split comes from the sha1 of its title (the first 8 hex
 digits mod 10: 0 test, 1 dev, the rest train), and so does whether it is held out of the
@@ -45,7 +48,8 @@ evidence names the article's page, so `gold_titles` is its title):
   Counts (SUPPORTS = REFUTES = NOT ENOUGH INFO, each): train 596, dev 111, test 74; NOT ENOUGH
   INFO (about 5% of articles) is the rarest.
 
-NQ-style QA (answers occur in a passage of the gold article; no question contains one):
+NQ-style QA (answers occur in a passage of the gold article; no question contains one), by
+`question_type`:
   * title: "Which {description} {is} {predicate}?" from a first sentence "{Title} is
     {predicate}", the predicate cut at its first comma, semicolon or bracket; the answer is the
     title as the text writes it. The predicate stops before a relative clause (that, which,
@@ -79,15 +83,17 @@ a clue (Jeopardy). In `passages_swapped.tsv` that value becomes `_Values.swap`'s
 its new gold: the new value (QA), the flipped label (FEVER: SUPPORTS -> REFUTES and the other
 way), the clue with the new value (Jeopardy). A fact is not swapped when its value is in a test
 question of its article (that question would no longer match its passage). The test split
-runs out before 60: counts QA 23 (year 11, number 8, country 4), FEVER 49 (37 REFUTES ->
-SUPPORTS, 12 SUPPORTS -> REFUTES), Jeopardy 42.
+runs out before 60: counts QA 23 (year 11, country 4, number 8), FEVER 49 (37 REFUTES ->
+SUPPORTS, 12 SUPPORTS -> REFUTES), Jeopardy 42; 93 passages change.
 """
 
 import argparse
 import collections
 import csv
 import dataclasses
+import functools
 import hashlib
+import inspect
 import json
 import os
 import pathlib
@@ -100,7 +106,7 @@ from rag_jax import assets
 from rag_jax.data import fever
 from rag_jax.index import corpus
 
-NAME = "wiki-tasks-v1"
+ASSET = "wiki-summaries-en"
 SPLITS = ("train", "dev", "test")
 SWAPPED = "test_swapped"
 SWAPS_PER_TASK = 60
@@ -115,6 +121,7 @@ JEOPARDY_NOUNS = {
 DEFAULT_NOUN = "subject"
 
 YEAR, NUMBER, COUNTRY = "year", "number", "country"
+QUESTION_TYPES = ("title", YEAR, COUNTRY, NUMBER)
 _YEAR = r"(?<![\w,.])(?:1\d{3}|20[0-2]\d)(?![\w]|[,.]\d)"
 _NUMBER = r"(?<![\w,.–-])(?:\d{1,3}(?:,\d{3})+|\d+)(?![\w%–-]|[,.]\d)"
 # Country names that are also common words, people or other places.
@@ -191,13 +198,20 @@ def sentences(text: str) -> List[str]:
   return out
 
 
-def _contains(text: str, value: str) -> bool:
-  """Whether `value` is in `text` as a whole token (not inside a longer number or word)."""
-  return re.search(rf"(?<![\w,.]){re.escape(value)}(?![\w]|[,.]\d)", text) is not None
+@functools.lru_cache(maxsize=None)
+def _value_pattern(value: str) -> re.Pattern:
+  """`value` as a whole token: not inside a longer number or word ("1919" is not in "21919"
+  nor in "1919.5", "32" not in "15,32")."""
+  return re.compile(rf"(?<![\w,.]){re.escape(value)}(?![\w]|[,.]\d)")
 
 
 def _count(text: str, value: str) -> int:
-  return len(re.findall(rf"(?<![\w,.]){re.escape(value)}(?![\w]|[,.]\d)", text))
+  return len(_value_pattern(value).findall(text))
+
+
+def _replace_once(text: str, value: str, new: str) -> str:
+  match = _value_pattern(value).search(text)
+  return text[:match.start()] + new + text[match.end():]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,15 +225,13 @@ class Fact:
 
 @dataclasses.dataclass
 class Tasks:
-  """What `derive` makes, before it is written: each task's examples by split, the passages,
-  and the swaps (`Fact` -> its new value) of the hot swap."""
+  """What `derive` makes, before it is written: the passages (before and after the hot swap)
+  and each task's examples by split."""
   passages: List[Tuple[str, str, str]]          # (id, text, title)
   swapped: List[Tuple[str, str, str]]
   fever: Dict[str, List[dict]]                  # split -> official FEVER records
   nq: Dict[str, List[dict]]                     # split -> DPR retriever records
   jeopardy: Dict[str, List[Tuple[str, str]]]    # split -> (source, target)
-  qa_types: Dict[str, collections.Counter]      # split -> question type -> count
-  swaps: Dict[Tuple[str, str], str]            # (title, value) -> new value
 
 
 class _Values:
@@ -586,18 +598,6 @@ class _Builder:
     return None
 
 
-def _page(title: str) -> str:
-  """A title as FEVER's pages spell it (`_` for spaces, `-LRB-` for brackets), which
-  `fever.normalize_title` turns back into the title."""
-  inverse = {char: escape for escape, char in fever._TITLE_ESCAPES.items()}  # pylint: disable=protected-access
-  return "".join(inverse.get(c, c) for c in title.replace(" ", "_"))
-
-
-def _replace_once(text: str, value: str, new: str) -> str:
-  match = re.search(rf"(?<![\w,.]){re.escape(value)}(?![\w]|[,.]\d)", text)
-  return text[:match.start()] + new + text[match.end():]
-
-
 def derive(raw: Optional[Sequence[dict]] = None) -> Tasks:
   """All tasks, in memory: what `ensure` writes. `raw` defaults to `assets.wiki_summaries()`."""
   b = _Builder(raw)
@@ -638,10 +638,6 @@ def derive(raw: Optional[Sequence[dict]] = None) -> Tasks:
   return _assemble(b, kept, fever_claims, questions, clues, swaps)
 
 
-def _fact_key(fact: Fact) -> Tuple[str, str]:
-  return fact.title, fact.value
-
-
 def _swapped_sentence(b: _Builder, article: Article, sentence: str,
                       swaps: Dict[Tuple[str, str], str]) -> str:
   for kind, value, _ in b.values.find(sentence):
@@ -656,7 +652,7 @@ def _choose_swaps(b: _Builder, fever_test, questions_test, clues_test
   asked = collections.defaultdict(list)  # title -> questions, whose values must not change
   for article, q in questions_test:
     asked[article.title].append(q.question)
-  uses = collections.defaultdict(lambda: collections.Counter())
+  uses = collections.defaultdict(collections.Counter)  # (title, value) -> task -> examples
 
   def eligible(article: Article, value: str, sentence: str) -> bool:
     return (article.text.count(value) == 1 and _count(article.text, value) == 1
@@ -672,7 +668,7 @@ def _choose_swaps(b: _Builder, fever_test, questions_test, clues_test
         if eligible(article, value, sentence):
           uses[article.title, value]["fever"] += 1
     elif label == fever.REFUTES and eligible(article, fact.value, sentence):
-      uses[_fact_key(fact)]["fever"] += 1
+      uses[fact.title, fact.value]["fever"] += 1
   for article, clue, prefix, predicate in clues_test:
     for _, value, _ in b.values.find(predicate):
       if eligible(article, value, predicate):
@@ -720,7 +716,7 @@ def _assemble(b: _Builder, kept: List[Article], fever_claims, questions, clues,
         record["evidence"] = [[[claim_id, None, None, None]]]
       else:
         index = sentences(article.text).index(sentence)
-        record["evidence"] = [[[claim_id, claim_id, _page(article.title), index]]]
+        record["evidence"] = [[[claim_id, claim_id, fever.page_name(article.title), index]]]
       fever_out[split].append(record)
       if split == "test" and label != fever.NOT_ENOUGH_INFO:
         new_sentence = _swapped_sentence(b, article, sentence, swaps)
@@ -732,18 +728,15 @@ def _assemble(b: _Builder, kept: List[Article], fever_claims, questions, clues,
     pid, _ = b.passage_of(article, q.sentence) or b.passages[article.title][0]
     return {"question": q.question, "answers": [answer],
             "positive_ctxs": [{"title": article.title, "text": texts[pid], "passage_id": pid}],
-            "negative_ctxs": [], "hard_negative_ctxs": []}
+            "negative_ctxs": [], "hard_negative_ctxs": [], "question_type": q.kind}
 
   original_text = {pid: text for pid, text, _ in passages}
   nq_out = {split: [] for split in (*SPLITS, SWAPPED)}
-  qa_types = {split: collections.Counter() for split in (*SPLITS, SWAPPED)}
   for split in SPLITS:
     for article, q in questions[split]:
       nq_out[split].append(dpr(article, q, q.answer, original_text))
-      qa_types[split][q.kind] += 1
       if split == "test" and q.fact and (article.title, q.answer) in swaps:
         nq_out[SWAPPED].append(dpr(article, q, swaps[article.title, q.answer], swapped_text))
-        qa_types[SWAPPED][q.kind] += 1
 
   jeopardy_out = {split: [] for split in (*SPLITS, SWAPPED)}
   for split in SPLITS:
@@ -753,8 +746,7 @@ def _assemble(b: _Builder, kept: List[Article], fever_claims, questions, clues,
         new = prefix + _swapped_sentence(b, article, predicate, swaps)
         if new != clue:
           jeopardy_out[SWAPPED].append((article.title, new))
-  return Tasks(passages, swapped, fever_out, nq_out, jeopardy_out, qa_types,
-               swaps)
+  return Tasks(passages, swapped, fever_out, nq_out, jeopardy_out)
 
 
 def _write_tsv(path: pathlib.Path, rows: Iterable[Tuple[str, str, str]]) -> None:
@@ -784,15 +776,33 @@ def write(tasks: Tasks, directory: os.PathLike) -> None:
         f.writelines(pair[column] + "\n" for pair in pairs)
 
 
+@functools.lru_cache(maxsize=None)
+def name() -> str:
+  """The cache directory's name, `wiki-tasks-{the first 12 hex digits of a sha256}` of what
+  the files depend on: the sources of this module (the templates), of `fever` (page names)
+  and of `rag_jax.index.corpus` (chunks, TSV columns), the function that reads the asset, and
+  the asset's identity. A change to any of them is a new directory, never files written by
+  older code. Computed once a process, since `resolve` calls `ensure` for every path."""
+  asset = assets.ASSETS[ASSET]
+  parts = [pathlib.Path(path).read_bytes() for path in (__file__, fever.__file__, corpus.__file__)]
+  parts.append(inspect.getsource(assets.wiki_summaries).encode("utf-8"))
+  parts.append(json.dumps([ASSET, asset.package, asset.version, asset.wheel_sha256,
+                           asset.folder, list(asset.files)]).encode("utf-8"))
+  digest = hashlib.sha256()
+  for part in parts:  # each preceded by its length, so that no two lists hash alike
+    digest.update(len(part).to_bytes(8, "big") + part)
+  return f"wiki-tasks-{digest.hexdigest()[:12]}"
+
+
 def ensure(root: Optional[os.PathLike] = None) -> pathlib.Path:
-  """The directory of the tasks' files, `root` or `$RAG_JAX_CACHE/wiki-tasks-v1`, written on
-  first use.
+  """The directory of the tasks' files, `root` or `$RAG_JAX_CACHE/{name()}`, written on first
+  use.
 
   Built in a temporary directory next to it and renamed into place, so that a directory under
   the final name is always complete; when another process renames first, its files (the same
   bytes) are kept and these removed.
   """
-  target = pathlib.Path(root) if root is not None else assets.cache_dir() / NAME
+  target = pathlib.Path(root) if root is not None else assets.cache_dir() / name()
   if target.is_dir():
     return target
   target.parent.mkdir(parents=True, exist_ok=True)
@@ -821,27 +831,34 @@ def resolve(spec: str) -> str:
 
 
 def counts(directory: os.PathLike) -> Dict[str, Dict[str, object]]:
-  """What each file holds: passages; per split, FEVER's labels, QA's questions, clues."""
+  """What the files hold, the figures of the module docstring: the corpus's articles and
+  passages, and the passages the hot swap changes; per split, FEVER's claims by label
+  (test_swapped: the new labels), QA's questions by type, Jeopardy's clues."""
   from rag_jax import data  # pylint: disable=import-outside-toplevel
   directory = pathlib.Path(directory)
-  out = {"passages": {"passages": sum(1 for _ in corpus.read_tsv(directory / "passages.tsv"))}}
+  passages = list(corpus.read_tsv(directory / "passages.tsv"))
+  swapped = list(corpus.read_tsv(directory / "passages_swapped.tsv"))
+  out = {"corpus": {"articles": len({p["title"] for p in passages}), "passages": len(passages),
+                    "swapped_passages": sum(a != b for a, b in zip(passages, swapped))}}
   for split in (*SPLITS, SWAPPED):
     labels = collections.Counter(
         e.label for e in data.read("fever", directory / "fever", split))
-    out[split] = {"fever": dict(sorted(labels.items())),
-                  "nq": len(data.read("dpr_qa", directory / "nq" / "{split}.json", split)),
+    with open(directory / "nq" / f"{split}.json", encoding="utf-8") as f:
+      types = collections.Counter(record["question_type"] for record in json.load(f))
+    out[split] = {"fever": {label: labels[label] for label in fever.LABELS},
+                  "nq": {kind: types[kind] for kind in QUESTION_TYPES},
                   "jeopardy": len(data.read("jeopardy", directory / "jeopardy", split))}
   return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--out", help=f"directory (default $RAG_JAX_CACHE/{NAME})")
+  parser.add_argument("--out", help=f"directory (default $RAG_JAX_CACHE/{name()})")
   args = parser.parse_args(argv)
   directory = ensure(args.out)
   print(directory)
-  for name, value in counts(directory).items():
-    print(f"{name}: {json.dumps(value)}")
+  for part, value in counts(directory).items():
+    print(f"{part}: {json.dumps(value)}")
 
 
 if __name__ == "__main__":
