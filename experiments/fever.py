@@ -54,8 +54,7 @@ def get_config(arg: str = ""):
       wiki=dict(kind="fever", path="wiki-tasks:fever", doc_sep="\n\nClaim: ",
                 system_prompt="Is the claim true, false, or unknown from the passage? "
                               "Answer in one word.",
-                max_target_length=4, eval_max_length=4))
-  if arg == "wiki":
-    # Every test claim (one output token each, so quick), which keeps the labels balanced.
-    c.demo.max_test_examples = 0
+                max_target_length=4, eval_max_length=4,
+                # Every test claim (one output token each), so the labels stay balanced.
+                max_test_examples=0))
   return c

@@ -27,7 +27,7 @@ from rag_jax.configs import tasks
 
 
 def get_config(arg: str = ""):
-  c = tasks.config(
+  return tasks.config(
       "jeopardy", arg, data=dict(kind="jeopardy", path="data/jeopardy", eval_split="val"),
       tiny_data=dict(path=str(tasks.QA_TINY / "jeopardy"), eval_split="dev"),
       metrics=["q_bleu1", "bleu1"], eval_paper=tasks.GENERATION_DECODING, eval_num_beams=4,
@@ -36,7 +36,5 @@ def get_config(arg: str = ""):
       lengths=(40, 40), k=10,
       wiki=dict(kind="jeopardy", path="wiki-tasks:jeopardy", doc_sep="\n\nAnswer: ",
                 system_prompt="Write a Jeopardy! clue whose answer is the one given.",
-                max_target_length=40, eval_max_length=40))
-  if arg == "wiki":
-    c.demo.max_test_examples = 32  # clues of up to 40 tokens: the slowest decoding here
-  return c
+                max_target_length=40, eval_max_length=40,
+                max_test_examples=32))  # clues of up to 40 tokens: the slowest to decode

@@ -42,4 +42,5 @@ def get_config(arg: str = ""):
                   wiki=dict(kind="dpr_qa", path="wiki-tasks:nq/{split}.json",
                             doc_sep="\n\nQuestion: ",
                             system_prompt="Answer in English, in a few words.",
-                            max_target_length=16, eval_max_length=16))
+                            max_target_length=16, eval_max_length=16,
+                            max_test_examples=64))

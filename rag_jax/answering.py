@@ -71,8 +71,7 @@ class Answerer:
     tokenizer = model.generator_tokenizer
     if tokenizer is None:
       raise ValueError(f"{config.generator}: the generator has no tokenizer")
-    if tokenizer.chat_template:
-      model.prompt_format = prompts.chat_prompt(tokenizer, system=config.system_prompt or None)
+    prompts.use_chat_template(model, config.system_prompt)
     size = sum(np.size(p) for p in jax.tree_util.tree_leaves(model.params["generator"]))
     log(f"generator {config.generator}: {type(model.generator).__name__}, {size / 1e6:.0f}M "
         f"parameters")

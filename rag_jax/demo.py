@@ -35,32 +35,16 @@ from rag_jax import trainer
 from rag_jax.data import wiki_tasks
 
 
-def _variant(config, **fields):
-  """A copy of `config` with dotted `fields` set."""
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    for key, value in fields.items():
-      node = config
-      *parents, leaf = key.split(".")
-      for part in parents:
-        node = node[part]
-      node[leaf] = value
-  return config
-
-
-def recall(run: experiment.Run, params, k: int) -> float:
-  """recall@k (%) of `run.eval`'s gold articles by the query encoder of `params`, searched in
-  `run.index` (the search `evaluate` does, without decoding)."""
-  split, n = run.eval, len(run.eval.examples)
-  vectors = []
+def retrieved_titles(run: experiment.Run, params, k: int) -> List[List[str]]:
+  """The titles of the top `k` passages of each of `run.eval`'s examples, retrieved with the
+  query encoder of `params` (`Run.retrieved`, the search `evaluate` does; no decoding)."""
+  n, titles = len(run.eval.examples), []
   for rows in input_pipeline.iterate_eval(n, run.config.eval_batch_size):
-    batch = run.place(run.device_arrays(input_pipeline.gather(split.arrays, rows)),
-                      replicated=True)
-    q = run._encode(params, batch)  # pylint: disable=protected-access
-    vectors.append(distributed.to_host(q))
-  _, ids = run.index.search(np.concatenate(vectors)[:n], k)
-  titles = [[run.index.passages[int(i)]["title"] for i in row if i >= 0] for row in ids]
-  return metrics.recall_at_k(titles, [e.gold_titles for e in split.examples], k)
+    batch = run.retrieved(params, input_pipeline.gather(run.eval.arrays, rows), replicated=True,
+                          k=k)
+    for row in distributed.to_host(batch["doc_ids"]):
+      titles.append([run.index.passages[int(i)]["title"] for i in row if i >= 0])
+  return titles[:n]
 
 
 def _records(directory: pathlib.Path) -> List[Dict[str, Any]]:
@@ -70,14 +54,14 @@ def _records(directory: pathlib.Path) -> List[Dict[str, Any]]:
 
 def follows(records: List[Dict[str, Any]], old: Dict[str, List[str]], fever: bool) -> float:
   """The share (%) of predictions that give the new fact of their example: FEVER, the new
-  label; otherwise every word of the new gold that its old gold lacks (the changed value) in
-  the prediction, with SQuAD's normalisation. `old`: the old golds by question."""
+  label (label accuracy against the new labels); otherwise every word of the new gold that
+  its old gold lacks (the changed value) in the prediction, with SQuAD's normalisation.
+  `old`: the old golds by question."""
+  if fever:
+    return metrics.label_accuracy([r["prediction"] for r in records],
+                                  [r["gold"][0] for r in records])
   hits = []
   for r in records:
-    if fever:
-      hits.append(metrics.normalize_answer(r["prediction"]) ==
-                  metrics.normalize_answer(r["gold"][0]))
-      continue
     before = set(metrics.normalize_answer(" ".join(old.get(r["question"], []))).split())
     changed = [w for w in metrics.normalize_answer(r["gold"][0]).split() if w not in before]
     said = set(metrics.normalize_answer(r["prediction"]).split())
@@ -90,45 +74,58 @@ def run(config, workdir) -> Dict[str, Any]:
   workdir = experiment.prepare_workdir(workdir)
   d = config.demo
   rag_dir, closed_dir = workdir / "rag", workdir / "closed_book"
-  closed = _variant(config, **{"retrieval.mode": "none"})
-  trained = {"rag": trainer.train_and_evaluate(config, rag_dir),
-             "closed_book": trainer.train_and_evaluate(closed, closed_dir)}
+  closed = experiment.override(config, **{"retrieval.mode": "none"})
+  losses = {}
+  for name, c, directory in (("rag", config, rag_dir), ("closed_book", closed, closed_dir)):
+    out = trainer.train_and_evaluate(c, directory)
+    if out["ended"] != "finished":
+      raise trainer.TrainingError(f"the {name} run was {out['ended']} at step {out['step']}; "
+                                  "run the demo again to resume it")
+    losses[name] = trainer.last_logged(directory, "loss")
   test = {"data.max_eval_examples": d.max_test_examples}
   scores = {
-      "rag": evaluation.evaluate_config(_variant(config, **test), rag_dir / "test", "test",
-                                        init=str(rag_dir)),
-      "closed_book": evaluation.evaluate_config(_variant(closed, **test), closed_dir / "test",
-                                                "test", init=str(closed_dir))}
+      "rag": evaluation.evaluate_config(experiment.override(config, **test), rag_dir / "test",
+                                        "test", init=str(rag_dir)),
+      "closed_book": evaluation.evaluate_config(experiment.override(closed, **test),
+                                                closed_dir / "test", "test",
+                                                init=str(closed_dir))}
 
   # Retrieval before and after training, on the same test questions.
   k = experiment.decode_settings(config)["k"]
-  start = experiment.build(_variant(config, **test), workdir / "retrieval", split="test",
-                           train=False)
+  start = experiment.build(experiment.override(config, **test), workdir / "retrieval",
+                           split="test", train=False)
   learned = experiment.restore_params(experiment.checkpoints_in(rag_dir), start.state.params,
                                       start.mesh)
-  retrieval = {"frozen": recall(start, start.state.params, k), "learned": recall(start, learned, k)}
+  gold = [e.gold_titles for e in start.eval.examples]
+  titles = {"frozen": retrieved_titles(start, start.state.params, k),
+            "learned": retrieved_titles(start, learned, k)}
+  retrieval = {name: metrics.recall_at_k(found, gold, k) for name, found in titles.items()}
   del start, learned
 
   # The hot swap: the examples whose fact changed, over the old index and over the new one.
   fever = config.data.kind == "fever"
   swapped = {"data.test_split": wiki_tasks.SWAPPED,
              "data.max_eval_examples": d.max_swapped_examples}
+  # The predictions are read back from process 0's files: the figures are process 0's.
+  main = jax.process_index() == 0
   old_golds = {e.source: list(e.targets) for e in experiment.read_examples(config, "test")}
   swap = {}
   for name, passages in (("before", config.retrieval.passages),
                          ("after", "wiki-tasks:passages_swapped.tsv")):
     out = rag_dir / f"swap_{name}"
-    evaluation.evaluate_config(_variant(config, **swapped, **{"retrieval.passages": passages}),
-                               out, "test", init=str(rag_dir))
-    swap[name] = follows(_records(out), old_golds, fever)
-  swap["examples"] = len(_records(rag_dir / "swap_after"))
+    scored = evaluation.evaluate_config(
+        experiment.override(config, **swapped, **{"retrieval.passages": passages}), out, "test",
+        init=str(rag_dir))
+    swap[name] = follows(_records(out), old_golds, fever) if main else float("nan")
+  swap["examples"] = int(scored["examples"])
 
   figures = {"task": config.task, "metric": config.metrics[0], "test_examples":
              int(scores["rag"]["examples"]),
              "train_steps": config.num_train_steps, "batch_size": config.batch_size,
-             "scores": scores, "recall_at_k": retrieval, "k": k, "hot_swap": swap,
-             "final_loss": {m: trained[m].get("loss") for m in trained}}
-  if jax.process_index() == 0:
+             "scores": scores, "recall_at_k": retrieval, "k": k, "retrieved_titles": titles,
+             "hot_swap": swap,
+             "final_loss": losses}
+  if main:
     (workdir / "demo.json").write_text(json.dumps(figures, indent=1))
     print(tables(figures), file=sys.stderr)
   return figures
@@ -141,7 +138,9 @@ def tables(f: Dict[str, Any]) -> str:
            f"{f['train_steps']} steps of {f['batch_size']})", "",
            f"| model | {metric} | final train loss |", "|---|---|---|"]
   for name, label in (("rag", "RAG"), ("closed_book", "closed book, trained the same way")):
-    lines.append(f"| {label} | {s[name][metric]:.1f} | {f['final_loss'][name]:.3f} |")
+    loss = f["final_loss"][name]
+    lines.append(f"| {label} | {s[name][metric]:.1f} | "
+                 f"{'-' if loss is None else f'{loss:.3f}'} |")
   r, h = f["recall_at_k"], f["hot_swap"]
   lines += ["", f"| query encoder | recall@{f['k']} of the gold article |", "|---|---|",
             f"| frozen (MiniLM as it starts) | {r['frozen']:.1f} |",

@@ -68,7 +68,8 @@ def evaluate(run: experiment.Run, params, out_dir=None, *, model_from: str = "",
     progress: a progress bar on stderr (process 0).
   Returns:
     {"examples", "labelled", each of config.metrics, ["recall_at_k"], "entropy",
-    "distinct_top1"}.
+    "distinct_top1"}; a closed-book run (`retrieval.mode=none`) has no retrieval figures
+    (answer_in_top_k, recall_at_k, entropy, distinct_top1).
   """
   settings = experiment.decode_settings(run.config)
   records = predict(run, params, settings, progress=progress)
@@ -152,10 +153,14 @@ def score(config, records: List[Dict[str, Any]], k: int, passages) -> Dict[str, 
   """
   labelled = [r for r in records if r["gold"]]
   out = {"examples": float(len(records)), "labelled": float(len(labelled))}
+  # A closed-book run retrieves nothing: no retrieval figures, rather than zeros.
+  retrieved = any(r["passages"] for r in records)
   if labelled:
     predictions = [r["prediction"] for r in labelled]
     golds = [r["gold"] for r in labelled]
     for name in config.metrics:
+      if name == "answer_in_top_k" and not retrieved:
+        continue
       if name == "answer_in_top_k":
         texts = [[passages[p["row"]]["text"] for p in r["passages"]] for r in labelled]
         out[name] = metrics_lib.answer_in_top_k(texts, golds, k,
@@ -164,11 +169,11 @@ def score(config, records: List[Dict[str, Any]], k: int, passages) -> Dict[str, 
         out[name] = metrics_lib.label_accuracy(predictions, [g[0] for g in golds])
       else:
         out[name] = getattr(metrics_lib, name)(predictions, golds)
-  if any(r["gold_titles"] for r in records):
+  if retrieved and any(r["gold_titles"] for r in records):
     out["recall_at_k"] = metrics_lib.recall_at_k(
         [[p["title"] for p in r["passages"]] for r in records],
         [r["gold_titles"] for r in records], k)
-  if records:
+  if retrieved:
     priors = [np.array([p["prior"] for p in r["passages"]]) for r in records]
     out["entropy"] = float(np.mean([-np.sum(p[p > 0] * np.log(p[p > 0])) for p in priors]))
     out["distinct_top1"] = float(len({r["passages"][0]["row"] for r in records

@@ -39,6 +39,7 @@ from rag_jax.data import wiki_tasks
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import bm25 as bm25_lib
 from rag_jax.index import saved
+from rag_jax.models import llama as llama_lib
 from rag_jax.models import scan
 
 Array = jax.Array
@@ -74,17 +75,27 @@ def _field(config, dotted: str):
   return config
 
 
+def override(config, **fields):
+  """A copy of `config` with dotted `fields` set: `override(c, **{"retrieval.k": 3})`."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    for dotted, value in fields.items():
+      parent, _, leaf = dotted.rpartition(".")
+      (_field(config, parent) if parent else config)[leaf] = value
+  return config
+
+
 def check_config(config) -> None:
   """Values the rest would trip over later, as one-line errors now."""
   choices = {"retrieval.mode": ("device", "host", "bm25", "none"),
-             "rag.kind": ("token", "sequence"),
+             "rag.kind": ("token", "sequence"), "model.tiny_generator": tiny.GENERATOR_KINDS,
              "model.dtype": tuple(DTYPES), "retrieval.dtype": tuple(DTYPES),
              "decay": ("linear", "cosine", "constant")}
   for name, allowed in choices.items():
     value = _field(config, name)
     if value not in allowed:
       raise SetupError(f"config {name}={value!r}: expected one of {list(allowed)}")
-  positive = ("batch_size", "num_train_steps", "log_every_steps", "eval_every_steps",
+  positive = ("batch_size", "num_train_steps", "log_every_steps",
               "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size",
               "retrieval.k", "rag.max_combined_length", "rag.max_question_length",
               "rag.max_target_length", "eval_max_length")
@@ -95,6 +106,11 @@ def check_config(config) -> None:
   if config.retrieval.doc_temperature <= 0:
     raise SetupError(f"config retrieval.doc_temperature={config.retrieval.doc_temperature}: "
                      "expected > 0")
+  if not isinstance(config.eval_every_steps, int) or config.eval_every_steps < 0:
+    raise SetupError(f"config eval_every_steps={config.eval_every_steps!r}: expected a "
+                     "non-negative integer (0: no periodic eval)")
+  if config.rag.max_target_length < 2:
+    raise SetupError("config rag.max_target_length must be at least 2 (start and end tokens)")
   if config.rag.max_combined_length < 4:
     raise SetupError("config rag.max_combined_length must be at least 4")
   unknown = [m for m in config.metrics if m not in METRICS]
@@ -230,9 +246,6 @@ def _load_model(config, workdir: pathlib.Path,
     model = rag_lib.RagModel.from_pretrained(rag_checkpoint, dtype=dtype, **rag_config)
     return model, ""
   if m.tiny:
-    if m.tiny_generator not in tiny.GENERATOR_KINDS:
-      raise SetupError(f"config model.tiny_generator={m.tiny_generator!r}: expected one of "
-                       f"{list(tiny.GENERATOR_KINDS)}")
     name = "tiny_model" if m.tiny_generator == "bart" else f"tiny_model_{m.tiny_generator}"
     directory = tiny.write(workdir / name, _tiny_words(m.tiny_vocab), seed=config.seed,
                            generator_kind=m.tiny_generator)
@@ -242,9 +255,7 @@ def _load_model(config, workdir: pathlib.Path,
   model = rag_lib.RagModel.from_parts(question_encoder, generator, dtype=dtype,
                                       title_sep=config.rag.title_sep,
                                       doc_sep=config.rag.doc_sep, **rag_config)
-  tokenizer = model.generator_tokenizer
-  if not model.rag.gen.has_encoder and tokenizer is not None and tokenizer.chat_template:
-    model.prompt_format = prompts.chat_prompt(tokenizer, system=config.rag.system_prompt or None)
+  prompts.use_chat_template(model, config.rag.system_prompt)
   return model, str(question_encoder) if m.tiny else ""
 
 
@@ -294,7 +305,7 @@ def _for_training(model: rag_lib.RagModel, config) -> Tuple[rag_lib.Rag, Any]:
   modules = {"question_encoder": model.question_encoder, "generator": model.generator}
   params = dict(model.params)
   for name, module in modules.items():
-    if not hasattr(module, "scan_layers"):  # the Llama
+    if isinstance(module, llama_lib.Llama):
       if m.scan_layers:
         raise SetupError(f"config model.scan_layers: the {type(module).__name__} {name} runs "
                          "its layers unscanned; set it to False")
@@ -476,7 +487,8 @@ def build(config, workdir: pathlib.Path, *, split: str = "dev", train: bool = Tr
   g_tok = model.generator_tokenizer
   prompt = None if rag.gen.has_encoder else model.prompt_format or (lambda context: context)
   try:
-    fmt = input_pipeline.context_format(g_tok, config.rag.max_combined_length, prompt)
+    fmt = input_pipeline.context_format(g_tok, config.rag.max_combined_length, prompt,
+                                        pad_id=rag.gen.pad_token_id)
     frozen = step_lib.frozen_params(config, rag)
   except ValueError as e:
     raise SetupError(str(e)) from None
@@ -487,8 +499,9 @@ def build(config, workdir: pathlib.Path, *, split: str = "dev", train: bool = Tr
       index, [train_examples, eval_examples], max(config.retrieval.k, eval_k)))
   tokenize = lambda examples, extra: Split(examples, dict(input_pipeline.tokenize_examples(
       examples, question_tokenizer=model.question_tokenizer, generator_tokenizer=g_tok,
-      config=model.config, fmt=fmt,
+      rag_config=model.config, fmt=fmt,
       target_format=input_pipeline.TargetFormat.of(g_tok, rag.gen),
+      closed_book=config.retrieval.mode == "none",
       max_question_length=config.rag.max_question_length,
       max_target_length=config.rag.max_target_length, target=target), **extra))
   passage_tokens, passage_length = input_pipeline.tokenize_passages(index.passages, g_tok,

@@ -25,9 +25,13 @@ from rag_jax.data import Example
 HOST_ONLY = ("bm25_ids", "bm25_scores")
 
 
+# Stands for the context in a prompt template, to split the template around it.
+_MARK = "\x00context\x00"
+
+
 def context_format(tokenizer, length: int,
-                   prompt_format: Optional[Callable[[str], str]] = None
-                   ) -> train_step.ContextFormat:
+                   prompt_format: Optional[Callable[[str], str]] = None,
+                   pad_id: Optional[int] = None) -> train_step.ContextFormat:
   """The tokens around the passage + question of one generator input of `length` tokens.
 
   Args:
@@ -37,27 +41,33 @@ def context_format(tokenizer, length: int,
       (`RagModel.prompt_format`, e.g. `prompts.chat_prompt`); the prefix and suffix are its
       text before and after the context. None: the tokenizer's own special tokens (BART's
       <s> ... </s>). With a prompt format, truncation keeps the question (`ContextFormat`).
+    pad_id: what pads a context (None: the tokenizer's pad token).
   """
   if prompt_format is not None:
-    before, after = prompt_format(_MARK).split(_MARK)
-    prefix = tokenizer(before)["input_ids"]
-    suffix = tokenizer(after, add_special_tokens=False)["input_ids"]
+    parts = prompt_format(_MARK).split(_MARK)
+    if len(parts) != 2:
+      raise ValueError(f"the prompt format holds the context {len(parts) - 1} times; RAG's "
+                       "contexts need it once")
+    prefix = tokenizer(parts[0])["input_ids"]
+    suffix = tokenizer(parts[1], add_special_tokens=False)["input_ids"]
   else:
-    specials = tokenizer("")["input_ids"]
-    if len(specials) != 2:
-      raise ValueError(f"the generator tokenizer frames a text with {len(specials)} special "
-                       "tokens; RAG's contexts need a start and an end token")
-    prefix, suffix = specials[:1], specials[1:]
+    prefix, suffix = _frame(tokenizer)
   if length - len(prefix) - len(suffix) < 2:
     raise ValueError(f"contexts of {length} tokens leave no room for a passage and a question "
                      f"besides the prompt's {len(prefix) + len(suffix)} tokens")
-  return train_step.ContextFormat(length=length, prefix=tuple(prefix), suffix=tuple(suffix),
-                                  pad_id=tokenizer.pad_token_id,
-                                  keep_question=prompt_format is not None)
+  return train_step.ContextFormat(
+      length=length, prefix=tuple(prefix), suffix=tuple(suffix),
+      pad_id=tokenizer.pad_token_id if pad_id is None else pad_id,
+      keep_question=prompt_format is not None)
 
 
-# Stands for the context in a prompt template, to split the template around it.
-_MARK = "\x00context\x00"
+def _frame(tokenizer) -> Tuple[List[int], List[int]]:
+  """The special tokens the tokenizer puts around a text (BART: [<s>], [</s>])."""
+  specials = tokenizer("")["input_ids"]
+  if len(specials) != 2:
+    raise ValueError(f"the generator tokenizer frames a text with {len(specials)} special "
+                     "tokens; RAG's contexts and targets need a start and an end token")
+  return specials[:1], specials[1:]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +83,7 @@ class TargetFormat:
     generator: its start token (what follows the prompt, a newline) and its EOS, padded with
     its pad (`DecoderOnlyGenerator`), so the model learns to end its answer."""
     if generator.has_encoder:
-      start, end = tokenizer("")["input_ids"]
+      (start,), (end,) = _frame(tokenizer)
       return cls(start, end, tokenizer.pad_token_id)
     return cls(generator.start_token_id, generator.eos_token_id, generator.pad_token_id)
 
@@ -91,24 +101,32 @@ def _content(tokenizer, texts: Sequence[str], max_len: int) -> Tuple[np.ndarray,
   return out, lengths
 
 
-def context_parts(title: str, text: str, question: str, config: rag_lib.RagConfig,
-                  fmt: train_step.ContextFormat) -> Tuple[str, str]:
-  """`rag.format_context`'s string cut into the passage's part and the question's, which
-  join into it: `prefix + title / text //` and `" " + question` (HF's layout, whose
-  truncation cuts the question), or with `fmt.keep_question` `prefix + title / text` and
-  `// question`, so that truncating the passage keeps the separator (and a closed-book
-  context, passage-less, reads `// question`)."""
+# `rag.format_context`'s string cut into the passage's part and the question's, which join
+# into it: `prefix + title / text //` and `" " + question` (HF's layout, whose truncation
+# cuts the question), or with `fmt.keep_question` `prefix + title / text` and `// question`,
+# so that truncating the passage keeps the separator. A closed-book context is
+# `rag.closed_book_context` instead.
+
+
+def passage_part(title: str, text: str, config: rag_lib.RagConfig,
+                 fmt: train_step.ContextFormat) -> str:
   whole = rag_lib.format_context(title, text, "", config)
   if not fmt.keep_question:
-    return whole.rstrip(), " " + question
-  sep = config.doc_sep.replace("  ", " ")
-  return whole.removesuffix(sep), (sep + question).replace("  ", " ")
+    return whole.rstrip()
+  return whole.removesuffix(config.doc_sep.replace("  ", " "))
+
+
+def question_part(question: str, config: rag_lib.RagConfig,
+                  fmt: train_step.ContextFormat) -> str:
+  if not fmt.keep_question:
+    return " " + question
+  return (config.doc_sep + question).replace("  ", " ")
 
 
 def tokenize_passages(passages, tokenizer, config: rag_lib.RagConfig,
                       fmt: train_step.ContextFormat, chunk: int = 4096
                       ) -> Tuple[np.ndarray, np.ndarray]:
-  """Each passage's part of the generator input (`context_parts`).
+  """Each passage's part of the generator input (`passage_part`).
 
   Args:
     passages: a sequence of objects with `title` and `text` (a PassageStore).
@@ -118,28 +136,32 @@ def tokenize_passages(passages, tokenizer, config: rag_lib.RagConfig,
   parts = []
   for start in range(0, len(passages), chunk):
     rows = [passages[i] for i in range(start, min(start + chunk, len(passages)))]
-    texts = [context_parts(p["title"], p["text"], "", config, fmt)[0] for p in rows]
+    texts = [passage_part(p["title"], p["text"], config, fmt) for p in rows]
     parts.append(_content(tokenizer, texts, fmt.content_length))
   return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
 
 def tokenize_examples(examples: List[Example], *, question_tokenizer, generator_tokenizer,
-                      config: rag_lib.RagConfig, fmt: train_step.ContextFormat,
+                      rag_config: rag_lib.RagConfig, fmt: train_step.ContextFormat,
                       target_format: TargetFormat,
                       max_question_length: int, max_target_length: int,
-                      target: Callable[[Example], str]) -> Dict[str, np.ndarray]:
-  """The arrays a batch is gathered from.
+                      target: Callable[[Example], str], closed_book: bool = False
+                      ) -> Dict[str, np.ndarray]:
+  """The arrays a batch is gathered from; with `closed_book` the question tokens are the
+  whole context (`rag.closed_book_context`, as `RagModel.contextualize` makes it), to be
+  joined with no passage.
 
   Returns:
     question_ids, question_mask [N, Lq] (query encoder); question_tokens [N, P] and
-    question_length [N] (the question's part of the generator input, `context_parts`);
+    question_length [N] (the question's part of the generator input, `question_part`);
     labels [N, T] (the target framed by `target_format`, truncated, padded).
   """
   sources = [e.source for e in examples]
   q = question_tokenizer(sources, max_length=max_question_length, truncation=True,
                          padding="max_length", return_tensors="np")
   question_tokens, question_length = _content(
-      generator_tokenizer, [context_parts("", "", s, config, fmt)[1] for s in sources],
+      generator_tokenizer, [rag_lib.closed_book_context(s, rag_config) if closed_book
+                            else question_part(s, rag_config, fmt) for s in sources],
       fmt.content_length)
   t = target_format
   content, lengths = _content(generator_tokenizer, [target(e) for e in examples],

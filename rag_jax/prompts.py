@@ -67,6 +67,19 @@ def chat_prompt(tokenizer, system: Optional[str] = None) -> Callable[[str], str]
   return fmt
 
 
+def use_chat_template(model, system: Optional[str] = None) -> None:
+  """Makes a decoder-only RagModel prompt through its tokenizer's chat template
+  (`chat_prompt`), if it has one; nothing otherwise (BART, or a base model).
+
+  Args:
+    model: a rag.RagModel (its `prompt_format` is set).
+    system: the system message ("" or None: the template's default).
+  """
+  tokenizer = model.generator_tokenizer
+  if not model.rag.gen.has_encoder and tokenizer is not None and tokenizer.chat_template:
+    model.prompt_format = chat_prompt(tokenizer, system=system or None)
+
+
 def newline_token(tokenizer) -> Optional[int]:
   """The id of a newline, if the tokenizer has one token of its own for it; else None."""
   ids = tokenizer("\n", add_special_tokens=False)["input_ids"]

@@ -88,6 +88,11 @@ def format_context(title: str, text: str, question: str, config: RagConfig) -> s
           question).replace("  ", " ")
 
 
+def closed_book_context(question: str, config: RagConfig) -> str:
+  """A context without a passage: the question alone, after the config's prefix."""
+  return (config.prefix or "") + question
+
+
 def answer_posteriors(posteriors: np.ndarray, lengths: np.ndarray, kind: str) -> np.ndarray:
   """How much each document counted for a whole answer: [B, Z, T] per-token posteriors
   (`RagModel.doc_posteriors`) of answers `lengths` [B] tokens long -> [B, Z]. RAG-Sequence:
@@ -575,7 +580,7 @@ class RagModel:
       raise ValueError("contextualize needs the generator's tokenizer")
     if docs is None:
       triples = [("", "", q) for q in questions]
-      join = lambda title, text, question: (self.config.prefix or "") + question
+      join = lambda title, text, question: closed_book_context(question, self.config)
     else:
       if len(questions) != len(docs):
         raise ValueError(f"{len(questions)} questions but {len(docs)} rows of documents")

@@ -55,6 +55,16 @@ class MetricsWriter:
       self._tb.close()
 
 
+def last_logged(workdir, name: str) -> Optional[float]:
+  """The last `name` in WORKDIR/metrics.jsonl (a resumed run's too), or None: the run's
+  figure even when it finished earlier and `train_and_evaluate` only found it done."""
+  path = pathlib.Path(workdir) / "metrics.jsonl"
+  values = [json.loads(line).get(name) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()] if path.is_file() else []
+  values = [v for v in values if v is not None]
+  return values[-1] if values else None
+
+
 class _Preemption:
   """Remembers a SIGTERM; the loop saves and stops at the next step boundary."""
 
@@ -85,7 +95,7 @@ def _check_finite(losses, norms, step: int, last_saved: Optional[int]) -> Tuple[
 
 def train_and_evaluate(config, workdir, run: Optional[experiment.Run] = None) -> Dict[str, Any]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluating every
-  `eval_every_steps`. Returns the last train and eval metrics, why the run ended and the
+  `eval_every_steps` (0: never). Returns the last train and eval metrics, why the run ended and the
   final state. `run`: one `experiment.build(config, workdir)` made already (a benchmark
   times its step before and after the loop)."""
   workdir = experiment.prepare_workdir(workdir)
@@ -104,6 +114,7 @@ def train_and_evaluate(config, workdir, run: Optional[experiment.Run] = None) ->
   last_saved = manager.latest_step()
   pending, norms, last = [], [], {}
   tick, tick_step = time.perf_counter(), start
+  evaluating = lambda step: config.eval_every_steps and step % config.eval_every_steps == 0
   ended = "finished"
   try:
     step = start
@@ -123,7 +134,7 @@ def train_and_evaluate(config, workdir, run: Optional[experiment.Run] = None) ->
           writer.write(step, last)
           progress.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{last['steps_per_s']:.2f}")
         pending, norms, tick, tick_step = [], [], now, step
-      if step % config.eval_every_steps == 0:
+      if evaluating(step):
         scores = evaluation.evaluate(run, state.params, workdir / "eval" / f"step_{step}",
                                      model_from=f"training step {step}")
         last.update({f"eval/{k}": v for k, v in scores.items()})
@@ -131,7 +142,7 @@ def train_and_evaluate(config, workdir, run: Optional[experiment.Run] = None) ->
       if save or preemption.requested:
         manager.save(step, state)
         last_saved = step
-      if step % config.eval_every_steps == 0:
+      if evaluating(step):
         tick = time.perf_counter()  # steps/s counts the training loop, not the eval
       if preemption.requested:
         ended = "preempted"

@@ -56,14 +56,8 @@ def task_config(task: str, arg: str = "tiny", **overrides):
                                                                    f"{task}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(arg)
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
+  from rag_jax import experiment  # pylint: disable=import-outside-toplevel
+  return experiment.override(module.get_config(arg), **overrides)
 
 
 def max_abs(a, b) -> float:

@@ -5,6 +5,12 @@ import json
 
 from conftest import task_config
 from rag_jax import demo
+from rag_jax import experiment
+from rag_jax.data import wiki_tasks
+
+
+def _records(directory):
+  return [json.loads(l) for l in (directory / "predictions.jsonl").read_text().splitlines()]
 
 
 def test_follows_counts_outputs_that_give_the_changed_fact():
@@ -15,7 +21,7 @@ def test_follows_counts_outputs_that_give_the_changed_fact():
       {"question": "Which year?", "prediction": "In 1850, the", "gold": ["1850"]},
       {"question": "Which year?", "prediction": "1950", "gold": ["1850"]}]
   assert demo.follows(records, old, fever=False) == 50.0
-  claims = [{"question": "c", "prediction": "False", "gold": ["false"]},
+  claims = [{"question": "c", "prediction": "false", "gold": ["false"]},
             {"question": "d", "prediction": "true", "gold": ["false"]}]
   assert demo.follows(claims, {}, fever=True) == 50.0
   # A clue: the words of the new gold that the old one lacks must all be in the output.
@@ -41,16 +47,24 @@ def test_tiny_demo_trains_both_models_and_measures_every_table(tmp_path, capsys)
   for model in ("rag", "closed_book"):
     assert figures["scores"][model]["examples"] == 8
     assert (tmp_path / model / "test" / "predictions.jsonl").is_file()
-  # The demo's own search and evaluate's agree on the trained encoder's recall.
+  # The demo's search with the trained encoder finds what evaluate's found, passage by passage.
+  rag_test = _records(tmp_path / "rag" / "test")
+  assert figures["retrieved_titles"]["learned"] == [[p["title"] for p in r["passages"]]
+                                                    for r in rag_test]
   assert figures["recall_at_k"]["learned"] == figures["scores"]["rag"]["recall_at_k"]
+  assert len(figures["retrieved_titles"]["frozen"]) == 8
+  # The hot swap is scored on the changed facts' new golds, over the old and the new index.
+  swapped = experiment.read_examples(
+      experiment.override(config, **{"data.test_split": wiki_tasks.SWAPPED}), "test")[:6]
+  old = {e.source: list(e.targets) for e in experiment.read_examples(config, "test")}
   assert figures["hot_swap"]["examples"] == 6
   for when in ("before", "after"):
-    records = [json.loads(l) for l in
-               (tmp_path / "rag" / f"swap_{when}" / "predictions.jsonl").read_text().splitlines()]
-    assert len(records) == 6 and all(r["passages"] for r in records)
-  closed = [json.loads(l) for l in
-            (tmp_path / "closed_book" / "test" / "predictions.jsonl").read_text().splitlines()]
-  assert not any(r["passages"] for r in closed)
+    records = _records(tmp_path / "rag" / f"swap_{when}")
+    assert [r["gold"] for r in records] == [list(e.targets) for e in swapped]
+    assert all(r["passages"] for r in records)
+    assert figures["hot_swap"][when] == demo.follows(records, old, fever=False)
+  assert not any(r["passages"] for r in _records(tmp_path / "closed_book" / "test"))
+  assert "recall_at_k" not in figures["scores"]["closed_book"]
   assert "| RAG |" in capsys.readouterr().err
 
 

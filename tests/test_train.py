@@ -203,8 +203,8 @@ def test_join_contexts_is_hf_tokenization_of_the_whole_string(tmp_path):
               {"title": "Star", "text": "delta " * 9}]  # the last truncates the question away
   questions = ["gamma star", "king"]
   tokens, lengths = input_pipeline.tokenize_passages(passages, tok, cfg, fmt)
-  q_tokens, q_len = input_pipeline._content(tok, [" " + q for q in questions],
-                                            fmt.length - 2)  # pylint: disable=protected-access
+  q_tokens, q_len = input_pipeline._content(  # pylint: disable=protected-access
+      tok, [input_pipeline.question_part(q, cfg, fmt) for q in questions], fmt.content_length)
   rows = np.array([[0, 2], [1, 0]])
   ids, mask = step_lib.join_contexts(tokens[rows], lengths[rows], q_tokens, q_len, fmt)
   want_ids, want_mask = model.contextualize(questions, [[passages[i] for i in r] for r in rows])
@@ -276,7 +276,7 @@ def test_decoder_only_contexts_and_labels_are_the_prompts_and_answers(tmp_path):
   target = input_pipeline.TargetFormat.of(tok, gen)
   arrays = input_pipeline.tokenize_examples(
       examples, question_tokenizer=model.question_tokenizer, generator_tokenizer=tok,
-      config=cfg, fmt=fmt, target_format=target, max_question_length=8, max_target_length=5,
+      rag_config=cfg, fmt=fmt, target_format=target, max_question_length=8, max_target_length=5,
       target=lambda e: e.targets[0])
   king, queen = tok.convert_tokens_to_ids(["king", "queen"])
   np.testing.assert_array_equal(arrays["labels"], [
@@ -292,11 +292,42 @@ def test_decoder_only_contexts_and_labels_are_the_prompts_and_answers(tmp_path):
   want = model.contextualize([e.source for e in examples],
                              [[passages[i] for i in r] for r in rows])
   assert unpad(ids, mask) == unpad(*want)
-  # Closed book: no passage, the same prompt less the passage.
+  # Closed book: no passage, the question alone.
+  closed = input_pipeline.tokenize_examples(
+      examples, question_tokenizer=model.question_tokenizer, generator_tokenizer=tok,
+      rag_config=cfg, fmt=fmt, target_format=target, max_question_length=8,
+      max_target_length=5, target=lambda e: e.targets[0], closed_book=True)
   ids, mask = step_lib.join_contexts(tokens[:2, None], np.zeros((2, 1), np.int32),
-                                     arrays["question_tokens"], arrays["question_length"], fmt)
-  want = [tok(model.prompt_format(cfg.doc_sep + e.source))["input_ids"] for e in examples]
-  assert unpad(ids, mask) == want
+                                     closed["question_tokens"], closed["question_length"], fmt)
+  assert unpad(ids, mask) == unpad(*model.contextualize([e.source for e in examples], None))
+
+
+def test_smollm2_contexts_joined_in_the_step_are_its_tokens_of_each_whole_prompt(tmp_path):
+  """BPE boundaries: SmolLM2's own tokenizer, its chat template and the `:wiki` separators;
+  real articles (unicode, digits, brackets), one long enough to be truncated."""
+  # pylint: disable=import-outside-toplevel
+  from rag_jax import assets, input_pipeline, prompts, rag as rag_lib, tiny
+  directory = tiny.write(tmp_path / "m", ["who", "what"])
+  model = rag_lib.RagModel.from_parts(directory / "question_encoder",
+                                      "asset:smollm2-135m-instruct", max_combined_length=96,
+                                      title_sep=": ", doc_sep="\n\nQuestion: ")
+  tok, cfg = model.generator_tokenizer, model.config
+  prompts.use_chat_template(model, "Answer in English, in a few words.")
+  fmt = input_pipeline.context_format(tok, cfg.max_combined_length, model.prompt_format,
+                                      pad_id=model.rag.gen.pad_token_id)
+  articles = {a["title"]: a for a in assets.wiki_summaries()}
+  passages = [{"title": t, "text": " ".join(articles[t]["text"].split()[:n])} for t, n in
+              (("Mona Lisa", 40), ("Antonín Dvořák", 30), ("Albert Einstein", 200), ("1", 25))]
+  questions = ["Who painted the Mona Lisa (c. 1503)?", "Who wrote Rusalka – an opera?"]
+  tokens, lengths = input_pipeline.tokenize_passages(passages, tok, cfg, fmt)
+  q_tokens, q_len = input_pipeline._content(  # pylint: disable=protected-access
+      tok, [input_pipeline.question_part(q, cfg, fmt) for q in questions], fmt.content_length)
+  rows = np.array([[0, 2], [1, 3]])
+  ids, mask = step_lib.join_contexts(tokens[rows], lengths[rows], q_tokens, q_len, fmt)
+  unpad = lambda ids, mask: [list(np.asarray(r)[np.asarray(m) == 1]) for r, m in zip(ids, mask)]
+  want = model.contextualize(questions, [[passages[i] for i in r] for r in rows])
+  assert np.asarray(mask).sum(axis=1)[1] == fmt.length  # Einstein's passage was cut
+  assert unpad(ids, mask) == unpad(*want)
 
 
 def test_tiny_llama_learns_training_only_its_top_layer_and_closed_book_no_retriever(tmp_path):

@@ -70,9 +70,9 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
     k: passages retrieved per question in training.
     variants: the args the task accepts.
     tiny_vocab: the tiny model's vocabulary (a WordPiece vocab.txt).
-    wiki: the `:wiki` demo's `config.data` fields (over rag_jax.data.wiki_tasks) and its
-      prompt ("doc_sep", "system_prompt", "max_target_length", "eval_max_length"); None: the
-      task has no such demo.
+    wiki: the `:wiki` demo's `config.data` fields (over rag_jax.data.wiki_tasks), its prompt
+      ("doc_sep", "system_prompt"), lengths ("max_target_length", "eval_max_length") and
+      "max_test_examples" (0: all); None: the task has no such demo.
   """
   if wiki is not None:
     variants = tuple(variants) + ("wiki",)
@@ -191,7 +191,7 @@ def _wiki(c: ml_collections.ConfigDict, wiki: Dict[str, Any]) -> None:
   Instruct as the generator with its top layers trained, sized to train and evaluate on a
   2-core CPU in minutes."""
   prompt = {k: wiki.pop(k) for k in ("doc_sep", "system_prompt", "max_target_length",
-                                      "eval_max_length")}
+                                      "eval_max_length", "max_test_examples")}
   c.data.update(dict(train_split="train", eval_split="dev", test_split="test", **wiki))
   c.model.question_encoder = "asset:all-MiniLM-L6-v2"
   c.model.generator = "asset:smollm2-135m-instruct"
@@ -211,9 +211,9 @@ def _wiki(c: ml_collections.ConfigDict, wiki: Dict[str, Any]) -> None:
   c.update(dict(batch_size=4, eval_batch_size=8, learning_rate=1e-4, warmup_steps=5,
                 label_smoothing=0.0, max_grad_norm=1.0, num_train_steps=60, log_every_steps=5,
                 checkpoint_every_steps=60))
-  # No periodic eval (a step past the last): the demo scores the test split after training.
-  c.eval_every_steps = c.get_ref("num_train_steps") + 1
-  c.demo = ml_collections.ConfigDict({"max_test_examples": 64, "max_swapped_examples": 64})
+  c.eval_every_steps = 0                # the demo scores the test split after training
+  c.demo = ml_collections.ConfigDict({"max_test_examples": prompt["max_test_examples"],
+                                      "max_swapped_examples": 64})
 
 
 def qa(task: str, arg: str, *, dpr: str, tiny: str, paper: Dict[str, Dict[str, float]],
