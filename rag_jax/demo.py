@@ -96,7 +96,8 @@ def run(config, workdir) -> Dict[str, Any]:
                            split="test", train=False)
   learned = experiment.restore_params(experiment.checkpoints_in(rag_dir), start.state.params,
                                       start.mesh)
-  gold = [e.gold_titles for e in start.eval.examples]
+  # A Jeopardy example names no gold article: its source (the answer) is the article's title.
+  gold = [e.gold_titles or (e.source,) for e in start.eval.examples]
   titles = {"frozen": retrieved_titles(start, start.state.params, k),
             "learned": retrieved_titles(start, learned, k)}
   retrieval = {name: metrics.recall_at_k(found, gold, k) for name, found in titles.items()}
