@@ -33,6 +33,7 @@ from rag_jax import input_pipeline
 from rag_jax import metrics
 from rag_jax import trainer
 from rag_jax.data import wiki_tasks
+from rag_jax.index import files
 
 
 def retrieved_titles(run: experiment.Run, params, k: int) -> List[List[str]]:
@@ -127,7 +128,7 @@ def run(config, workdir) -> Dict[str, Any]:
              "hot_swap": swap,
              "final_loss": losses}
   if main:
-    (workdir / "demo.json").write_text(json.dumps(figures, indent=1))
+    files.write_json(workdir / "demo.json", figures)
     print(tables(figures), file=sys.stderr)
   return figures
 

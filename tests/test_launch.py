@@ -322,7 +322,7 @@ def test_local_variables_start_a_real_multi_host_jax_job(tmp_path):
       from jax.experimental import multihost_utils
       ids = multihost_utils.process_allgather(jnp.array([jax.process_index()]))
       print("RESULT", jax.process_index(), jax.process_count(), jax.device_count(),
-            jax.local_device_count(), ids.ravel().tolist())
+            jax.local_device_count(), ids.ravel().tolist(), flush=True)
       """)
   result = _run([LAUNCH / "local.sh", "--log-dir", tmp_path, "2", sys.executable, "-c", code],
                 timeout=120)
