@@ -250,40 +250,57 @@ def frozen_params(config, rag: rag_lib.Rag) -> Tuple[str, ...]:
 
 def is_frozen(path, frozen: Tuple[str, ...]) -> bool:
   """Whether the param at `path` (a jax key path) is under one of the `frozen` prefixes."""
-  name = "/".join(str(getattr(key, "key", getattr(key, "name", key))) for key in path)
+  name = _path_name(path)
   return any(name == f or name.startswith(f + "/") for f in frozen)
 
 
+def _path_name(path) -> str:
+  """"question_encoder/encoder/layer_0/..." for a jax key path."""
+  return "/".join(str(getattr(key, "key", getattr(key, "name", key))) for key in path)
+
+
 def make_optimizer(config, frozen: Tuple[str, ...] = ()) -> optax.GradientTransformation:
-  """AdamW with linear warmup, then linear or cosine decay to 0 by `num_train_steps`, and
-  global-norm clipping. config: learning_rate, warmup_steps, num_train_steps, decay
-  ("linear" | "cosine" | "constant"), weight_decay, max_grad_norm, adam_b1, adam_b2, adam_eps.
+  """Global-norm clipping, then AdamW with linear warmup and linear or cosine decay to 0 by
+  `num_train_steps`. config: learning_rate, question_encoder_lr_scale (the query encoder's
+  rate is learning_rate times it), warmup_steps, num_train_steps, decay ("linear" | "cosine"
+  | "constant"), weight_decay, max_grad_norm, adam_b1, adam_b2, adam_eps.
 
   The `frozen` params (`frozen_params`) are frozen by construction: `optax.multi_transform`
   gives them zero updates (no weight decay, no optimizer state), so they stay bit for bit.
+  Their gradients are zero (the step stops them), so the clipping norm is the trained params'.
   """
-  decay_steps = max(1, config.num_train_steps - config.warmup_steps)
-  warmup = optax.linear_schedule(0.0, config.learning_rate, max(1, config.warmup_steps))
-  decays = {
-      "linear": optax.linear_schedule(config.learning_rate, 0.0, decay_steps),
-      "cosine": optax.cosine_decay_schedule(config.learning_rate, decay_steps),
-      "constant": optax.constant_schedule(config.learning_rate),
-  }
-  if config.decay not in decays:
-    raise ValueError(f"decay must be one of {sorted(decays)}, got {config.decay!r}")
-  schedule = optax.join_schedules([warmup, decays[config.decay]], [config.warmup_steps])
-  tx = optax.chain(
-      optax.clip_by_global_norm(config.max_grad_norm),
-      optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                  weight_decay=config.weight_decay))
-  if not frozen:
-    return tx
+  if config.decay not in ("linear", "cosine", "constant"):
+    raise ValueError(f"decay must be one of ['constant', 'cosine', 'linear'], got "
+                     f"{config.decay!r}")
+
+  def adamw(peak: float) -> optax.GradientTransformation:
+    decay_steps = max(1, config.num_train_steps - config.warmup_steps)
+    decay = {"linear": lambda: optax.linear_schedule(peak, 0.0, decay_steps),
+             "cosine": lambda: optax.cosine_decay_schedule(peak, decay_steps),
+             "constant": lambda: optax.constant_schedule(peak)}[config.decay]()
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, max(1, config.warmup_steps)), decay],
+        [config.warmup_steps])
+    return optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
+                       weight_decay=config.weight_decay)
+
+  clip = optax.clip_by_global_norm(config.max_grad_norm)
+  scale = config.get("question_encoder_lr_scale", 1.0)
+  if not frozen and scale == 1.0:
+    return optax.chain(clip, adamw(config.learning_rate))
+
+  def label(path, _) -> str:
+    if is_frozen(path, frozen):
+      return "frozen"
+    own_rate = scale != 1.0 and _path_name(path[:1]) == "question_encoder"
+    return "question_encoder" if own_rate else "trained"
   # A boxed param (the abstract state, whose shardings come from its logical axes) is
   # labelled whole, so that its box stays around its value or is masked with it.
   labels = lambda params: jax.tree_util.tree_map_with_path(
-      lambda path, _: "frozen" if is_frozen(path, frozen) else "trained", params,
-      is_leaf=lambda x: isinstance(x, nn.Partitioned))
-  return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()}, labels)
+      label, params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  return optax.chain(clip, optax.multi_transform(
+      {"trained": adamw(config.learning_rate), "frozen": optax.set_to_zero(),
+       "question_encoder": adamw(config.learning_rate * scale)}, labels))
 
 
 def create_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:

@@ -357,3 +357,46 @@ def test_tiny_llama_learns_training_only_its_top_layer_and_closed_book_no_retrie
     records = [json.loads(l) for l in
                (workdir / "eval" / "step_24" / "predictions.jsonl").read_text().splitlines()]
     assert all(bool(r["passages"]) == (mode == "device") for r in records)
+
+
+def test_optimizer_scales_the_query_encoders_rate_clips_globally_and_freezes():
+  """make_optimizer against optax's own clip + AdamW per part: the query encoder's updates are
+  those of learning_rate * question_encoder_lr_scale, the clipping norm is over every trained
+  gradient, and a frozen prefix gets no update."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  config = ml_collections.ConfigDict(dict(
+      learning_rate=1e-2, question_encoder_lr_scale=0.1, warmup_steps=2, num_train_steps=6,
+      decay="linear", weight_decay=0.01, max_grad_norm=0.5, adam_b1=0.9, adam_b2=0.999,
+      adam_eps=1e-8))
+  rng = np.random.default_rng(0)
+  normal = lambda *shape: rng.normal(size=shape).astype(np.float32)
+  params = {"question_encoder": {"w": normal(3, 2)},
+            "generator": {"top": normal(4), "embed": normal(5)}}
+  grads = [jax.tree.map(lambda p: normal(*p.shape), params) for _ in range(4)]
+  for g in grads:
+    g["generator"]["embed"] = np.zeros(5, np.float32)  # the step stops a frozen one's gradient
+
+  def reference(lr, part):
+    sched = optax.join_schedules([optax.linear_schedule(0.0, lr, 2),
+                                  optax.linear_schedule(lr, 0.0, 4)], [2])
+    adam = optax.adamw(sched, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
+    state, p, out = adam.init(params[part]), params[part], []
+    for g in grads:
+      norm = np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(g)))
+      clipped = jax.tree.map(lambda x, n=norm: x * min(1.0, 0.5 / n), g[part])
+      updates, state = adam.update(clipped, state, p)
+      p = optax.apply_updates(p, updates)
+    return p
+
+  tx = step_lib.make_optimizer(config, frozen=("generator/embed",))
+  state, p = tx.init(params), params
+  for g in grads:
+    updates, state = tx.update(g, state, p)
+    p = optax.apply_updates(p, updates)
+  np.testing.assert_allclose(p["question_encoder"]["w"], reference(1e-3, "question_encoder")["w"],
+                             rtol=1e-6)
+  np.testing.assert_allclose(p["generator"]["top"], reference(1e-2, "generator")["top"],
+                             rtol=1e-6)
+  np.testing.assert_array_equal(p["generator"]["embed"], params["generator"]["embed"])
+  assert not np.allclose(p["question_encoder"]["w"], reference(1e-2, "question_encoder")["w"])

@@ -115,6 +115,9 @@ def test_fever_labels_are_balanced(root):
   for split in SPLITS:
     labels = collections.Counter(e.label for e in _fever(root, split))
     assert set(labels) == set(fever.LABELS) and len(set(labels.values())) == 1, (split, labels)
+    # Interleaved, so that a file's first 3m claims (max_eval_examples) are balanced too.
+    order = [e.label for e in _fever(root, split)]
+    assert order == list(fever.LABELS) * (len(order) // 3), split
 
 
 def test_jeopardy_clues_hold_no_word_of_the_title(root, texts):

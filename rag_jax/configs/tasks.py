@@ -136,6 +136,7 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
   # Optimisation (HF's RAG recipe).
   c.batch_size = 8                      # global: split over the mesh's data axes
   c.learning_rate = 3e-5
+  c.question_encoder_lr_scale = 1.0     # the query encoder's rate: learning_rate times this
   c.warmup_steps = 500
   c.decay = "linear"
   c.weight_decay = 0.001

@@ -38,8 +38,9 @@ as `read_jsonl` splits articles), id `{n}-{chunk}` with n the article's 1-based 
 `wiki_summaries()` (the ids `--articles asset:wiki-summaries-en` gives). 9,541 articles,
 11,735 passages.
 
-FEVER (labels balanced in each split: each label is cut, in hash order, to the rarest's count;
-evidence names the article's page, so `gold_titles` is its title):
+FEVER (labels balanced in each split: each label is cut, in hash order, to the rarest's count,
+and the file interleaves them, SUPPORTS, REFUTES, NOT ENOUGH INFO in turn, so that its first 3m
+claims are balanced too; evidence names the article's page, so `gold_titles` is its title):
   * SUPPORTS: a sentence of the lead, as it is, that names the subject and has 6 to 50 words:
     one per article, chosen by hash.
   * REFUTES: such a sentence that holds a value, with one value (chosen by hash) replaced by
@@ -620,11 +621,12 @@ def derive(raw: Optional[Sequence[dict]] = None) -> Tasks:
   fever_claims = {}
   for split in SPLITS:
     n = min(len(claims[split][label]) for label in fever.LABELS)
-    chosen = []
-    for label in fever.LABELS:
-      ranked = sorted(claims[split][label], key=lambda c: _hash(label, c[0].title, c[1]))
-      chosen += [(label, *c) for c in ranked[:n]]
-    fever_claims[split] = sorted(chosen, key=lambda c: _hash(c[0], c[1].title, c[2]))
+    ranked = [[(label, *c) for c in sorted(claims[split][label],
+                                           key=lambda c, l=label: _hash(l, c[0].title, c[1]))[:n]]
+              for label in fever.LABELS]
+    # Interleaved (one of each label in turn), so that the first 3m claims of a file are a
+    # balanced subset: what `data.max_eval_examples` takes.
+    fever_claims[split] = [c for triple in zip(*ranked) for c in triple]
 
   questions = {split: [] for split in SPLITS}
   clues = {split: [] for split in SPLITS}
