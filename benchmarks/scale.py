@@ -154,7 +154,9 @@ def vectors(num: int, dim: int, stream: int = 0, count: Optional[int] = None) ->
   count = num if count is None else count
   centres = _subtopics(dim, topics(num))
   offsets = _basis(_rotation(dim), OFFSET_SPECTRUM)
-  out = np.empty((count, dim), np.float32)
+  from rag_jax.index import embed  # pylint: disable=import-outside-toplevel
+  # Aligned as a loaded index's vectors are, so that exact searches them in place on the CPU.
+  out = embed.aligned_empty((count, dim), np.float32)
   for block, start in enumerate(range(0, count, BLOCK)):
     rng = np.random.default_rng((SEED, dim, 2 + stream, num, block))
     rows = min(BLOCK, count - start)

@@ -55,6 +55,11 @@ def get_config(arg: str = ""):
                 system_prompt="Is the claim true, false, or unknown from the passage? "
                               "Answer in one word.",
                 max_target_length=4, eval_max_length=4,
-                # Every test claim (one output token each), so the labels stay balanced.
-                max_test_examples=0))
+                # The first 96 test claims (32 of each label: the files interleave them),
+                # and 24 of the 49 whose label the hot swap flips: within 15 minutes.
+                max_test_examples=96, max_swapped_examples=24,
+                # One label token learns slowly at 1e-4, and at 1e-3 the query encoder
+                # collapses to one passage for every claim: the generator's top layers at
+                # 1e-3, the query encoder at 1e-5.
+                learning_rate=1e-3, question_encoder_lr_scale=0.01))
   return c

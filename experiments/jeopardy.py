@@ -37,4 +37,6 @@ def get_config(arg: str = ""):
       wiki=dict(kind="jeopardy", path="wiki-tasks:jeopardy", doc_sep="\n\nAnswer: ",
                 system_prompt="Write a Jeopardy! clue whose answer is the one given.",
                 max_target_length=40, eval_max_length=40,
-                max_test_examples=32))  # clues of up to 40 tokens: the slowest to decode
+                # Clues of up to 40 tokens are the slowest to decode: 32 test clues, and
+                # the hot swap on the first 24 of its 42.
+                max_test_examples=32, max_swapped_examples=24))

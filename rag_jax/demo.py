@@ -21,7 +21,7 @@ It prints the tables (markdown) and writes them with every figure to WORKDIR/dem
 import json
 import pathlib
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import jax
 import numpy as np
@@ -46,6 +46,15 @@ def retrieved_titles(run: experiment.Run, params, k: int) -> List[List[str]]:
     for row in distributed.to_host(batch["doc_ids"]):
       titles.append([run.index.passages[int(i)]["title"] for i in row if i >= 0])
   return titles[:n]
+
+
+def gold_articles(kind: str, examples) -> List[Tuple[str, ...]]:
+  """The titles recall@k looks for, per example: its gold titles; a Jeopardy example names
+  none, but its source (the answer) is the article's title. A FEVER claim of NOT ENOUGH
+  INFO has none, and recall@k leaves it out."""
+  if kind == "jeopardy":
+    return [e.gold_titles or (e.source,) for e in examples]
+  return [tuple(e.gold_titles) for e in examples]
 
 
 def _records(directory: pathlib.Path) -> List[Dict[str, Any]]:
@@ -97,8 +106,7 @@ def run(config, workdir) -> Dict[str, Any]:
                            split="test", train=False)
   learned = experiment.restore_params(experiment.checkpoints_in(rag_dir), start.state.params,
                                       start.mesh)
-  # A Jeopardy example names no gold article: its source (the answer) is the article's title.
-  gold = [e.gold_titles or (e.source,) for e in start.eval.examples]
+  gold = gold_articles(config.data.kind, start.eval.examples)
   titles = {"frozen": retrieved_titles(start, start.state.params, k),
             "learned": retrieved_titles(start, learned, k)}
   retrieval = {name: metrics.recall_at_k(found, gold, k) for name, found in titles.items()}

@@ -33,6 +33,15 @@ def test_follows_counts_outputs_that_give_the_changed_fact():
   assert demo.follows(records, old, fever=False) == 0.0
 
 
+def test_gold_articles_are_the_gold_titles_or_a_clues_answer():
+  from rag_jax.data import Example  # pylint: disable=import-outside-toplevel
+  claims = [Example("1", "Oslo is in Norway.", ("true",), ("Oslo",)),
+            Example("2", "Atlantis sank.", ("unknown",))]  # NOT ENOUGH INFO: no article
+  assert demo.gold_articles("fever", claims) == [("Oslo",), ()]
+  clues = [Example("3", "Oslo", ("This capital ...",))]
+  assert demo.gold_articles("jeopardy", clues) == [("Oslo",)]
+
+
 def test_tiny_demo_trains_both_models_and_measures_every_table(tmp_path, capsys):
   """nq.py:wiki with a tiny DPR + Llama in place of MiniLM + SmolLM2: the real derived tasks,
   indexes and hot swap, a few steps."""

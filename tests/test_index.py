@@ -116,6 +116,23 @@ def _copy(built, tmp_path):
   return dst
 
 
+def test_loaded_vectors_are_searched_in_place_on_the_cpu(built):
+  """load_embeddings aligns its array for XLA:CPU, so the exact backend's device chunks are
+  that memory, not a second copy of the vectors; a misaligned array is copied."""
+  directory, _, manifest = built
+  vectors = embed.load_embeddings(directory / "embeddings", manifest["count"], manifest["dim"],
+                                  manifest["dtype"], manifest["shard_size"])
+  misaligned = np.empty(vectors.size * 4 + 2 * embed.ALIGN, np.uint8)
+  start = -misaligned.ctypes.data % embed.ALIGN + 16
+  misaligned = misaligned[start:start + vectors.size * 4].view(np.float32).reshape(vectors.shape)
+  misaligned[...] = vectors
+  for array, shared in ((vectors, True), (misaligned, False)):
+    index = search_lib.ExactSearch(array, chunk_size=8)._index  # pylint: disable=protected-access
+    assert len(index.embeddings) > 1
+    starts = [array[i:].ctypes.data for i in range(0, len(array), index.chunk_rows)]
+    assert ([c.unsafe_buffer_pointer() for c in index.embeddings] == starts) == shared
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / "manifest.json").write_text(json.dumps(
         {**json.loads((d / "manifest.json").read_text()), "format_version": 99})),

@@ -191,6 +191,21 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pat
   assert saved and saved[-1] < bad
 
 
+def _joined(passages, questions, rows, tok, cfg, fmt):
+  """The step's contexts (join_contexts) of `questions`, question i with the passages of
+  rows[i]: (ids, mask)."""
+  from rag_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  tokens, lengths = input_pipeline.tokenize_passages(passages, tok, cfg, fmt)
+  q_tokens, q_len = input_pipeline._content(  # pylint: disable=protected-access
+      tok, [input_pipeline.question_part(q, cfg, fmt) for q in questions], fmt.content_length)
+  return step_lib.join_contexts(tokens[rows], lengths[rows], q_tokens, q_len, fmt)
+
+
+def _unpad(ids, mask):
+  """Each row's tokens under its mask."""
+  return [list(np.asarray(r)[np.asarray(m) == 1]) for r, m in zip(ids, mask)]
+
+
 def test_join_contexts_is_hf_tokenization_of_the_whole_string(tmp_path):
   from rag_jax import input_pipeline, rag as rag_lib, tiny  # pylint: disable=import-outside-toplevel
   words = "alpha beta gamma delta river king queen star".split() + ["/"]
@@ -202,11 +217,8 @@ def test_join_contexts_is_hf_tokenization_of_the_whole_string(tmp_path):
   passages = [{"title": "Alpha", "text": "beta gamma"}, {"title": "River king", "text": "queen"},
               {"title": "Star", "text": "delta " * 9}]  # the last truncates the question away
   questions = ["gamma star", "king"]
-  tokens, lengths = input_pipeline.tokenize_passages(passages, tok, cfg, fmt)
-  q_tokens, q_len = input_pipeline._content(  # pylint: disable=protected-access
-      tok, [input_pipeline.question_part(q, cfg, fmt) for q in questions], fmt.content_length)
   rows = np.array([[0, 2], [1, 0]])
-  ids, mask = step_lib.join_contexts(tokens[rows], lengths[rows], q_tokens, q_len, fmt)
+  ids, mask = _joined(passages, questions, rows, tok, cfg, fmt)
   want_ids, want_mask = model.contextualize(questions, [[passages[i] for i in r] for r in rows])
   np.testing.assert_array_equal(np.asarray(ids), want_ids)
   np.testing.assert_array_equal(np.asarray(mask), want_mask)
@@ -284,14 +296,13 @@ def test_decoder_only_contexts_and_labels_are_the_prompts_and_answers(tmp_path):
       [gen.start_token_id, gen.eos_token_id, gen.pad_token_id, gen.pad_token_id,
        gen.pad_token_id]])
   tokens, lengths = input_pipeline.tokenize_passages(passages, tok, cfg, fmt)
-  unpad = lambda ids, mask: [list(np.asarray(r)[np.asarray(m) == 1]) for r, m in zip(ids, mask)]
   rows = np.array([[0, 2], [1, 0]])
   ids, mask = step_lib.join_contexts(tokens[rows], lengths[rows], arrays["question_tokens"],
                                      arrays["question_length"], fmt)
   assert (np.asarray(mask)[:, 0] == 1).all()  # right-padded
   want = model.contextualize([e.source for e in examples],
                              [[passages[i] for i in r] for r in rows])
-  assert unpad(ids, mask) == unpad(*want)
+  assert _unpad(ids, mask) == _unpad(*want)
   # Closed book: no passage, the question alone.
   closed = input_pipeline.tokenize_examples(
       examples, question_tokenizer=model.question_tokenizer, generator_tokenizer=tok,
@@ -299,7 +310,7 @@ def test_decoder_only_contexts_and_labels_are_the_prompts_and_answers(tmp_path):
       max_target_length=5, target=lambda e: e.targets[0], closed_book=True)
   ids, mask = step_lib.join_contexts(tokens[:2, None], np.zeros((2, 1), np.int32),
                                      closed["question_tokens"], closed["question_length"], fmt)
-  assert unpad(ids, mask) == unpad(*model.contextualize([e.source for e in examples], None))
+  assert _unpad(ids, mask) == _unpad(*model.contextualize([e.source for e in examples], None))
 
 
 def test_smollm2_contexts_joined_in_the_step_are_its_tokens_of_each_whole_prompt(tmp_path):
@@ -319,15 +330,11 @@ def test_smollm2_contexts_joined_in_the_step_are_its_tokens_of_each_whole_prompt
   passages = [{"title": t, "text": " ".join(articles[t]["text"].split()[:n])} for t, n in
               (("Mona Lisa", 40), ("Antonín Dvořák", 30), ("Albert Einstein", 200), ("1", 25))]
   questions = ["Who painted the Mona Lisa (c. 1503)?", "Who wrote Rusalka – an opera?"]
-  tokens, lengths = input_pipeline.tokenize_passages(passages, tok, cfg, fmt)
-  q_tokens, q_len = input_pipeline._content(  # pylint: disable=protected-access
-      tok, [input_pipeline.question_part(q, cfg, fmt) for q in questions], fmt.content_length)
   rows = np.array([[0, 2], [1, 3]])
-  ids, mask = step_lib.join_contexts(tokens[rows], lengths[rows], q_tokens, q_len, fmt)
-  unpad = lambda ids, mask: [list(np.asarray(r)[np.asarray(m) == 1]) for r, m in zip(ids, mask)]
+  ids, mask = _joined(passages, questions, rows, tok, cfg, fmt)
   want = model.contextualize(questions, [[passages[i] for i in r] for r in rows])
   assert np.asarray(mask).sum(axis=1)[1] == fmt.length  # Einstein's passage was cut
-  assert unpad(ids, mask) == unpad(*want)
+  assert _unpad(ids, mask) == _unpad(*want)
 
 
 def test_tiny_llama_learns_training_only_its_top_layer_and_closed_book_no_retriever(tmp_path):

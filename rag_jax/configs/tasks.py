@@ -71,8 +71,10 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
     variants: the args the task accepts.
     tiny_vocab: the tiny model's vocabulary (a WordPiece vocab.txt).
     wiki: the `:wiki` demo's `config.data` fields (over rag_jax.data.wiki_tasks), its prompt
-      ("doc_sep", "system_prompt"), lengths ("max_target_length", "eval_max_length") and
-      "max_test_examples" (0: all); None: the task has no such demo.
+      ("doc_sep", "system_prompt"), lengths ("max_target_length", "eval_max_length"),
+      "max_test_examples" (0: all) and optionally "max_swapped_examples" (default 64),
+      "learning_rate" (default 1e-4) and "question_encoder_lr_scale" (default 1); None: the
+      task has no such demo.
   """
   if wiki is not None:
     variants = tuple(variants) + ("wiki",)
@@ -193,6 +195,10 @@ def _wiki(c: ml_collections.ConfigDict, wiki: Dict[str, Any]) -> None:
   2-core CPU in minutes."""
   prompt = {k: wiki.pop(k) for k in ("doc_sep", "system_prompt", "max_target_length",
                                       "eval_max_length", "max_test_examples")}
+  demo = {"max_test_examples": prompt.pop("max_test_examples"),
+          "max_swapped_examples": wiki.pop("max_swapped_examples", 64)}
+  optimizer = {"learning_rate": wiki.pop("learning_rate", 1e-4),
+               "question_encoder_lr_scale": wiki.pop("question_encoder_lr_scale", 1.0)}
   c.data.update(dict(train_split="train", eval_split="dev", test_split="test", **wiki))
   c.model.question_encoder = "asset:all-MiniLM-L6-v2"
   c.model.generator = "asset:smollm2-135m-instruct"
@@ -209,12 +215,11 @@ def _wiki(c: ml_collections.ConfigDict, wiki: Dict[str, Any]) -> None:
   c.eval_paper = {"token": {"k": 3, "decoding": "greedy"},
                   "sequence": {"k": 3, "decoding": "thorough"}}
   c.eval_num_beams = 1
-  c.update(dict(batch_size=4, eval_batch_size=8, learning_rate=1e-4, warmup_steps=5,
-                label_smoothing=0.0, max_grad_norm=1.0, num_train_steps=60, log_every_steps=5,
-                checkpoint_every_steps=60))
+  c.update(dict(batch_size=4, eval_batch_size=8, warmup_steps=5, label_smoothing=0.0,
+                max_grad_norm=1.0, num_train_steps=60, log_every_steps=5,
+                checkpoint_every_steps=60, **optimizer))
   c.eval_every_steps = 0                # the demo scores the test split after training
-  c.demo = ml_collections.ConfigDict({"max_test_examples": prompt["max_test_examples"],
-                                      "max_swapped_examples": 64})
+  c.demo = ml_collections.ConfigDict(demo)
 
 
 def qa(task: str, arg: str, *, dpr: str, tiny: str, paper: Dict[str, Dict[str, float]],

@@ -32,6 +32,7 @@ from rag_jax.index.corpus import PassageStore
 
 DTYPES = ("float32", "float16", "bfloat16")
 TOKENIZE_CHUNK = 4096  # passages tokenized per tokenizer call (see `_tokenize_pairs`)
+ALIGN = 64  # bytes: the alignment XLA:CPU needs to use a host buffer as it is
 
 
 class EmbedError(ValueError):
@@ -152,11 +153,24 @@ def _tokenize_pairs(encoder: TextEncoder, rows: List[dict]) -> List[np.ndarray]:
   return ids
 
 
+def aligned_empty(shape, dtype) -> np.ndarray:
+  """`np.empty`, its data aligned to ALIGN bytes. On a CPU backend `jax.device_put` of such an
+  array (or of a row slice, when a row is a multiple of ALIGN bytes) shares its memory; of
+  a misaligned one (a large `np.empty` is 16 bytes past a page), it copies: a second copy
+  of an index's vectors beside the host's."""
+  dtype = np.dtype(dtype)
+  size = int(np.prod(shape)) * dtype.itemsize
+  raw = np.empty(size + ALIGN, np.uint8)
+  start = -raw.ctypes.data % ALIGN
+  return raw[start:start + size].view(dtype).reshape(shape)
+
+
 def load_embeddings(directory, count: int, dim: int, dtype: str, shard_size: int) -> np.ndarray:
-  """All shards of a finished build as one float32 [count, dim] array; a missing, truncated or
+  """All shards of a finished build as one float32 [count, dim] array (`aligned_empty`, so
+  that an on-device backend on the CPU searches it in place); a missing, truncated or
   misshapen shard is an EmbedError naming the file."""
   directory = pathlib.Path(directory)
-  out = np.empty((count, dim), np.float32)
+  out = aligned_empty((count, dim), np.float32)
   for j in range(-(-count // shard_size)):
     lo, hi = j * shard_size, min(count, (j + 1) * shard_size)
     path = directory / shard_name(j)
