@@ -68,6 +68,7 @@ import time
 import numpy as np
 
 from rag_jax import assets
+from rag_jax.index import embed
 from rag_jax.index import files
 from rag_jax.index import search
 
@@ -116,7 +117,9 @@ def split_queries(vectors: np.ndarray, num_queries: int, rng: np.random.Generato
   keep[held] = False
   noise = rng.normal(0.0, NOISE_STD, (num_queries, vectors.shape[1])).astype(np.float32)
   queries = _normalise(vectors[held] + noise).astype(np.float32)
-  return np.ascontiguousarray(vectors[keep]), queries
+  indexed = embed.aligned_empty((int(keep.sum()), vectors.shape[1]), np.float32)
+  indexed[...] = vectors[keep]  # aligned as a loaded index is (exact searches it in place)
+  return indexed, queries
 
 
 def load_glove(rows: int = 0) -> np.ndarray:

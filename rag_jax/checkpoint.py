@@ -37,6 +37,15 @@ class Manager:
     step = self._manager.latest_step()
     if step is None:
       return None
+    # orbax restores a tree with other arrays than the checkpoint's without a word (a param
+    # frozen since, say, whose optimizer state the checkpoint lacks, comes back as None).
+    saved = len(jax.tree.leaves(self._manager.item_metadata(step)["state"].tree))
+    if saved != len(jax.tree.leaves(state)):
+      raise ValueError(
+          f"{self._manager.directory}: the checkpoint of step {step} holds {saved} arrays and "
+          f"this run's state {len(jax.tree.leaves(state))}: it was written with another model "
+          "or optimizer (which params are frozen changes the optimizer's state); use a new "
+          "workdir, or start one from its params with --config.init=THAT_WORKDIR")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract)))

@@ -53,7 +53,7 @@ def gold_articles(kind: str, examples) -> List[Tuple[str, ...]]:
   none, but its source (the answer) is the article's title. A FEVER claim of NOT ENOUGH
   INFO has none, and recall@k leaves it out."""
   if kind == "jeopardy":
-    return [e.gold_titles or (e.source,) for e in examples]
+    return [tuple(e.gold_titles) or (e.source,) for e in examples]
   return [tuple(e.gold_titles) for e in examples]
 
 

@@ -284,23 +284,25 @@ def make_optimizer(config, frozen: Tuple[str, ...] = ()) -> optax.GradientTransf
     return optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
                        weight_decay=config.weight_decay)
 
-  clip = optax.clip_by_global_norm(config.max_grad_norm)
   scale = config.get("question_encoder_lr_scale", 1.0)
-  if not frozen and scale == 1.0:
-    return optax.chain(clip, adamw(config.learning_rate))
+  if not (np.isfinite(scale) and scale >= 0):
+    raise ValueError(f"question_encoder_lr_scale must be finite and >= 0, got {scale!r}")
 
+  # The same groups whatever is frozen or scaled, so that the state's layout depends only on
+  # which params are frozen (see checkpoint.Manager.restore_latest).
   def label(path, _) -> str:
     if is_frozen(path, frozen):
       return "frozen"
-    own_rate = scale != 1.0 and _path_name(path[:1]) == "question_encoder"
-    return "question_encoder" if own_rate else "trained"
+    return "question_encoder" if _path_name(path[:1]) == "question_encoder" else "trained"
   # A boxed param (the abstract state, whose shardings come from its logical axes) is
   # labelled whole, so that its box stays around its value or is masked with it.
   labels = lambda params: jax.tree_util.tree_map_with_path(
       label, params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-  return optax.chain(clip, optax.multi_transform(
-      {"trained": adamw(config.learning_rate), "frozen": optax.set_to_zero(),
-       "question_encoder": adamw(config.learning_rate * scale)}, labels))
+  return optax.chain(
+      optax.clip_by_global_norm(config.max_grad_norm),
+      optax.multi_transform({"trained": adamw(config.learning_rate),
+                             "question_encoder": adamw(config.learning_rate * scale),
+                             "frozen": optax.set_to_zero()}, labels))
 
 
 def create_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:

@@ -87,3 +87,10 @@ def test_every_wiki_demo_config_is_valid_and_uses_the_embedded_assets():
         "asset:all-MiniLM-L6-v2"), task
     assert config.data.path.startswith("wiki-tasks:") and config.retrieval.cache_index, task
     assert 0 < config.model.train_generator_layers < 30 and "demo" in config, task
+  # What each task's `wiki` dict sets beyond the defaults (configs/tasks.py, `_wiki`).
+  fever, nq = task_config("fever", "wiki"), task_config("nq", "wiki")
+  assert (fever.learning_rate, fever.question_encoder_lr_scale) == (1e-3, 0.01)
+  assert (fever.demo.max_test_examples, fever.demo.max_swapped_examples) == (96, 24)
+  assert (nq.learning_rate, nq.question_encoder_lr_scale, nq.demo.max_swapped_examples) == (
+      1e-4, 1.0, 64)
+  assert task_config("jeopardy", "wiki").demo.max_swapped_examples == 24

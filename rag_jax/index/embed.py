@@ -157,7 +157,8 @@ def aligned_empty(shape, dtype) -> np.ndarray:
   """`np.empty`, its data aligned to ALIGN bytes. On a CPU backend `jax.device_put` of such an
   array (or of a row slice, when a row is a multiple of ALIGN bytes) shares its memory; of
   a misaligned one (a large `np.empty` is 16 bytes past a page), it copies: a second copy
-  of an index's vectors beside the host's."""
+  of an index's vectors beside the host's. Shared, the array must not be written once a
+  backend holds it."""
   dtype = np.dtype(dtype)
   size = int(np.prod(shape)) * dtype.itemsize
   raw = np.empty(size + ALIGN, np.uint8)
