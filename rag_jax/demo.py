@@ -21,6 +21,7 @@ It prints the tables (markdown) and writes them with every figure to WORKDIR/dem
 import json
 import pathlib
 import sys
+import time
 from typing import Any, Dict, List, Tuple
 
 import jax
@@ -81,6 +82,7 @@ def follows(records: List[Dict[str, Any]], old: Dict[str, List[str]], fever: boo
 
 def run(config, workdir) -> Dict[str, Any]:
   """The demo of a `:wiki` config (the module docstring); returns its figures."""
+  started = time.time()
   workdir = experiment.prepare_workdir(workdir)
   d = config.demo
   rag_dir, closed_dir = workdir / "rag", workdir / "closed_book"
@@ -134,7 +136,9 @@ def run(config, workdir) -> Dict[str, Any]:
              "train_steps": config.num_train_steps, "batch_size": config.batch_size,
              "scores": scores, "recall_at_k": retrieval, "k": k, "retrieved_titles": titles,
              "hot_swap": swap,
-             "final_loss": losses}
+             "final_loss": losses,
+             # This invocation's: a resumed demo skips the runs that finished.
+             "wall_seconds": time.time() - started}
   if main:
     files.write_json(workdir / "demo.json", figures)
     print(tables(figures), file=sys.stderr)
@@ -144,8 +148,9 @@ def run(config, workdir) -> Dict[str, Any]:
 def tables(f: Dict[str, Any]) -> str:
   """The demo's three tables, markdown."""
   metric, s = f["metric"], f["scores"]
+  minutes, seconds = divmod(round(f["wall_seconds"]), 60)
   lines = [f"## {f['task']}:wiki, test split ({f['test_examples']} examples; "
-           f"{f['train_steps']} steps of {f['batch_size']})", "",
+           f"{f['train_steps']} steps of {f['batch_size']}; {minutes} min {seconds} s)", "",
            f"| model | {metric} | final train loss |", "|---|---|---|"]
   for name, label in (("rag", "RAG"), ("closed_book", "closed book, trained the same way")):
     loss = f["final_loss"][name]

@@ -74,7 +74,10 @@ def test_tiny_demo_trains_both_models_and_measures_every_table(tmp_path, capsys)
     assert figures["hot_swap"][when] == demo.follows(records, old, fever=False)
   assert not any(r["passages"] for r in _records(tmp_path / "closed_book" / "test"))
   assert "recall_at_k" not in figures["scores"]["closed_book"]
-  assert "| RAG |" in capsys.readouterr().err
+  printed = capsys.readouterr().err
+  assert "| RAG |" in printed and 0 < figures["wall_seconds"] < 3600
+  minutes, seconds = divmod(round(figures["wall_seconds"]), 60)
+  assert f"4 steps of 4; {minutes} min {seconds} s)" in printed
 
 
 def test_every_wiki_demo_config_is_valid_and_uses_the_embedded_assets():
