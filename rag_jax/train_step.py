@@ -269,15 +269,14 @@ def make_optimizer(config, frozen: Tuple[str, ...] = ()) -> optax.GradientTransf
   gives them zero updates (no weight decay, no optimizer state), so they stay bit for bit.
   Their gradients are zero (the step stops them), so the clipping norm is the trained params'.
   """
-  if config.decay not in ("linear", "cosine", "constant"):
-    raise ValueError(f"decay must be one of ['constant', 'cosine', 'linear'], got "
-                     f"{config.decay!r}")
+  decays = {"linear": lambda peak, steps: optax.linear_schedule(peak, 0.0, steps),
+            "cosine": optax.cosine_decay_schedule,
+            "constant": lambda peak, steps: optax.constant_schedule(peak)}
+  if config.decay not in decays:
+    raise ValueError(f"decay must be one of {sorted(decays)}, got {config.decay!r}")
 
   def adamw(peak: float) -> optax.GradientTransformation:
-    decay_steps = max(1, config.num_train_steps - config.warmup_steps)
-    decay = {"linear": lambda: optax.linear_schedule(peak, 0.0, decay_steps),
-             "cosine": lambda: optax.cosine_decay_schedule(peak, decay_steps),
-             "constant": lambda: optax.constant_schedule(peak)}[config.decay]()
+    decay = decays[config.decay](peak, max(1, config.num_train_steps - config.warmup_steps))
     schedule = optax.join_schedules(
         [optax.linear_schedule(0.0, peak, max(1, config.warmup_steps)), decay],
         [config.warmup_steps])
