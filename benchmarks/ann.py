@@ -69,7 +69,7 @@ import numpy as np
 
 from rag_jax import assets
 from rag_jax.index import embed
-from rag_jax.index import files
+from rag_jax import files
 from rag_jax.index import search
 
 K = 10

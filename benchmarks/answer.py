@@ -36,7 +36,8 @@ CONTESTANTS = ("hf_greedy", "rag_jax_greedy", "rag_jax_rag_token")
 
 def _answerer(questions: int):
   """The default config's Answerer, the benchmark's questions and (for RAG-Token) their hits."""
-  from rag_jax import answering, ask  # pylint: disable=import-outside-toplevel
+  from rag_jax.ask import answering  # pylint: disable=import-outside-toplevel
+  from rag_jax.ask import __main__ as ask  # pylint: disable=import-outside-toplevel
   from rag_jax.configs import wiki  # pylint: disable=import-outside-toplevel
   config = wiki.get_config()
   config.questions = [d["question"] for d in ask.read_dev(DEV)[:questions]]

@@ -146,7 +146,7 @@ def _train_inputs(jnp, s: dict, batch: int):
 
 def train(jax, jnp, s: dict, card: dict, steps: int):
   import optax  # pylint: disable=import-outside-toplevel
-  from rag_jax import train_step as step_lib  # pylint: disable=import-outside-toplevel
+  from rag_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
   rag, init = _rag_model(jax, jnp, s)
   tx = optax.adamw(1e-5, weight_decay=0.01)
   for batch in s["batches"]:

@@ -10,7 +10,7 @@ bart-base weights (`rag_jax.tiny` writes them; speed does not depend on their va
 - step: the `Run`'s own jitted step (the library's `train_step`) called back to back on one
   batch already gathered, retrieved and placed: nothing but the step; timed before and after
   the loop (steps/2 each), the mean kept, so that a drift of the machine's speed hits both;
-- loop: `trainer.train_and_evaluate` on the same `Run` (the same compiled step) for `steps`
+- loop: `loop.train_and_evaluate` on the same `Run` (the same compiled step) for `steps`
   more: grain's batches, the per-step gather and placement, retrieval (in the step for
   `device`, on the host for `host`), the loss checks, metrics.jsonl, TensorBoard, the
   progress bar, with its evals off. Its time per step is the wall clock between its first and
@@ -75,7 +75,10 @@ def main():
   args = parser.parse_args()
 
   import jax  # pylint: disable=import-outside-toplevel
-  from rag_jax import checkpoint, experiment, input_pipeline, sharding, trainer  # pylint: disable=import-outside-toplevel
+  from rag_jax import checkpoint, sharding  # pylint: disable=import-outside-toplevel
+  from rag_jax.train import setup  # pylint: disable=import-outside-toplevel
+  from rag_jax.train import input_pipeline  # pylint: disable=import-outside-toplevel
+  from rag_jax.train import loop  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)
 
@@ -83,7 +86,7 @@ def main():
     workdir = pathlib.Path(tmp) / "run"
     config = _config(args)
     _model(args, workdir, config)
-    run = experiment.build(config, workdir)
+    run = setup.build(config, workdir)
     rows = input_pipeline.train_batches(len(run.train_examples), config.batch_size,
                                         config.seed)[0]
     arrays = input_pipeline.gather(run.train.arrays, rows)
@@ -107,14 +110,14 @@ def main():
     start = int(jax.device_get(run.state.step))
     config.num_train_steps = start + args.warmup + args.steps
     marks = {}
-    write = trainer.MetricsWriter.write
+    write = loop.MetricsWriter.write
 
     def timed_write(self, step, values):
       marks.setdefault(step, time.perf_counter())
       write(self, step, values)
-    trainer.MetricsWriter.write = timed_write
-    holder["state"] = trainer.train_and_evaluate(config, workdir, run=run)["state"]
-    trainer.MetricsWriter.write = write
+    loop.MetricsWriter.write = timed_write
+    holder["state"] = loop.train_and_evaluate(config, workdir, run=run)["state"]
+    loop.MetricsWriter.write = write
     after = common.median_seconds(bare, args.steps // 2, warmup=0)
     timed = sorted(s for s in marks if s > start + args.warmup - 1)
     first, last = timed[0], timed[-1]

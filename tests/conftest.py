@@ -56,8 +56,8 @@ def task_config(task: str, arg: str = "tiny", **overrides):
                                                                    f"{task}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  from rag_jax import experiment  # pylint: disable=import-outside-toplevel
-  return experiment.override(module.get_config(arg), **overrides)
+  from rag_jax.train import setup  # pylint: disable=import-outside-toplevel
+  return setup.override(module.get_config(arg), **overrides)
 
 
 def max_abs(a, b) -> float:

@@ -15,7 +15,7 @@ import pytest
 import transformers
 
 from conftest import randomize_
-from rag_jax import answering
+from rag_jax.ask import answering
 from rag_jax import assets
 from rag_jax.configs import wiki as wiki_config
 from rag_jax.encoder import TextEncoder

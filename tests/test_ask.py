@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from rag_jax.configs import wiki as wiki_config
-from rag_jax import ask
+from rag_jax.ask import __main__ as ask
 from rag_jax import assets
-from rag_jax import retriever
+from rag_jax.index import retriever
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import corpus
 from rag_jax.index import saved

@@ -14,9 +14,9 @@ import pytest
 
 from conftest import subprocess_env
 from experiments import fever
-from rag_jax import compile as aot
+from rag_jax.compile import __main__ as aot
 from rag_jax import sharding
-from rag_jax import train_step
+from rag_jax.train import step as step_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -160,10 +160,10 @@ def test_abstract_device_index_lowers_to_the_same_program_as_a_placed_one():
   """DeviceIndex.abstract: create's shapes, shardings and search, with no rows behind it."""
   mesh = sharding.make_mesh({"data": -1})
   rng = np.random.default_rng(0)
-  real = train_step.DeviceIndex.create(mesh, rng.standard_normal((37, 8)).astype(np.float32),
+  real = step_lib.DeviceIndex.create(mesh, rng.standard_normal((37, 8)).astype(np.float32),
                                        rng.integers(0, 9, (37, 5)).astype(np.int32),
                                        np.full(37, 5, np.int32), dtype="bfloat16")
-  abstract = train_step.DeviceIndex.abstract(mesh, 37, 8, 5, dtype="bfloat16")
+  abstract = step_lib.DeviceIndex.abstract(mesh, 37, 8, 5, dtype="bfloat16")
   for got, want in zip(jax.tree.leaves(abstract), jax.tree.leaves(real)):
     assert isinstance(got, jax.ShapeDtypeStruct)
     assert (got.shape, got.dtype, got.sharding) == (want.shape, want.dtype, want.sharding)

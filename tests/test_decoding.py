@@ -219,7 +219,7 @@ def test_fast_decoding_end_to_end(tmp_path, rng):
 
 
 def test_doc_posteriors_and_heatmap(tmp_path, rng):
-  from rag_jax import viz
+  from rag_jax.ask import heatmaps
   _save_rag(tmp_path / "m", "token", 4, seed=50)
   model = RagModel.from_pretrained(tmp_path / "m")
   ctx, ctx_mask = padded_batch(rng, rng.integers(4, 15, size=8), G["vocab_size"], PAD)
@@ -240,7 +240,7 @@ def test_doc_posteriors_and_heatmap(tmp_path, rng):
   expected = np.exp(joint - np.log(np.exp(joint).sum(0, keepdims=True)))
   np.testing.assert_allclose(post[0], expected, rtol=1e-4, atol=1e-6)
   out = tmp_path / "posteriors.png"
-  viz.posterior_heatmap(post[0], [str(t) for t in seqs[0, 1:]], out)
+  heatmaps.posterior_heatmap(post[0], [str(t) for t in seqs[0, 1:]], out)
   assert out.stat().st_size > 5000 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

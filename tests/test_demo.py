@@ -4,8 +4,8 @@ tasks, and the hot-swap share on hand-made records."""
 import json
 
 from conftest import task_config
-from rag_jax import demo
-from rag_jax import experiment
+from rag_jax.train import demo
+from rag_jax.train import setup
 from rag_jax.data import wiki_tasks
 
 
@@ -63,9 +63,9 @@ def test_tiny_demo_trains_both_models_and_measures_every_table(tmp_path, capsys)
   assert figures["recall_at_k"]["learned"] == figures["scores"]["rag"]["recall_at_k"]
   assert len(figures["retrieved_titles"]["frozen"]) == 8
   # The hot swap is scored on the changed facts' new golds, over the old and the new index.
-  swapped = experiment.read_examples(
-      experiment.override(config, **{"data.test_split": wiki_tasks.SWAPPED}), "test")[:6]
-  old = {e.source: list(e.targets) for e in experiment.read_examples(config, "test")}
+  swapped = setup.read_examples(
+      setup.override(config, **{"data.test_split": wiki_tasks.SWAPPED}), "test")[:6]
+  old = {e.source: list(e.targets) for e in setup.read_examples(config, "test")}
   assert figures["hot_swap"]["examples"] == 6
   for when in ("before", "after"):
     records = _records(tmp_path / "rag" / f"swap_{when}")
@@ -81,10 +81,10 @@ def test_tiny_demo_trains_both_models_and_measures_every_table(tmp_path, capsys)
 
 
 def test_every_wiki_demo_config_is_valid_and_uses_the_embedded_assets():
-  from rag_jax import experiment  # pylint: disable=import-outside-toplevel
+  from rag_jax.train import setup  # pylint: disable=import-outside-toplevel
   for task in ("fever", "nq", "jeopardy"):
     config = task_config(task, "wiki")
-    experiment.check_config(config)
+    setup.check_config(config)
     assert config.model.generator == "asset:smollm2-135m-instruct", task
     assert config.model.question_encoder == config.retrieval.doc_encoder == (
         "asset:all-MiniLM-L6-v2"), task

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import common  # pylint: disable=g-import-not-at-top,wrong-import-position
-from rag_jax import train_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+from rag_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 import device  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CPU = {"device": "cpu", "backend": "cpu", "nominal_tflops": None, "nominal_tb_s": None}
@@ -29,8 +29,8 @@ def test_hand_flop_count_matches_xla_count_of_the_step():
   s = dict(device.QUICK, dpr=dpr, bart=bart, docs=3, context=64, target=16, question=16)
   rag, init = device._rag_model(jax, jnp, s)
   tx = optax.adamw(1e-5)
-  step = train_step.jit_train_step(rag, tx, common.step_config(3, 64))
-  compiled = step.lower(train_step.create_state(init(), tx, seed=0),
+  step = step_lib.jit_train_step(rag, tx, common.step_config(3, 64))
+  compiled = step.lower(step_lib.create_state(init(), tx, seed=0),
                         device._train_inputs(jnp, s, 4), None).compile()
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis

@@ -21,10 +21,10 @@ import pytest
 
 from conftest import subprocess_env
 from conftest import task_config as config
-from rag_jax import evaluation
-from rag_jax import experiment
-from rag_jax import metrics
-from rag_jax import trainer
+from rag_jax.evaluate import evaluation
+from rag_jax.train import setup
+from rag_jax.evaluate import metrics
+from rag_jax.train import loop
 from rag_jax.index import bm25
 from rag_jax.index import corpus
 
@@ -50,7 +50,7 @@ def read(workdir):
 def trained(tmp_path_factory):
   """tiny NQ trained 2 steps with its query encoder frozen, evaluated at the end."""
   workdir = tmp_path_factory.mktemp("nq-train")
-  out = trainer.train_and_evaluate(config("nq", **{
+  out = loop.train_and_evaluate(config("nq", **{
       "num_train_steps": 2, "log_every_steps": 1, "eval_every_steps": 2,
       "checkpoint_every_steps": 2, "retrieval.freeze_query_encoder": True}), workdir)
   return workdir, out
@@ -136,10 +136,10 @@ def test_eval_k_is_not_the_training_k(evaluated):
   for c, kind, want in ((qa, "token", (4, "greedy", 1)), (qa, "sequence", (4, "thorough", 1)),
                         (gen, "token", (4, "beam", 4)), (gen, "sequence", (4, "fast", 4))):
     c.rag.kind = kind
-    s = experiment.decode_settings(c)
+    s = setup.decode_settings(c)
     assert (s["k"], s["decoding"], s["num_beams"]) == want
   qa.eval_k = 7
-  assert experiment.decode_settings(qa)["k"] == 7
+  assert setup.decode_settings(qa)["k"] == 7
 
 
 def test_bm25_returns_what_bm25s_returns():

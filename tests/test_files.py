@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from rag_jax.index import files
+from rag_jax import files
 
 
 def test_write_json_and_save_npy_replace_whole_files(tmp_path):

@@ -18,7 +18,7 @@ from rag_jax.index import corpus
 from rag_jax.index import embed
 from rag_jax.index import saved
 from rag_jax.index import search as search_lib
-from rag_jax.retriever import Retriever
+from rag_jax.index.retriever import Retriever
 
 WORDS = ("alpha beta gamma delta river mountain city king queen music art science war peace "
          "planet star ocean forest paper stone").split()

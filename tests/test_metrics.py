@@ -9,7 +9,7 @@ import pytest
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
-from rag_jax import metrics
+from rag_jax.evaluate import metrics
 
 # ------------------------------------------------------------------------------------------
 # SQuAD: normalisation, exact match, F1.

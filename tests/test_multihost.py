@@ -51,12 +51,14 @@ def _losses(workdir):
 RETRIEVE = """
 import json, sys
 import jax, numpy as np
-from rag_jax import distributed, experiment, input_pipeline
+from rag_jax import distributed
+from rag_jax.train import setup
+from rag_jax.train import input_pipeline
 from rag_jax.train import _CONFIG  # noqa: registers --config
 from absl import flags
 distributed.initialize()
 flags.FLAGS(sys.argv)
-run = experiment.build(flags.FLAGS.config, experiment.prepare_workdir(sys.argv[-1]))
+run = setup.build(flags.FLAGS.config, setup.prepare_workdir(sys.argv[-1]))
 rows = np.arange(len(run.eval.examples))
 batch = run.retrieved(run.state.params, input_pipeline.gather(run.eval.arrays, rows), True)
 out = {"ids": distributed.to_host(batch["doc_ids"]).tolist(),

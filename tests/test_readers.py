@@ -10,7 +10,8 @@ import shutil
 import numpy as np
 import pytest
 
-from rag_jax import data, metrics
+from rag_jax import data
+from rag_jax.evaluate import metrics
 from rag_jax.data import Example, dpr, kilt, msmarco, seq2seq, tfds_qa
 from test_data import _error  # the DataError's message, checked to be one line
 

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import task_config
 from rag_jax import data as data_lib
-from rag_jax import experiment
-from rag_jax import metrics
+from rag_jax.train import setup
+from rag_jax.evaluate import metrics
 from rag_jax.data import dpr
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ TASKS = ("nq", "tqa", "wq", "ct", "msmarco", "jeopardy", "fever")
 @pytest.mark.parametrize("task", TASKS)
 def test_each_config_checks_and_decodes_as_the_paper(task):
   for arg in ("", "tiny"):
-    experiment.check_config(task_config(task, arg))
+    setup.check_config(task_config(task, arg))
   c = task_config(task, "")
   qa = task in ("nq", "tqa", "wq", "ct")
   want = {"token": (15, "greedy", 1), "sequence": (50, "thorough", 1)} if qa else {
@@ -32,7 +32,7 @@ def test_each_config_checks_and_decodes_as_the_paper(task):
     want = {"token": (5, "greedy", 1), "sequence": (5, "thorough", 1)}
   for kind, settings in want.items():
     c.rag.kind = kind
-    s = experiment.decode_settings(c)
+    s = setup.decode_settings(c)
     assert (s["k"], s["decoding"], s["num_beams"]) == settings, (task, kind)
   doc = (ROOT / "experiments" / f"{task}.py").read_text()
   assert f"--config experiments/{task}.py:tiny" in doc and "rag_jax.evaluate" in doc
@@ -45,15 +45,15 @@ def test_each_config_checks_and_decodes_as_the_paper(task):
 def test_bad_eval_settings_are_one_line_errors():
   c = task_config("nq")
   c.eval_decoding = "fast"
-  with pytest.raises(experiment.SetupError, match="rag.kind='token' decodes with one of"):
-    experiment.check_config(c)
+  with pytest.raises(setup.SetupError, match="rag.kind='token' decodes with one of"):
+    setup.check_config(c)
   c = task_config("nq", metrics=["exact_match", "bleu4"])
-  with pytest.raises(experiment.SetupError, match="config metrics="):
-    experiment.check_config(c)
-  with pytest.raises(experiment.SetupError, match="no test split"):
-    experiment.split_name(task_config("fever"), "test")
-  with pytest.raises(experiment.SetupError, match="unknown split 'val'"):
-    experiment.split_name(task_config("nq"), "val")
+  with pytest.raises(setup.SetupError, match="config metrics="):
+    setup.check_config(c)
+  with pytest.raises(setup.SetupError, match="no test split"):
+    setup.split_name(task_config("fever"), "test")
+  with pytest.raises(setup.SetupError, match="unknown split 'val'"):
+    setup.split_name(task_config("nq"), "val")
 
 
 def test_qa_tiny_make_regenerates_the_committed_files(tmp_path):
@@ -73,7 +73,7 @@ def test_qa_tiny_tasks_read_and_are_answerable_from_their_passages():
     c = task_config(task)
     assert c.model.tiny_vocab == str(QA_TINY / "vocab.txt")  # one model shape for all
     for split in ("train", "dev", "test"):
-      examples = data_lib.read(c.data.kind, c.data.path, experiment.split_name(c, split))
+      examples = data_lib.read(c.data.kind, c.data.path, setup.split_name(c, split))
       assert len(examples) == {"train": 40, "dev": 12, "test": 12}[split], (task, split)
       # CuratedTrec's targets are patterns; it trains on what they match in the passages.
       targets = [] if task == "ct" else [t for e in examples for t in e.targets]

@@ -16,8 +16,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import subprocess_env, task_config
-from rag_jax import trainer
-from rag_jax import train_step as step_lib
+from rag_jax.train import loop
+from rag_jax.train import step as step_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = str(ROOT / "experiments" / "fever.py") + ":tiny"
@@ -66,7 +66,7 @@ def _config(**overrides):
 
 def test_tiny_run_learns_and_moves_only_the_query_encoder_and_generator(tmp_path):
   workdir = tmp_path / "run"
-  out = trainer.train_and_evaluate(_config(num_train_steps=24, log_every_steps=6,
+  out = loop.train_and_evaluate(_config(num_train_steps=24, log_every_steps=6,
                                          checkpoint_every_steps=24, eval_every_steps=24),
                                  workdir)
   losses = _losses(workdir)
@@ -145,8 +145,8 @@ def test_killed_run_resumes_to_the_uninterrupted_end_and_sigterm_saves(tmp_path)
 
 
 def test_device_and_host_retrieval_give_the_same_losses(tmp_path):
-  device = trainer.train_and_evaluate(_config(**{"retrieval.mode": "device"}), tmp_path / "d")
-  host = trainer.train_and_evaluate(_config(**{"retrieval.mode": "host"}), tmp_path / "h")
+  device = loop.train_and_evaluate(_config(**{"retrieval.mode": "device"}), tmp_path / "d")
+  host = loop.train_and_evaluate(_config(**{"retrieval.mode": "host"}), tmp_path / "h")
   np.testing.assert_allclose(_losses(tmp_path / "h"), _losses(tmp_path / "d"), rtol=1e-6)
   for key in ("eval/label_accuracy", "eval/recall_at_k", "eval/distinct_top1"):
     assert host[key] == device[key], key
@@ -194,7 +194,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pat
 def _joined(passages, questions, rows, tok, cfg, fmt):
   """The step's contexts (join_contexts) of `questions`, question i with the passages of
   rows[i]: (ids, mask)."""
-  from rag_jax import input_pipeline  # pylint: disable=import-outside-toplevel
+  from rag_jax.train import input_pipeline  # pylint: disable=import-outside-toplevel
   tokens, lengths = input_pipeline.tokenize_passages(passages, tok, cfg, fmt)
   q_tokens, q_len = input_pipeline._content(  # pylint: disable=protected-access
       tok, [input_pipeline.question_part(q, cfg, fmt) for q in questions], fmt.content_length)
@@ -207,7 +207,8 @@ def _unpad(ids, mask):
 
 
 def test_join_contexts_is_hf_tokenization_of_the_whole_string(tmp_path):
-  from rag_jax import input_pipeline, rag as rag_lib, tiny  # pylint: disable=import-outside-toplevel
+  from rag_jax import rag as rag_lib, tiny  # pylint: disable=import-outside-toplevel
+  from rag_jax.train import input_pipeline  # pylint: disable=import-outside-toplevel
   words = "alpha beta gamma delta river king queen star".split() + ["/"]
   directory = tiny.write(tmp_path / "m", words)
   model = rag_lib.RagModel.from_parts(directory / "question_encoder", directory / "generator",
@@ -227,7 +228,8 @@ def test_join_contexts_is_hf_tokenization_of_the_whole_string(tmp_path):
 def test_device_index_search_and_gather_match_numpy_on_eight_devices():
   code = """
 import numpy as np, jax
-from rag_jax import sharding, train_step
+from rag_jax import sharding
+from rag_jax.train import step as step_lib
 rng = np.random.default_rng(0)
 emb = rng.standard_normal((37, 8)).astype(np.float32)
 emb[5] = emb[30]  # a tie: the lower row first
@@ -237,7 +239,7 @@ q = rng.standard_normal((4, 8)).astype(np.float32)
 q[0] = emb[5]
 for shape in ({"data": 8}, {"data": 2, "fsdp": 2, "model": 2}):
   mesh = sharding.make_mesh(shape)
-  index = train_step.DeviceIndex.create(mesh, emb, tok, lens)
+  index = step_lib.DeviceIndex.create(mesh, emb, tok, lens)
   scores, ids = jax.jit(lambda q, i: i.search(q, 5))(q, index)
   want = np.argsort(-(q @ emb.T), axis=1, kind="stable")[:, :5]
   np.testing.assert_array_equal(np.asarray(ids), want)
@@ -254,7 +256,7 @@ print("ok")
 
 
 def test_scanned_layers_train_and_decode(tmp_path):
-  out = trainer.train_and_evaluate(_config(**{"model.scan_layers": True, "model.remat": "dots"}),
+  out = loop.train_and_evaluate(_config(**{"model.scan_layers": True, "model.remat": "dots"}),
                                  tmp_path / "scan")
   losses = _losses(tmp_path / "scan")
   assert len(losses) == 6 and all(np.isfinite(losses)) and losses[-1] < losses[0], losses
@@ -272,7 +274,8 @@ def test_decoder_only_contexts_and_labels_are_the_prompts_and_answers(tmp_path):
   """The step's joined contexts are RagModel.contextualize's chat prompts (the same tokens,
   right- instead of left-padded), RAG and closed book; labels are start + answer + EOS."""
   # pylint: disable=import-outside-toplevel
-  from rag_jax import input_pipeline, prompts, rag as rag_lib, tiny
+  from rag_jax import prompts, rag as rag_lib, tiny
+  from rag_jax.train import input_pipeline
   from rag_jax.data import Example
   words = "alpha beta gamma delta river king queen star who what".split()
   directory = tiny.write(tmp_path / "m", words, generator_kind="llama")
@@ -317,7 +320,8 @@ def test_smollm2_contexts_joined_in_the_step_are_its_tokens_of_each_whole_prompt
   """BPE boundaries: SmolLM2's own tokenizer, its chat template and the `:wiki` separators;
   real articles (unicode, digits, brackets), one long enough to be truncated."""
   # pylint: disable=import-outside-toplevel
-  from rag_jax import assets, input_pipeline, prompts, rag as rag_lib, tiny
+  from rag_jax import assets, prompts, rag as rag_lib, tiny
+  from rag_jax.train import input_pipeline
   directory = tiny.write(tmp_path / "m", ["who", "what"])
   model = rag_lib.RagModel.from_parts(directory / "question_encoder",
                                       "asset:smollm2-135m-instruct", max_combined_length=96,
@@ -345,7 +349,7 @@ def test_tiny_llama_learns_training_only_its_top_layer_and_closed_book_no_retrie
   runs = {}
   for mode in ("device", "none"):
     workdir = tmp_path / mode
-    runs[mode] = trainer.train_and_evaluate(_config(**llama, **{"retrieval.mode": mode}),
+    runs[mode] = loop.train_and_evaluate(_config(**llama, **{"retrieval.mode": mode}),
                                             workdir)
     losses = _losses(workdir)
     # One layer of 2 trains, over frozen random embeddings: slower than the whole tiny BART.

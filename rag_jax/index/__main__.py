@@ -20,7 +20,7 @@ import sys
 
 from rag_jax import assets
 from rag_jax import cli
-from rag_jax import retriever as retriever_lib
+from rag_jax.index import retriever as retriever_lib
 from rag_jax import weights
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import corpus

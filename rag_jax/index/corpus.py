@@ -45,7 +45,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional
 import numpy as np
 
 from rag_jax import assets
-from rag_jax.index import files
+from rag_jax import files
 
 Passage = Dict[str, str]  # {"id": str, "title": str, "text": str}
 

@@ -33,7 +33,7 @@ from rag_jax import assets
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import corpus
 from rag_jax.index import embed
-from rag_jax.index import files
+from rag_jax import files
 from rag_jax.index import search as search_lib
 
 FORMAT_VERSION = 1

@@ -38,7 +38,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from rag_jax import sharding
-from rag_jax.index import files
+from rag_jax import files
 
 Array = jax.Array
 Result = Tuple[np.ndarray, np.ndarray]  # scores [B, k] float32, ids [B, k] int64

@@ -28,16 +28,16 @@ import jax
 import numpy as np
 
 from rag_jax import distributed
-from rag_jax import evaluation
-from rag_jax import experiment
-from rag_jax import input_pipeline
-from rag_jax import metrics
-from rag_jax import trainer
+from rag_jax.evaluate import evaluation
+from rag_jax.train import setup
+from rag_jax.train import input_pipeline
+from rag_jax.evaluate import metrics
+from rag_jax.train import loop
 from rag_jax.data import wiki_tasks
-from rag_jax.index import files
+from rag_jax import files
 
 
-def retrieved_titles(run: experiment.Run, params, k: int) -> List[List[str]]:
+def retrieved_titles(run: setup.Run, params, k: int) -> List[List[str]]:
   """The titles of the top `k` passages of each of `run.eval`'s examples, retrieved with the
   query encoder of `params` (`Run.retrieved`, the search `evaluate` does; no decoding)."""
   n, titles = len(run.eval.examples), []
@@ -83,30 +83,30 @@ def follows(records: List[Dict[str, Any]], old: Dict[str, List[str]], fever: boo
 def run(config, workdir) -> Dict[str, Any]:
   """The demo of a `:wiki` config (the module docstring); returns its figures."""
   started = time.time()
-  workdir = experiment.prepare_workdir(workdir)
+  workdir = setup.prepare_workdir(workdir)
   d = config.demo
   rag_dir, closed_dir = workdir / "rag", workdir / "closed_book"
-  closed = experiment.override(config, **{"retrieval.mode": "none"})
+  closed = setup.override(config, **{"retrieval.mode": "none"})
   losses = {}
   for name, c, directory in (("rag", config, rag_dir), ("closed_book", closed, closed_dir)):
-    out = trainer.train_and_evaluate(c, directory)
+    out = loop.train_and_evaluate(c, directory)
     if out["ended"] != "finished":
-      raise trainer.TrainingError(f"the {name} run was {out['ended']} at step {out['step']}; "
+      raise loop.TrainingError(f"the {name} run was {out['ended']} at step {out['step']}; "
                                   "run the demo again to resume it")
-    losses[name] = trainer.last_logged(directory, "loss")
+    losses[name] = loop.last_logged(directory, "loss")
   test = {"data.max_eval_examples": d.max_test_examples}
   scores = {
-      "rag": evaluation.evaluate_config(experiment.override(config, **test), rag_dir / "test",
+      "rag": evaluation.evaluate_config(setup.override(config, **test), rag_dir / "test",
                                         "test", init=str(rag_dir)),
-      "closed_book": evaluation.evaluate_config(experiment.override(closed, **test),
+      "closed_book": evaluation.evaluate_config(setup.override(closed, **test),
                                                 closed_dir / "test", "test",
                                                 init=str(closed_dir))}
 
   # Retrieval before and after training, on the same test questions.
-  k = experiment.decode_settings(config)["k"]
-  start = experiment.build(experiment.override(config, **test), workdir / "retrieval",
+  k = setup.decode_settings(config)["k"]
+  start = setup.build(setup.override(config, **test), workdir / "retrieval",
                            split="test", train=False)
-  learned = experiment.restore_params(experiment.checkpoints_in(rag_dir), start.state.params,
+  learned = setup.restore_params(setup.checkpoints_in(rag_dir), start.state.params,
                                       start.mesh)
   gold = gold_articles(config.data.kind, start.eval.examples)
   titles = {"frozen": retrieved_titles(start, start.state.params, k),
@@ -120,13 +120,13 @@ def run(config, workdir) -> Dict[str, Any]:
              "data.max_eval_examples": d.max_swapped_examples}
   # The predictions are read back from process 0's files: the figures are process 0's.
   main = jax.process_index() == 0
-  old_golds = {e.source: list(e.targets) for e in experiment.read_examples(config, "test")}
+  old_golds = {e.source: list(e.targets) for e in setup.read_examples(config, "test")}
   swap = {}
   for name, passages in (("before", config.retrieval.passages),
                          ("after", "wiki-tasks:passages_swapped.tsv")):
     out = rag_dir / f"swap_{name}"
     scored = evaluation.evaluate_config(
-        experiment.override(config, **swapped, **{"retrieval.passages": passages}), out, "test",
+        setup.override(config, **swapped, **{"retrieval.passages": passages}), out, "test",
         init=str(rag_dir))
     swap[name] = follows(_records(out), old_golds, fever) if main else float("nan")
   swap["examples"] = int(scored["examples"])

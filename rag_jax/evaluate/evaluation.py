@@ -1,6 +1,6 @@
 """Evaluation, one path for `python -m rag_jax.evaluate` and training's periodic eval: retrieve
 with the current query encoder (or BM25), decode with the task's test-time settings
-(`experiment.decode_settings`), score with `rag_jax.metrics`, and watch the retriever.
+(`setup.decode_settings`), score with `rag_jax.metrics`, and watch the retriever.
 
     scores = evaluate(run, params, out_dir)   # {"exact_match": ..., "entropy": ..., ...}
     scores = evaluate_config(config, workdir, "test", init)  # build the run, then evaluate
@@ -30,11 +30,11 @@ import jax
 import numpy as np
 
 from rag_jax import distributed
-from rag_jax import experiment
-from rag_jax import input_pipeline
-from rag_jax import metrics as metrics_lib
+from rag_jax.train import setup
+from rag_jax.train import input_pipeline
+from rag_jax.evaluate import metrics as metrics_lib
 from rag_jax import rag as rag_lib
-from rag_jax.index import files
+from rag_jax import files
 
 FILES = ("predictions.jsonl", "metrics.json", "report.md")
 
@@ -42,21 +42,21 @@ FILES = ("predictions.jsonl", "metrics.json", "report.md")
 def model_source(config, workdir, init: Optional[str] = None) -> str:
   """What to evaluate: `init`, else the workdir's checkpoints, else `config.init` ("" for the
   config's model as it starts)."""
-  return init or experiment.checkpoints_in(pathlib.Path(workdir)) or config.init
+  return init or setup.checkpoints_in(pathlib.Path(workdir)) or config.init
 
 
 def evaluate_config(config, workdir, split: str = "dev", init: Optional[str] = None,
                     progress: bool = True) -> Dict[str, float]:
   """Builds `config`'s run on `split` from `model_source` and evaluates it into `workdir`;
   returns the scores."""
-  workdir = experiment.prepare_workdir(workdir)
+  workdir = setup.prepare_workdir(workdir)
   config = config.copy_and_resolve_references()
   config.init = model_source(config, workdir, init)
-  run = experiment.build(config, workdir, split=split, train=False)
+  run = setup.build(config, workdir, split=split, train=False)
   return evaluate(run, run.state.params, workdir, progress=progress, model_from=config.init)
 
 
-def evaluate(run: experiment.Run, params, out_dir=None, *, model_from: str = "",
+def evaluate(run: setup.Run, params, out_dir=None, *, model_from: str = "",
              progress: bool = True) -> Dict[str, float]:
   """Decodes `run.eval` and scores it; with `out_dir`, writes `FILES` there.
 
@@ -71,7 +71,7 @@ def evaluate(run: experiment.Run, params, out_dir=None, *, model_from: str = "",
     "distinct_top1"}; a closed-book run (`retrieval.mode=none`) has no retrieval figures
     (answer_in_top_k, recall_at_k, entropy, distinct_top1).
   """
-  settings = experiment.decode_settings(run.config)
+  settings = setup.decode_settings(run.config)
   records = predict(run, params, settings, progress=progress)
   scores = score(run.config, records, settings["k"], run.index.passages)
   if out_dir is not None and jax.process_index() == 0:
@@ -79,12 +79,12 @@ def evaluate(run: experiment.Run, params, out_dir=None, *, model_from: str = "",
   return scores
 
 
-def predict(run: experiment.Run, params, settings: Dict[str, Any], *,
+def predict(run: setup.Run, params, settings: Dict[str, Any], *,
             progress: bool = True) -> List[Dict[str, Any]]:
   """The prediction records of `run.eval` (the module docstring's predictions.jsonl)."""
   import tqdm  # pylint: disable=import-outside-toplevel
   config, split = run.config, run.eval
-  model = experiment.inference_model(run, params)
+  model = setup.inference_model(run, params)
   pad = run.rag.gen.pad_token_id
   n = len(split.examples)
   texts, ids, priors, posteriors = [], [], [], []
@@ -181,7 +181,7 @@ def score(config, records: List[Dict[str, Any]], k: int, passages) -> Dict[str, 
   return out
 
 
-def write(out_dir: pathlib.Path, run: experiment.Run, records: List[Dict[str, Any]],
+def write(out_dir: pathlib.Path, run: setup.Run, records: List[Dict[str, Any]],
           scores: Dict[str, float], settings: Dict[str, Any], model_from: str) -> None:
   """predictions.jsonl, metrics.json and report.md in `out_dir`."""
   config = run.config
@@ -190,7 +190,7 @@ def write(out_dir: pathlib.Path, run: experiment.Run, records: List[Dict[str, An
     for record in records:
       f.write(json.dumps(record) + "\n")
   summary = {"task": config.task, "split": run.eval_split,
-             "data_split": experiment.split_name(config, run.eval_split),
+             "data_split": setup.split_name(config, run.eval_split),
              "model": model_from, "retrieval": config.retrieval.mode, **settings,
              "metrics": scores}
   files.write_json(out_dir / "metrics.json", summary)

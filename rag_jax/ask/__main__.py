@@ -33,14 +33,14 @@ from typing import Any, Callable, Dict, List, Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from rag_jax import answering
+from rag_jax.ask import answering
 from rag_jax import assets
 from rag_jax import cli
-from rag_jax import retriever as retriever_lib
+from rag_jax.index import retriever as retriever_lib
 from rag_jax import weights
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import corpus
-from rag_jax.index import files
+from rag_jax import files
 from rag_jax.index import saved
 
 DEFAULT_CONFIG = pathlib.Path(__file__).parent / "configs" / "wiki.py"

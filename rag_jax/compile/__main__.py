@@ -360,15 +360,15 @@ def build(config, target: Target, mesh_shape: Dict[str, int], batch_size: int,
           passages: int) -> Plan:
   """The abstract state, batch and index of `config`'s train step on `target`."""
   from flax import linen as nn  # pylint: disable=import-outside-toplevel
-  from rag_jax import experiment  # pylint: disable=import-outside-toplevel
+  from rag_jax.train import setup  # pylint: disable=import-outside-toplevel
   from rag_jax import rag as rag_lib  # pylint: disable=import-outside-toplevel
-  from rag_jax import train_step as step_lib  # pylint: disable=import-outside-toplevel
+  from rag_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
   from rag_jax.models import bart as bart_lib  # pylint: disable=import-outside-toplevel
   from rag_jax.models import bert as bert_lib  # pylint: disable=import-outside-toplevel
 
   try:
-    experiment.check_config(config)
-  except experiment.SetupError as e:
+    setup.check_config(config)
+  except setup.SetupError as e:
     raise InputError(str(e)) from None
   q_hf, g_hf = architectures(config)
   if g_hf.get("model_type") != "bart":
@@ -378,7 +378,7 @@ def build(config, target: Target, mesh_shape: Dict[str, int], batch_size: int,
     raise InputError(f"question encoder architecture {q_hf.get('model_type')!r}: expected "
                      "a BERT / DPR encoder")
   m, r = config.model, config.rag
-  dtype = experiment.DTYPES[m.dtype]
+  dtype = setup.DTYPES[m.dtype]
   pooling = "cls" if q_hf.get("model_type") == "dpr" else "pooler"
   try:
     q_cfg = bert_lib.BertConfig.from_hf(q_hf, pooling=q_hf.get("pooling", pooling))

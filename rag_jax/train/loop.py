@@ -22,9 +22,9 @@ import jax
 import numpy as np
 
 from rag_jax import checkpoint as checkpoint_lib
-from rag_jax import evaluation
-from rag_jax import experiment
-from rag_jax import input_pipeline
+from rag_jax.evaluate import evaluation
+from rag_jax.train import setup
+from rag_jax.train import input_pipeline
 
 class TrainingError(RuntimeError):
   """A run that cannot go on; the message says why in one line."""
@@ -93,13 +93,13 @@ def _check_finite(losses, norms, step: int, last_saved: Optional[int]) -> Tuple[
   return float(values.mean()), float(grads.mean())
 
 
-def train_and_evaluate(config, workdir, run: Optional[experiment.Run] = None) -> Dict[str, Any]:
+def train_and_evaluate(config, workdir, run: Optional[setup.Run] = None) -> Dict[str, Any]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluating every
   `eval_every_steps` (0: never). Returns the last train and eval metrics, why the run ended and the
-  final state. `run`: one `experiment.build(config, workdir)` made already (a benchmark
+  final state. `run`: one `setup.build(config, workdir)` made already (a benchmark
   times its step before and after the loop)."""
-  workdir = experiment.prepare_workdir(workdir)
-  run = run or experiment.build(config, workdir)
+  workdir = setup.prepare_workdir(workdir)
+  run = run or setup.build(config, workdir)
   state, mesh = run.state, run.mesh
   batches = input_pipeline.train_batches(len(run.train_examples), config.batch_size,
                                          config.seed)
@@ -110,7 +110,7 @@ def train_and_evaluate(config, workdir, run: Optional[experiment.Run] = None) ->
   start = int(jax.device_get(state.step))
   writer = MetricsWriter(workdir)
   preemption = _Preemption()
-  progress = experiment.progress_bar(start, config.num_train_steps)
+  progress = setup.progress_bar(start, config.num_train_steps)
   last_saved = manager.latest_step()
   pending, norms, last = [], [], {}
   tick, tick_step = time.perf_counter(), start

@@ -22,8 +22,8 @@ import jax
 from ml_collections import config_flags
 
 from rag_jax import cli
-from rag_jax import evaluation
-from rag_jax import experiment
+from rag_jax.evaluate import evaluation
+from rag_jax.train import setup
 from rag_jax import weights
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -39,13 +39,13 @@ _INIT = flags.DEFINE_string("init", None, "A train workdir (or its checkpoints/)
 def main(argv):
   config = cli.job_config(argv, _CONFIG, _WORKDIR, "experiments/nq.py:tiny", "/tmp/nq-tiny")
   try:  # usage errors first, before anything is loaded
-    experiment.split_name(config, _SPLIT.value)
-    experiment.resolve_init(_INIT.value or "")
-  except experiment.SetupError as e:
+    setup.split_name(config, _SPLIT.value)
+    setup.resolve_init(_INIT.value or "")
+  except setup.SetupError as e:
     cli.fail(str(e), status=2)
   try:
     scores = evaluation.evaluate_config(config, _WORKDIR.value, _SPLIT.value, _INIT.value)
-  except (experiment.SetupError, OSError, ValueError) as e:
+  except (setup.SetupError, OSError, ValueError) as e:
     cli.fail(weights.one_line(e))
   except KeyboardInterrupt:
     cli.fail("interrupted", status=130)

@@ -26,7 +26,7 @@ import numpy as np
 from rag_jax import marginalize
 from rag_jax import prompts
 from rag_jax import rag as rag_lib
-from rag_jax import viz
+from rag_jax.ask import heatmaps
 from rag_jax.encoder import TextEncoder
 
 KINDS = ("token", "sequence")
@@ -205,7 +205,7 @@ def write_heatmaps(results: Sequence[Dict[str, Any]], path: str) -> List[pathlib
       continue
     out = path if len(results) == 1 else path.with_name(f"{path.stem}-{number}{path.suffix}")
     labels = [f"{rank}. {p['title'][:40]}" for rank, p in enumerate(r["passages"], 1)]
-    viz.posterior_heatmap(r["posteriors"], [repr(t)[1:-1] for t in r["tokens"]], out,
+    heatmaps.posterior_heatmap(r["posteriors"], [repr(t)[1:-1] for t in r["tokens"]], out,
                           doc_labels=labels, title=r["question"][:80])
     written.append(out)
   return written

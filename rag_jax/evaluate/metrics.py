@@ -1,7 +1,7 @@
 """The paper's metrics (Lewis et al., 2020, section 3), each a plain function of predictions and
 references.
 
-    from rag_jax import metrics
+    from rag_jax.evaluate import metrics
     metrics.exact_match(["Paris"], [["Paris", "City of Paris"]])  # 100.0
 
 Corpus-level functions (`exact_match`, `f1`, `regex_match`, `bleu1`, `rouge_l`, `q_bleu1`,

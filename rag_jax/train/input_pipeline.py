@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from rag_jax import rag as rag_lib
-from rag_jax import train_step
+from rag_jax.train import step as step_lib
 from rag_jax.data import Example
 
 # Arrays of a split that stay on the host: BM25's retrieval of each example, retrieved once up
@@ -31,7 +31,7 @@ _MARK = "\x00context\x00"
 
 def context_format(tokenizer, length: int,
                    prompt_format: Optional[Callable[[str], str]] = None,
-                   pad_id: Optional[int] = None) -> train_step.ContextFormat:
+                   pad_id: Optional[int] = None) -> step_lib.ContextFormat:
   """The tokens around the passage + question of one generator input of `length` tokens.
 
   Args:
@@ -55,7 +55,7 @@ def context_format(tokenizer, length: int,
   if length - len(prefix) - len(suffix) < 2:
     raise ValueError(f"contexts of {length} tokens leave no room for a passage and a question "
                      f"besides the prompt's {len(prefix) + len(suffix)} tokens")
-  return train_step.ContextFormat(
+  return step_lib.ContextFormat(
       length=length, prefix=tuple(prefix), suffix=tuple(suffix),
       pad_id=tokenizer.pad_token_id if pad_id is None else pad_id,
       keep_question=prompt_format is not None)
@@ -109,7 +109,7 @@ def _content(tokenizer, texts: Sequence[str], max_len: int) -> Tuple[np.ndarray,
 
 
 def passage_part(title: str, text: str, config: rag_lib.RagConfig,
-                 fmt: train_step.ContextFormat) -> str:
+                 fmt: step_lib.ContextFormat) -> str:
   whole = rag_lib.format_context(title, text, "", config)
   if not fmt.keep_question:
     return whole.rstrip()
@@ -117,14 +117,14 @@ def passage_part(title: str, text: str, config: rag_lib.RagConfig,
 
 
 def question_part(question: str, config: rag_lib.RagConfig,
-                  fmt: train_step.ContextFormat) -> str:
+                  fmt: step_lib.ContextFormat) -> str:
   if not fmt.keep_question:
     return " " + question
   return (config.doc_sep + question).replace("  ", " ")
 
 
 def tokenize_passages(passages, tokenizer, config: rag_lib.RagConfig,
-                      fmt: train_step.ContextFormat, chunk: int = 4096
+                      fmt: step_lib.ContextFormat, chunk: int = 4096
                       ) -> Tuple[np.ndarray, np.ndarray]:
   """Each passage's part of the generator input (`passage_part`).
 
@@ -142,7 +142,7 @@ def tokenize_passages(passages, tokenizer, config: rag_lib.RagConfig,
 
 
 def tokenize_examples(examples: List[Example], *, question_tokenizer, generator_tokenizer,
-                      rag_config: rag_lib.RagConfig, fmt: train_step.ContextFormat,
+                      rag_config: rag_lib.RagConfig, fmt: step_lib.ContextFormat,
                       target_format: TargetFormat,
                       max_question_length: int, max_target_length: int,
                       target: Callable[[Example], str], closed_book: bool = False

@@ -27,12 +27,12 @@ import optax
 from rag_jax import checkpoint as checkpoint_lib
 from rag_jax import data as data_lib
 from rag_jax import distributed
-from rag_jax import input_pipeline
+from rag_jax.train import input_pipeline
 from rag_jax import prompts
 from rag_jax import rag as rag_lib
 from rag_jax import sharding
 from rag_jax import tiny
-from rag_jax import train_step as step_lib
+from rag_jax.train import step as step_lib
 from rag_jax import weights
 from rag_jax.data import dpr
 from rag_jax.data import wiki_tasks

@@ -17,9 +17,9 @@ import jax
 from ml_collections import config_flags
 
 from rag_jax import cli
-from rag_jax import demo
-from rag_jax import experiment
-from rag_jax import trainer
+from rag_jax.train import demo
+from rag_jax.train import setup
+from rag_jax.train import loop
 from rag_jax import weights
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -35,8 +35,8 @@ def main(argv):
     if "demo" in config:  # a `:wiki` config: the demo's runs and tables (rag_jax.demo)
       out = demo.run(config, _WORKDIR.value)
     else:
-      out = trainer.train_and_evaluate(config, _WORKDIR.value)
-  except (trainer.TrainingError, experiment.SetupError, OSError, ValueError) as e:
+      out = loop.train_and_evaluate(config, _WORKDIR.value)
+  except (loop.TrainingError, setup.SetupError, OSError, ValueError) as e:
     cli.fail(weights.one_line(e))
   except KeyboardInterrupt:
     cli.fail("interrupted", status=130)
