@@ -9,6 +9,8 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["rag_jax", "rag_jax.*"]),
+    # What `:tiny` reads at run time (rag_jax/data/tiny), so that an installed rag_jax runs it.
+    package_data={"rag_jax.data.tiny": ["fever/*", "qa/*", "qa/jeopardy/*"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.7",

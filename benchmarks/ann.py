@@ -16,7 +16,7 @@ Protocol (the same for both): L2-normalise every vector; hold out `--queries` ra
 (at most half the set) as queries and remove them from what is indexed; add Gaussian noise
 (std 0.01 per coordinate) to the queries and re-normalise them, so that no query finds
 itself; inner product; ground truth is the `exact` backend's top-10; recall@10 against it
-(`search.measure_recall`). Per backend and setting: build seconds (wall time of
+(`backend.measure_recall`). Per backend and setting: build seconds (wall time of
 `search.build`), then QPS: all queries searched in batches of `--batch`, the median of
 `--repeats` passes. The passes are timed after every backend is built, in interleaved
 rounds (one pass of every setting per round, after an untimed round that also compiles the
@@ -68,8 +68,11 @@ import time
 import numpy as np
 
 from rag_jax import assets
+from rag_jax.index import backend as backend_lib
 from rag_jax.index import embed
+from rag_jax.index import exact as exact_lib
 from rag_jax import files
+from rag_jax.index import scann_search
 from rag_jax.index import search
 
 K = 10
@@ -170,7 +173,7 @@ def settings(num: int):
   the changes, bring that setting back for its timed passes.
   """
   # Below SCANN_TREE_FROM rows ScaNN has no tree, so nothing to tune.
-  retune = num >= search.SCANN_TREE_FROM
+  retune = num >= scann_search.SCANN_TREE_FROM
   return [
       ("exact", {}, [("default", {})], ()),
       ("approx", {"recall_target": 0.95}, [("recall_target=0.95", {})], ()),
@@ -185,7 +188,7 @@ def settings(num: int):
 
 
 class Truth:
-  """The reference for `search.measure_recall`: the exact top-k, computed once per dataset."""
+  """The reference for `backend.measure_recall`: the exact top-k, computed once per dataset."""
 
   def __init__(self, result):
     self._result = result
@@ -253,7 +256,7 @@ def bench_dataset(name: str, vectors: np.ndarray, args) -> list:
           index.tune(base, value)
         else:
           setattr(index, key, value)
-      recall = search.measure_recall(index, truth, queries, K)
+      recall = backend_lib.measure_recall(index, truth, queries, K)
       resolved = {k: v for k, v in index.params().items() if k != "measured_recall"}
       rows.append({"dataset": name, "num": len(base), "dim": base.shape[1],
                    "queries": len(queries), "backend": backend, "setting": label,
@@ -272,11 +275,11 @@ def scann_over_splits(name: str, vectors: np.ndarray, args) -> dict:
   per_split = []
   for seed in range(SEED + 1, SEED + 1 + args.splits):
     base, queries = split_queries(vectors, args.queries, np.random.default_rng(seed))
-    truth = Truth(search.ExactSearch(base).search(queries, K))
+    truth = Truth(exact_lib.ExactSearch(base).search(queries, K))
     index = search.build("scann", base)
+    recall = backend_lib.measure_recall(index, truth, queries, K)
     per_split.append({"seed": seed, "leaves_to_search": index.num_leaves_to_search,
-                      "tuned_recall": index.tuned_recall,
-                      "recall_at_10": round(search.measure_recall(index, truth, queries, K), 4)})
+                      "tuned_recall": index.tuned_recall, "recall_at_10": round(recall, 4)})
     log(f"{name}: scann default, split {seed}: {per_split[-1]}")
   recalls = [r["recall_at_10"] for r in per_split]
   return {"splits": name, "backend": "scann", "setting": "default (recall_target 0.95)",

@@ -55,7 +55,8 @@ def _measure(name: str, questions: int, repeats: int) -> dict:
   if name == "hf_greedy":
     import torch  # pylint: disable=import-outside-toplevel
     import transformers  # pylint: disable=import-outside-toplevel
-    from rag_jax import assets, gguf_file  # pylint: disable=import-outside-toplevel
+    from rag_jax import assets  # pylint: disable=import-outside-toplevel
+    from rag_jax.weights import gguf_file  # pylint: disable=import-outside-toplevel
     path = gguf_file.find_gguf(pathlib.Path(assets.fetch("smollm2-135m-instruct")))
     hf = transformers.LlamaForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()

@@ -86,15 +86,16 @@ def rag_token_inputs(batch: int, docs: int, *, question: int, context: int, targ
 
 def step_config(docs: int, context: int):
   """The RAG-Token StepConfig of the benchmarks' batches."""
+  from rag_jax import contexts
   from rag_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
-  return step_lib.StepConfig(kind="token", k=docs, context=step_lib.ContextFormat(
+  return step_lib.StepConfig(kind="token", k=docs, context=contexts.ContextFormat(
       length=context, prefix=(START,), suffix=(END,), pad_id=PAD))
 
 
 def contexts(inputs: dict, docs: int, context: int):
   """The generator contexts [B * Z, context] (ids, mask) the step joins from `inputs`."""
   from rag_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
-  ids, mask = step_lib.join_contexts(inputs["passage_tokens"], inputs["passage_length"],
+  ids, mask = contexts.join_contexts(inputs["passage_tokens"], inputs["passage_length"],
                                        inputs["question_tokens"], inputs["question_length"],
                                        step_config(docs, context).context)
   return np.asarray(ids), np.asarray(mask)

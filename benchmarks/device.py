@@ -194,7 +194,7 @@ def _make_rows(jax, jnp, rows: int, dim: int):
 
 
 def search(jax, jnp, s: dict, card: dict, copy_tb_s: float, hlo_dir=None):
-  from rag_jax.index.search import ExactSearch  # pylint: disable=import-outside-toplevel
+  from rag_jax.index.exact import ExactSearch  # pylint: disable=import-outside-toplevel
   rows, dim, k = s["rows"], s["dim"], 10
   emb = _make_rows(jax, jnp, rows, dim)
   queries = np.asarray(jax.random.normal(jax.random.PRNGKey(3), (max(s["query_batches"]), dim),

@@ -102,7 +102,7 @@ def _hf_generate_fn(kind: str, shapes: dict, path: str, build: bool):
 
 def _jax_generate_fn(kind: str, decoding: str, shapes: dict, path: str):
   import jax  # pylint: disable=import-outside-toplevel
-  from rag_jax.rag import RagModel  # pylint: disable=import-outside-toplevel
+  from rag_jax.model import RagModel  # pylint: disable=import-outside-toplevel
   model = RagModel.from_pretrained(path)
   ids, mask, doc_scores = _inputs(shapes)
   max_length = 1 + shapes["new_tokens"]

@@ -72,7 +72,7 @@ def _measure_jax(batch, docs, steps, path):
   import jax  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
   from rag_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
-  from rag_jax.rag import RagModel  # pylint: disable=import-outside-toplevel
+  from rag_jax.model import RagModel  # pylint: disable=import-outside-toplevel
   model = RagModel.from_pretrained(path)
   tx = optax.adamw(LR, weight_decay=WEIGHT_DECAY)
   inputs = _inputs(batch, docs)

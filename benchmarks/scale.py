@@ -446,9 +446,9 @@ def run(args, workdir: pathlib.Path) -> dict:
 
 
 def search_recall(want: np.ndarray, got: np.ndarray) -> float:
-  """recall@K of ids `got` [Q, K] against `want` [Q, K] (`search.measure_recall`'s rule)."""
-  from rag_jax.index import search
-  return search._recall(want, got)
+  """recall@K of ids `got` [Q, K] against `want` [Q, K] (`backend.measure_recall`'s rule)."""
+  from rag_jax.index import backend
+  return backend.recall(want, got)
 
 
 def _print(report: dict) -> None:

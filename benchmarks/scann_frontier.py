@@ -48,6 +48,9 @@ import time
 import numpy as np
 
 import ann
+from rag_jax.index import backend
+from rag_jax.index import exact
+from rag_jax.index import scann_search
 from rag_jax.index import search
 
 LEAVES_PER_SQRT_N = (0.4, 0.8, 1.6)
@@ -65,8 +68,8 @@ class Setting:
   def search(self, queries, k):
     ids, scores = self.searcher.search_batched_parallel(
         queries, final_num_neighbors=k, pre_reorder_num_neighbors=self.reorder,
-        leaves_to_search=self.leaves, batch_size=search._chunk(len(queries)))
-    return search._scann_result(ids, scores)
+        leaves_to_search=self.leaves, batch_size=scann_search._chunk(len(queries)))
+    return scann_search._scann_result(ids, scores)
 
 
 def build_grid(base: np.ndarray, default: dict):
@@ -116,10 +119,10 @@ def bench_dataset(name: str, vectors: np.ndarray, args) -> tuple:
   """(one row per timed setting, the dataset's summary)."""
   base, queries = ann.split_queries(vectors, args.queries, np.random.default_rng(ann.SEED))
   ann.log(f"{name}: {base.shape[0]} x {base.shape[1]} indexed, {len(queries)} queries")
-  truth = ann.Truth(search.ExactSearch(base).search(queries, ann.K))
+  truth = ann.Truth(exact.ExactSearch(base).search(queries, ann.K))
 
   def recall(index) -> float:
-    return search.measure_recall(index, truth, queries, ann.K)
+    return backend.measure_recall(index, truth, queries, ann.K)
 
   rows = []  # (kind, label, index, search-time attributes, build seconds, recall)
   start = time.perf_counter()

@@ -5,7 +5,7 @@
     python benchmarks/train.py --quick          # tiny shapes: a smoke run
 
 Both sides run `experiments/fever.py:tiny`'s data and index with random dpr-base and
-bart-base weights (`rag_jax.tiny` writes them; speed does not depend on their values):
+bart-base weights (`rag_jax.weights.tiny` writes them; speed does not depend on their values):
 
 - step: the `Run`'s own jitted step (the library's `train_step`) called back to back on one
   batch already gathered, retrieved and placed: nothing but the step; timed before and after
@@ -50,7 +50,8 @@ def _config(args):
 
 def _model(args, workdir: pathlib.Path, config):
   """Writes the random checkpoints where the run looks for them (WORKDIR/tiny_model)."""
-  from rag_jax import data, tiny  # pylint: disable=import-outside-toplevel
+  from rag_jax import data  # pylint: disable=import-outside-toplevel
+  from rag_jax.weights import tiny  # pylint: disable=import-outside-toplevel
   from rag_jax.index import corpus  # pylint: disable=import-outside-toplevel
   examples = data.read("fever", config.data.path, "train") + data.read("fever", config.data.path,
                                                                         "dev")
@@ -79,6 +80,8 @@ def main():
   from rag_jax.train import setup  # pylint: disable=import-outside-toplevel
   from rag_jax.train import input_pipeline  # pylint: disable=import-outside-toplevel
   from rag_jax.train import loop  # pylint: disable=import-outside-toplevel
+  from rag_jax.train import retrieval  # pylint: disable=import-outside-toplevel
+  from rag_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
   from absl import logging  # pylint: disable=import-outside-toplevel
   logging.set_verbosity(logging.WARNING)
 
@@ -87,20 +90,17 @@ def main():
     config = _config(args)
     _model(args, workdir, config)
     run = setup.build(config, workdir)
+    steps = step_lib.make_steps(run.rag, run.tx, run.step_config, run.state_sharding)
     rows = input_pipeline.train_batches(len(run.train_examples), config.batch_size,
                                         config.seed)[0]
     arrays = input_pipeline.gather(run.train.arrays, rows)
-    if run.device_index is not None:
-      batch = run.place(run.device_arrays(arrays))
-      index = run.device_index
-    else:
-      batch, index = run.retrieved(run.state.params, arrays), None
+    batch, index = retrieval.BatchRetriever.of(run, steps).train_inputs(run.state.params, arrays)
     holder = {"state": run.state}
 
     def bare():
       # Under the rules the loop traces its step under, so both run one compiled program.
       with sharding.axis_rules(run.mesh, sharding.logical_rules(config.fsdp)):
-        holder["state"], metrics = run._step(holder["state"], batch, index)  # pylint: disable=protected-access
+        holder["state"], metrics = steps.train(holder["state"], batch, index)
       metrics["loss"].block_until_ready()
 
     # The bare step before and after the loop (the machine's speed drifts), the loop between,
@@ -116,7 +116,7 @@ def main():
       marks.setdefault(step, time.perf_counter())
       write(self, step, values)
     loop.MetricsWriter.write = timed_write
-    holder["state"] = loop.train_and_evaluate(config, workdir, run=run)["state"]
+    holder["state"] = loop.train_and_evaluate(config, workdir, run=run, steps=steps)["state"]
     loop.MetricsWriter.write = write
     after = common.median_seconds(bare, args.steps // 2, warmup=0)
     timed = sorted(s for s in marks if s > start + args.warmup - 1)

@@ -18,7 +18,7 @@ RAG-Sequence 52.2. The splits are DPR's: train 1,125, dev 133, test 694.
 
 The data: DPR's files in data/dpr: biencoder-curatedtrec-train.json,
 biencoder-curatedtrec-dev.json and curatedtrec-test.qa.csv. `:tiny` reads DPR's QA csv files
-in tests/data/qa_tiny.
+in rag_jax/data/tiny/qa.
 """
 
 from rag_jax.configs import tasks

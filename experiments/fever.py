@@ -17,9 +17,9 @@ the optimiser is HF's RAG fine-tuning recipe (rag_jax/configs/tasks.py), and eva
 retrieves the training k.
 
 `:2way` drops NOT ENOUGH INFO (SUPPORTS / REFUTES only). `:tiny` trains a tiny random DPR +
-BART (written under the workdir) on `tests/data/fever_tiny`, a 48-passage corpus and a few
+BART (written under the workdir) on `rag_jax/data/tiny/fever`, a 48-passage corpus and a few
 dozen claims in FEVER's own format: seconds on a CPU. `:wiki` is the demo on the embedded
-Wikipedia (rag_jax.demo; claims from rag_jax.data.wiki_tasks): MiniLM + SmolLM2 (top 4 layers)
+Wikipedia (rag_jax.demo; claims from rag_jax.data.wiki): MiniLM + SmolLM2 (top 4 layers)
 trained with k = 3, against a closed-book SmolLM2 trained the same way, the query encoder's
 recall before and after, and the hot swap (claims whose evidence changed).
 
@@ -30,9 +30,9 @@ facebook/dpr-ctx_encoder-single-nq-base --backend exact --out psgs_w100-idx`).
 """
 
 from rag_jax.configs import tasks
+from rag_jax.data import tiny
 
 VARIANTS = ("", "2way", "tiny")  # and "wiki" (tasks.config adds it)
-TINY_DATA = tasks.TESTS_DATA / "fever_tiny"
 # The training k at test time too (the paper gives no other).
 DECODING = {"token": {"k": 5, "decoding": "greedy"}, "sequence": {"k": 5, "decoding": "thorough"}}
 
@@ -47,10 +47,10 @@ def get_config(arg: str = ""):
                 # Each label's output; the trainer checks that each is one generator token.
                 label_words={"SUPPORTS": "true", "REFUTES": "false",
                              "NOT ENOUGH INFO": "unknown"}),
-      tiny_data=dict(path=str(TINY_DATA / "{split}.jsonl"), test_split=""),
+      tiny_data=dict(path=str(tiny.FEVER / "{split}.jsonl"), test_split=""),
       metrics=["label_accuracy"], eval_paper=DECODING,
       paper={"token": accuracy, "sequence": accuracy},
-      lengths=(8, 4), tiny_lengths=(8, 4), tiny_vocab=TINY_DATA / "vocab.txt",
+      lengths=(8, 4), tiny_lengths=(8, 4), tiny_vocab=tiny.FEVER / "vocab.txt",
       wiki=dict(kind="fever", path="wiki-tasks:fever", doc_sep="\n\nClaim: ",
                 system_prompt="Is the claim true, false, or unknown from the passage? "
                               "Answer in one word.",

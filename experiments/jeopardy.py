@@ -14,22 +14,23 @@ Test figures (Table 2): RAG-Token 17.3 BLEU-1 / 22.2 Q-BLEU-1, RAG-Sequence 14.7
 splits: SearchQA's, 100K train / 14K dev / 27K test. Training retrieves 10 passages too.
 
 The data: {train,val,test}.source (the answers) and .target (the clues) in data/jeopardy, the
-layout of HF's RAG example. `:tiny` reads tests/data/qa_tiny/jeopardy (an article's title ->
+layout of HF's RAG example. `:tiny` reads rag_jax/data/tiny/qa/jeopardy (an article's title ->
 a clue from one of its facts).
 
-`:wiki` is the demo on the embedded Wikipedia (rag_jax.demo; the tasks: rag_jax.data.wiki_tasks):
+`:wiki` is the demo on the embedded Wikipedia (rag_jax.demo; the tasks: rag_jax.data.wiki):
 an article's title -> "This {description} is ...", from its lead; MiniLM + SmolLM2 (top 4
 layers) trained with k = 3, greedy decoding, against a closed-book SmolLM2 trained the same
 way, and the hot swap (clues over an index whose facts changed).
 """
 
 from rag_jax.configs import tasks
+from rag_jax.data import tiny
 
 
 def get_config(arg: str = ""):
   return tasks.config(
       "jeopardy", arg, data=dict(kind="jeopardy", path="data/jeopardy", eval_split="val"),
-      tiny_data=dict(path=str(tasks.QA_TINY / "jeopardy"), eval_split="dev"),
+      tiny_data=dict(path=str(tiny.QA / "jeopardy"), eval_split="dev"),
       metrics=["q_bleu1", "bleu1"], eval_paper=tasks.GENERATION_DECODING, eval_num_beams=4,
       paper={"token": {"bleu1": 17.3, "q_bleu1": 22.2},
              "sequence": {"bleu1": 14.7, "q_bleu1": 21.4}},

@@ -16,16 +16,17 @@ The data: the official train_v2.1.json, dev_v2.1.json and eval_v2.1_public.json 
 in data/msmarco, read as the NLG task (questions with a well-formed answer, those answers the
 targets; rag_jax/data/msmarco.py says how the paper's split sizes point to it). The test
 split is the eval file, whose answers are hidden: evaluate writes its predictions and scores
-only retrieval. `:tiny` reads the same three files in tests/data/qa_tiny.
+only retrieval. `:tiny` reads the same three files in rag_jax/data/tiny/qa.
 """
 
 from rag_jax.configs import tasks
+from rag_jax.data import tiny
 
 
 def get_config(arg: str = ""):
   return tasks.config(
       "msmarco", arg, data=dict(kind="msmarco", path="data/msmarco"),
-      tiny_data=dict(path=str(tasks.QA_TINY)),
+      tiny_data=dict(path=str(tiny.QA)),
       metrics=["bleu1", "rouge_l"], eval_paper=tasks.GENERATION_DECODING, eval_num_beams=4,
       paper={"token": {"rouge_l": 40.1, "bleu1": 41.5},
              "sequence": {"rouge_l": 40.8, "bleu1": 44.2}},

@@ -25,10 +25,10 @@ The data: DPR's files (github.com/facebookresearch/DPR, `dpr/data/download_data.
 data/dpr: biencoder-nq-train.json, biencoder-nq-dev.json and nq-test.qa.csv. NQ-open from
 tfds instead: `--config.data.kind=nq_open --config.data.path=~/tensorflow_datasets
 --config.data.eval_split=validation --config.data.test_split=validation`. `:tiny` reads
-tests/data/qa_tiny (DPR's retriever JSON over the made-up world of tests/data/fever_tiny).
+rag_jax/data/tiny/qa (DPR's retriever JSON over the made-up world of rag_jax/data/tiny/fever).
 
 `:wiki` is the demo on the embedded Wikipedia (rag_jax.demo; the questions, each answered in
-one article, from rag_jax.data.wiki_tasks): MiniLM + SmolLM2 (top 4 layers) trained with k = 3,
+one article, from rag_jax.data.wiki): MiniLM + SmolLM2 (top 4 layers) trained with k = 3,
 greedy decoding, against a closed-book SmolLM2 trained the same way, the query encoder's
 recall before and after, and the hot swap (questions whose year, number or country changed).
 """

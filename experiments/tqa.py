@@ -15,7 +15,7 @@ The data: DPR's files in data/dpr: biencoder-trivia-train.json, biencoder-trivia
 trivia-test.qa.csv. From tfds instead: `--config.data.kind=trivia_qa
 --config.data.path=~/tensorflow_datasets --config.data.eval_split=validation
 --config.data.test_split=validation` (unfiltered.nocontext). `:tiny` reads DPR's QA csv files
-in tests/data/qa_tiny. Ablation switches as in experiments/nq.py.
+in rag_jax/data/tiny/qa. Ablation switches as in experiments/nq.py.
 """
 
 from rag_jax.configs import tasks

@@ -17,7 +17,7 @@ RAG-Token 45.5, RAG-Sequence 45.2 EM. The splits are DPR's: train 3,417, dev 361
 The data: DPR's files in data/dpr: biencoder-webquestions-train.json,
 biencoder-webquestions-dev.json and webquestions-test.qa.csv; from tfds instead:
 `--config.data.kind=web_questions --config.data.path=~/tensorflow_datasets` with its splits.
-`:tiny` reads DPR's QA csv files in tests/data/qa_tiny (the tiny NQ's vocabulary, so the tiny
+`:tiny` reads DPR's QA csv files in rag_jax/data/tiny/qa (the tiny NQ's vocabulary, so the tiny
 NQ checkpoint fits) and starts from nothing unless `--config.init` names one.
 """
 

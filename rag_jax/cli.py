@@ -15,6 +15,8 @@ from absl import app
 from absl import flags
 import jax
 
+from rag_jax import errors
+
 
 def fail(message: str, status: int = 1) -> NoReturn:
   print(f"error: {message}", file=sys.stderr)
@@ -25,12 +27,6 @@ def shorten(text: str, limit: int) -> str:
   """`text` cut to `limit` characters, "..." marking the cut, for printing passages and
   questions on one line."""
   return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _one_line(e: BaseException) -> str:
-  # The last line: ml_collections puts the cause ("[Errno 2] No such file ...") there.
-  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-  return lines[-1] if lines else type(e).__name__
 
 
 def _parse_flags(argv):
@@ -44,7 +40,7 @@ def _parse_flags(argv):
   except Exception as e:  # pylint: disable=broad-except
     # flags.Error, and the plain exceptions ml_collections raises for unreadable config files
     # and bad overrides (of an unknown field, only its name: "'xyz'").
-    fail(unknown_config_field(argv) or _one_line(e), status=2)
+    fail(unknown_config_field(argv) or errors.last_line(e), status=2)
 
 
 def _fields(node) -> Optional[List[str]]:
@@ -108,7 +104,7 @@ def config(holder, example: str):
   try:
     value.keys()  # ml_collections defers a config file's load error to its first use
   except (OSError, SyntaxError, ImportError, AttributeError) as e:
-    fail(_one_line(e), status=2)
+    fail(errors.last_line(e), status=2)
   return value
 
 

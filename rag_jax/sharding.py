@@ -20,7 +20,7 @@ turns an abstract param or train-state tree into NamedShardings:
       loss = jax.jit(loss_fn)(state, batch)
 
 The retrieval index is split by rows over `index_axes(mesh)` (all of MESH_AXES) and queries
-over `batch_sharding(mesh)`; see `rag_jax.index.search.ExactSearch`.
+over `batch_sharding(mesh)`; see `rag_jax.index.exact.ExactSearch`.
 """
 
 import contextlib

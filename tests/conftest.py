@@ -3,7 +3,7 @@ of subprocesses that need several (fake CPU) devices."""
 
 import importlib.util
 import os
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -58,6 +58,45 @@ def task_config(task: str, arg: str = "tiny", **overrides):
   spec.loader.exec_module(module)
   from rag_jax.train import setup  # pylint: disable=import-outside-toplevel
   return setup.override(module.get_config(arg), **overrides)
+
+
+def whole_prompts(tokenizer, contexts: Sequence[Tuple[str, str, str]],
+                   render: Callable[[str, str, str], str], *, limit: int,
+                   pad_token_id: int) -> Tuple[np.ndarray, np.ndarray]:
+  """The reference for decoder-only contexts: each whole prompt string tokenized at once,
+  truncated by shortening its passage text until it fits, left-padded (as the library made
+  its prompts before contexts were joined from tokenized parts).
+
+  Args:
+    tokenizer: the generator's HF tokenizer.
+    contexts: N (title, text, question) triples.
+    render: (title, text, question) -> the prompt string.
+    limit: the most tokens a prompt keeps.
+    pad_token_id: the id of the padding.
+  Returns:
+    ids, mask: [N, S] int32, S the longest prompt (<= limit), padded on the left.
+  """
+  rows = []
+  for title, text, question in contexts:
+    encode = lambda body: tokenizer(render(title, body, question))["input_ids"]
+    ids = encode(text)
+    if len(ids) > limit:
+      # Shorten the passage by the excess until the prompt fits (the tokens of a prefix of
+      # the text need not add up exactly, hence the loop); the question stays whole, and
+      # only a question that alone is too long is cut, from the left.
+      text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+      keep = len(text_ids)
+      while len(ids) > limit and keep > 0:
+        keep = max(0, keep - (len(ids) - limit))
+        ids = encode(tokenizer.decode(text_ids[:keep]))
+    rows.append(ids[-limit:])
+  width = max(len(r) for r in rows)
+  ids = np.full((len(rows), width), pad_token_id, np.int32)
+  mask = np.zeros((len(rows), width), np.int32)
+  for i, r in enumerate(rows):
+    if r:
+      ids[i, -len(r):], mask[i, -len(r):] = r, 1
+  return ids, mask
 
 
 def max_abs(a, b) -> float:

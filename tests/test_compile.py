@@ -14,9 +14,11 @@ import pytest
 
 from conftest import subprocess_env
 from experiments import fever
-from rag_jax.compile import __main__ as aot
+from rag_jax.compile import __main__ as compile_main
+from rag_jax.compile import architectures, targets
+from rag_jax.compile import report as report_lib
 from rag_jax import sharding
-from rag_jax.train import step as step_lib
+from rag_jax.index import device as device_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
@@ -72,26 +74,26 @@ def test_bad_input_is_one_line_with_status_2(args, message):
 
 
 def test_memory_total_and_fit():
-  stats = types.SimpleNamespace(argument_size_in_bytes=10 * aot.GIB,
-                                output_size_in_bytes=4 * aot.GIB,
-                                alias_size_in_bytes=4 * aot.GIB,
-                                temp_size_in_bytes=3 * aot.GIB,
-                                generated_code_size_in_bytes=aot.GIB // 2)
-  m = aot.memory(stats)
-  assert m["total"] == int(13.5 * aot.GIB)
-  assert aot.fits(m["total"], 16 * aot.GIB) is True
-  assert aot.fits(m["total"], int(13.4 * aot.GIB)) is False
-  assert aot.fits(m["total"], 16 * aot.GIB, usable_fraction=0.75) is False  # 12 GiB usable
-  assert aot.fits(m["total"], None) is None
-  assert aot.fits(m["total"], 13.5 * aot.GIB) is True  # exactly full still fits
+  stats = types.SimpleNamespace(argument_size_in_bytes=10 * targets.GIB,
+                                output_size_in_bytes=4 * targets.GIB,
+                                alias_size_in_bytes=4 * targets.GIB,
+                                temp_size_in_bytes=3 * targets.GIB,
+                                generated_code_size_in_bytes=targets.GIB // 2)
+  m = report_lib.memory(stats)
+  assert m["total"] == int(13.5 * targets.GIB)
+  assert report_lib.fits(m["total"], 16 * targets.GIB) is True
+  assert report_lib.fits(m["total"], int(13.4 * targets.GIB)) is False
+  assert report_lib.fits(m["total"], 16 * targets.GIB, usable_fraction=0.75) is False  # 12 GiB usable
+  assert report_lib.fits(m["total"], None) is None
+  assert report_lib.fits(m["total"], 13.5 * targets.GIB) is True  # exactly full still fits
   # XLA:TPU's out-of-memory messages, in both forms it uses.
   oom = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
          "temporaries (2.00T) exceeds available HBM (15.75G).")
-  assert aot.hbm_capacity(oom) == int(15.75 * aot.GIB) and aot.hbm_needed(oom) == 2 * 2**40
+  assert targets.hbm_capacity(oom) == int(15.75 * targets.GIB) and targets.hbm_needed(oom) == 2 * 2**40
   old = "Ran out of memory in memory space hbm. Used 20.50G of 15.75G hbm. Exceeded by 4.75G."
-  assert aot.hbm_needed(old) == int(20.5 * aot.GIB)
-  assert aot.hbm_capacity(old) == int(15.75 * aot.GIB)
-  assert aot.hbm_capacity("INTERNAL: something else") is None
+  assert targets.hbm_needed(old) == int(20.5 * targets.GIB)
+  assert targets.hbm_capacity(old) == int(15.75 * targets.GIB)
+  assert targets.hbm_capacity("INTERNAL: something else") is None
 
 
 def _tiny_config(**overrides):
@@ -102,57 +104,57 @@ def _tiny_config(**overrides):
 
 
 def _gpu_without_plugin(count=8):
-  return aot.Target("gpu:8xH100", "gpu", count, "NVIDIA H100 80GB HBM3",
-                    aot.GPUS["H100"]["memory"], 0.75, devices=None, reason="no CUDA plugin")
+  return targets.Target("gpu:8xH100", "gpu", count, "NVIDIA H100 80GB HBM3",
+                    targets.GPUS["H100"]["memory"], 0.75, devices=None, reason="no CUDA plugin")
 
 
 def test_without_devices_the_report_is_the_sharded_shapes_and_an_estimate():
   config = _tiny_config()
-  report = aot.compile_report(config, _gpu_without_plugin(), {"data": -1}, 8, 1000)
+  report = report_lib.compile_report(config, _gpu_without_plugin(), {"data": -1}, 8, 1000)
   assert report["compiled"] is False and report["reason"] == "no CUDA plugin"
   assert report["memory_gib"] is None and report["fits_by"] == "estimate"
   assert report["mesh"] == {"data": 8, "fsdp": 1, "model": 1}
   est = report["estimate_gib"]
   # Replicated float32 params, two Adam moments; the index split by rows over 8 devices:
   # 125 rows of a 32-d float32 vector, 46 passage tokens and a length each.
-  assert est["params"] == pytest.approx(report["params"] * 4 / aot.GIB, abs=1e-3)
+  assert est["params"] == pytest.approx(report["params"] * 4 / targets.GIB, abs=1e-3)
   assert est["opt_state"] == pytest.approx(2 * est["params"], abs=1e-3)
-  assert est["index"] == pytest.approx(125 * (32 * 4 + 46 * 4 + 4) / aot.GIB, abs=1e-3)
+  assert est["index"] == pytest.approx(125 * (32 * 4 + 46 * 4 + 4) / targets.GIB, abs=1e-3)
   assert est["activations_estimate"] > 0
   assert est["total"] == pytest.approx(sum(v for k, v in est.items() if k != "total"),
                                        abs=1e-2)
   assert report["fits"] is True and report["usable_gib"] == pytest.approx(
       0.75 * report["hbm_gib"], abs=1e-3)
-  text = aot.table(report)
+  text = report_lib.table(report)
   assert "compiled: no: no CUDA plugin" in text and "ESTIMATE" in text and "fits: yes" in text
   # fsdp shards the params' embed dimension: less per device.
-  sharded = aot.compile_report(_tiny_config(fsdp=True), _gpu_without_plugin(), {"fsdp": 8}, 8,
+  sharded = report_lib.compile_report(_tiny_config(fsdp=True), _gpu_without_plugin(), {"fsdp": 8}, 8,
                                1000)
   assert sharded["estimate_gib"]["params"] < est["params"]
 
 
 def test_a_batch_that_does_not_split_over_the_mesh_names_the_fixes():
-  with pytest.raises(aot.InputError, match=r"batch size 8 does not split over the 16 data "
+  with pytest.raises(targets.InputError, match=r"batch size 8 does not split over the 16 data "
                      r"shards .* --batch-size .* --mesh data=8,model=2"):
-    aot.compile_report(_tiny_config(), _gpu_without_plugin(16), {"data": -1}, 8, 1000)
+    report_lib.compile_report(_tiny_config(), _gpu_without_plugin(16), {"data": -1}, 8, 1000)
 
 
 def test_known_architectures_and_the_gpu_target_spec():
-  q, g = aot.architectures(fever.get_config())
+  q, g = architectures.architectures(fever.get_config())
   assert (q["hidden_size"], q["num_hidden_layers"], q["vocab_size"]) == (768, 12, 30522)
   assert (g["d_model"], g["encoder_layers"], g["decoder_layers"], g["vocab_size"],
           g["encoder_ffn_dim"], g["encoder_attention_heads"]) == (1024, 12, 12, 50265, 4096, 16)
   config = fever.get_config()
   with config.unlocked():
     config.model.rag_checkpoint = "facebook/rag-token-nq"
-  assert aot.architectures(config) == (q, g)
-  with pytest.raises(aot.InputError, match="unknown question encoder architecture 'x/y'"):
+  assert architectures.architectures(config) == (q, g)
+  with pytest.raises(targets.InputError, match="unknown question encoder architecture 'x/y'"):
     with config.unlocked():
       config.model.rag_checkpoint, config.model.question_encoder = "", "x/y"
-    aot.architectures(config)
-  text = aot.gpu_target_config(aot.GPUS["H100"])
+    architectures.architectures(config)
+  text = targets.gpu_target_config(targets.GPUS["H100"])
   assert "core_count: 132" in text and "major: 9 minor: 0" in text
-  assert aot.parse_mesh("data=2, fsdp=-1") == {"data": 2, "fsdp": -1}
+  assert compile_main.parse_mesh("data=2, fsdp=-1") == {"data": 2, "fsdp": -1}
   assert jax.default_backend() == "cpu"  # nothing here touched an accelerator
 
 
@@ -160,10 +162,10 @@ def test_abstract_device_index_lowers_to_the_same_program_as_a_placed_one():
   """DeviceIndex.abstract: create's shapes, shardings and search, with no rows behind it."""
   mesh = sharding.make_mesh({"data": -1})
   rng = np.random.default_rng(0)
-  real = step_lib.DeviceIndex.create(mesh, rng.standard_normal((37, 8)).astype(np.float32),
+  real = device_lib.DeviceIndex.create(mesh, rng.standard_normal((37, 8)).astype(np.float32),
                                        rng.integers(0, 9, (37, 5)).astype(np.int32),
                                        np.full(37, 5, np.int32), dtype="bfloat16")
-  abstract = step_lib.DeviceIndex.abstract(mesh, 37, 8, 5, dtype="bfloat16")
+  abstract = device_lib.DeviceIndex.abstract(mesh, 37, 8, 5, dtype="bfloat16")
   for got, want in zip(jax.tree.leaves(abstract), jax.tree.leaves(real)):
     assert isinstance(got, jax.ShapeDtypeStruct)
     assert (got.shape, got.dtype, got.sharding) == (want.shape, want.dtype, want.sharding)

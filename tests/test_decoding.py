@@ -8,7 +8,7 @@ import torch
 
 from conftest import padded_batch
 from rag_jax import decoding
-from rag_jax.rag import RagModel
+from rag_jax.model import RagModel
 from test_rag import G, PAD, _save_rag
 
 

@@ -6,7 +6,7 @@ import json
 from conftest import task_config
 from rag_jax.train import demo
 from rag_jax.train import setup
-from rag_jax.data import wiki_tasks
+from rag_jax.data.wiki import swap as wiki_swap
 
 
 def _records(directory):
@@ -64,7 +64,7 @@ def test_tiny_demo_trains_both_models_and_measures_every_table(tmp_path, capsys)
   assert len(figures["retrieved_titles"]["frozen"]) == 8
   # The hot swap is scored on the changed facts' new golds, over the old and the new index.
   swapped = setup.read_examples(
-      setup.override(config, **{"data.test_split": wiki_tasks.SWAPPED}), "test")[:6]
+      setup.override(config, **{"data.test_split": wiki_swap.SWAPPED}), "test")[:6]
   old = {e.source: list(e.targets) for e in setup.read_examples(config, "test")}
   assert figures["hot_swap"]["examples"] == 6
   for when in ("before", "after"):

@@ -47,9 +47,9 @@ def test_train_part_runs_every_batch_and_learns():
 
 @pytest.mark.parametrize("gpu_layout", [False, True])
 def test_search_part_agrees_with_a_full_top_k(monkeypatch, gpu_layout):
-  from rag_jax.index import search  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(search, "GPU_LAYOUT", gpu_layout)
-  monkeypatch.setattr(search, "SELECT_BLOCK", 16)  # so that the quick sizes use blocks
+  from rag_jax.index import ondevice  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(ondevice, "GPU_LAYOUT", gpu_layout)
+  monkeypatch.setattr(ondevice, "SELECT_BLOCK", 16)  # so that the quick sizes use blocks
   rows = list(device.search(jax, jnp, device.QUICK, CPU, copy_tb_s=1.0))
   checked = [r for r in rows if r["chunk"] != "unchunked"]
   assert len(checked) == len(device.QUICK["chunks"]) * len(device.QUICK["query_batches"])

@@ -21,10 +21,11 @@ import pytest
 
 from conftest import subprocess_env
 from conftest import task_config as config
-from rag_jax.evaluate import evaluation
+from rag_jax.evaluate import predict
 from rag_jax.train import setup
 from rag_jax.evaluate import metrics
 from rag_jax.train import loop
+from rag_jax.data import tiny
 from rag_jax.index import bm25
 from rag_jax.index import corpus
 
@@ -68,7 +69,7 @@ def evaluated(tmp_path_factory, trained):
   index = {"retrieval.index": str(trained[0] / "index")}
   overrides = {"tqa": index, "wq": index, "ct": index, "jeopardy": index,
                "msmarco": {"rag.kind": "sequence", **index}}
-  return {task: (root / task, evaluation.evaluate_config(
+  return {task: (root / task, predict.evaluate_config(
       config(task, **overrides.get(task, {})), root / task, init=init.get(task),
       progress=False)) for task in TASKS}
 
@@ -90,7 +91,7 @@ def test_every_task_writes_the_three_files_with_its_metric_names(evaluated):
 
 
 def test_metrics_json_is_rag_jax_metrics_of_predictions_jsonl(evaluated):
-  passages = list(corpus.read_passages(ROOT / "tests" / "data" / "fever_tiny" / "passages.tsv"))
+  passages = list(corpus.read_passages(tiny.PASSAGES))
   for task, (workdir, _) in evaluated.items():
     records, summary = read(workdir)
     k = summary["k"]
@@ -144,7 +145,7 @@ def test_eval_k_is_not_the_training_k(evaluated):
 
 def test_bm25_returns_what_bm25s_returns():
   import bm25s  # pylint: disable=import-outside-toplevel
-  passages = list(corpus.read_passages(ROOT / "tests" / "data" / "fever_tiny" / "passages.tsv"))
+  passages = list(corpus.read_passages(tiny.PASSAGES))
   questions = ["where does the alpha river end?", "who is the mayor of oak bay?", "zzz"]
   scores, ids = bm25.BM25Search(passages).search(questions, 5)
   direct = bm25s.BM25()
@@ -159,9 +160,9 @@ def test_bm25_returns_what_bm25s_returns():
 
 
 def test_bm25_mode_retrieves_bm25s_passages_with_its_scores_as_priors(tmp_path):
-  evaluation.evaluate_config(config("ct", **{"retrieval.mode": "bm25"}), tmp_path, progress=False)
+  predict.evaluate_config(config("ct", **{"retrieval.mode": "bm25"}), tmp_path, progress=False)
   records, _ = read(tmp_path)
-  passages = list(corpus.read_passages(ROOT / "tests" / "data" / "fever_tiny" / "passages.tsv"))
+  passages = list(corpus.read_passages(tiny.PASSAGES))
   scores, ids = bm25.BM25Search(passages).search([r["question"] for r in records], 4)
   np.testing.assert_array_equal([[p["row"] for p in r["passages"]] for r in records], ids)
   want = np.exp(scores - scores.max(axis=1, keepdims=True))
@@ -172,7 +173,8 @@ def test_bm25_mode_retrieves_bm25s_passages_with_its_scores_as_priors(tmp_path):
 def test_frozen_query_encoder_is_bit_identical_while_the_generator_moves(trained):
   workdir, out = trained
   from rag_jax import rag as rag_lib  # pylint: disable=import-outside-toplevel
-  start = rag_lib.RagModel.from_parts(workdir / "tiny_model" / "question_encoder",
+  from rag_jax.model import RagModel  # pylint: disable=import-outside-toplevel
+  start = RagModel.from_parts(workdir / "tiny_model" / "question_encoder",
                                       workdir / "tiny_model" / "generator").params
   params = out["state"].params
   for a, b in zip(jax.tree.leaves(params["question_encoder"]),
@@ -185,7 +187,7 @@ def test_frozen_query_encoder_is_bit_identical_while_the_generator_moves(trained
 
 def test_init_from_the_train_checkpoint_reproduces_its_final_eval(trained, tmp_path):
   workdir, out = trained
-  scores = evaluation.evaluate_config(config("nq"), tmp_path, init=str(workdir), progress=False)
+  scores = predict.evaluate_config(config("nq"), tmp_path, init=str(workdir), progress=False)
   assert {f"eval/{k}": v for k, v in scores.items()} == {
       k: v for k, v in out.items() if k.startswith("eval/")}
   train_records, _ = read(workdir / "eval" / "step_2")
@@ -194,7 +196,7 @@ def test_init_from_the_train_checkpoint_reproduces_its_final_eval(trained, tmp_p
 
 
 def _as_hf_rag(tiny_model: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
-  """rag_jax.tiny's two checkpoints as one HF RAG checkpoint (RagModel.from_pretrained's
+  """rag_jax.weights.tiny's two checkpoints as one HF RAG checkpoint (RagModel.from_pretrained's
   layout: one config.json, weights under rag.question_encoder. and rag.generator., a
   tokenizer directory for each)."""
   import safetensors.numpy  # pylint: disable=import-outside-toplevel
@@ -215,7 +217,7 @@ def _as_hf_rag(tiny_model: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
 def test_init_from_an_hf_rag_checkpoint_is_the_model_it_holds(evaluated, tmp_path):
   workdir, scores = evaluated["nq"]  # the config's own tiny model, no init
   rag = _as_hf_rag(workdir / "tiny_model", tmp_path / "rag")
-  got = evaluation.evaluate_config(config("nq", **{"retrieval.index": str(workdir / "index")}),
+  got = predict.evaluate_config(config("nq", **{"retrieval.index": str(workdir / "index")}),
                                  tmp_path / "eval", init=str(rag), progress=False)
   assert got == scores
   assert read(tmp_path / "eval")[0] == read(workdir)[0]

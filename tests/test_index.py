@@ -14,8 +14,10 @@ import transformers
 from conftest import randomize_, subprocess_env
 from rag_jax import assets
 from rag_jax.encoder import TextEncoder
+from rag_jax.index import backend as backend_lib
 from rag_jax.index import corpus
 from rag_jax.index import embed
+from rag_jax.index import exact as exact_lib
 from rag_jax.index import saved
 from rag_jax.index import search as search_lib
 from rag_jax.index.retriever import Retriever
@@ -123,7 +125,7 @@ def test_loaded_vectors_are_searched_in_place_on_the_cpu(built):
   vectors = embed.load_embeddings(directory / "embeddings", manifest["count"], manifest["dim"],
                                   manifest["dtype"], manifest["shard_size"])
   assert vectors.ctypes.data % embed.ALIGN == 0
-  index = search_lib.ExactSearch(vectors, chunk_size=8)._index  # pylint: disable=protected-access
+  index = exact_lib.ExactSearch(vectors, chunk_size=8)._index  # pylint: disable=protected-access
   assert len(index.embeddings) > 1
   assert [c.unsafe_buffer_pointer() for c in index.embeddings] == [
       vectors[i:].ctypes.data for i in range(0, len(vectors), index.chunk_rows)]
@@ -332,7 +334,8 @@ def test_cli_format_flags_and_a_missing_backend_library(tmp_path, tiny_encoder_d
   assert "line 1" in capsys.readouterr().err
 
   def missing():
-    raise search_lib.MissingDependencyError("FaissHnswSearch needs faiss, which is not installed")
+    raise backend_lib.MissingDependencyError(
+        "FaissHnswSearch needs faiss, which is not installed")
   monkeypatch.setitem(search_lib._IMPORTS, "faiss_hnsw", missing)
   assert index_cli.main(["build", "--articles", str(articles), "--out", str(tmp_path / "c"),
                          "--backend", "faiss_hnsw", *common]) == 1

@@ -16,8 +16,8 @@ import transformers
 
 from conftest import max_abs, randomize_, rel_err
 from rag_jax import assets
-from rag_jax import gguf_file
 from rag_jax import weights
+from rag_jax.weights import gguf_file
 from rag_jax.models import layers
 from rag_jax.models.llama import Llama, positions_from_mask
 

@@ -54,13 +54,15 @@ import jax, numpy as np
 from rag_jax import distributed
 from rag_jax.train import setup
 from rag_jax.train import input_pipeline
-from rag_jax.train import _CONFIG  # noqa: registers --config
+from rag_jax.train import retrieval, step
+from rag_jax.train.__main__ import _CONFIG  # noqa: registers --config
 from absl import flags
 distributed.initialize()
 flags.FLAGS(sys.argv)
 run = setup.build(flags.FLAGS.config, setup.prepare_workdir(sys.argv[-1]))
+retriever = retrieval.BatchRetriever.of(run, step.make_steps(run.rag, run.tx, run.step_config))
 rows = np.arange(len(run.eval.examples))
-batch = run.retrieved(run.state.params, input_pipeline.gather(run.eval.arrays, rows), True)
+batch = retriever(run.state.params, input_pipeline.gather(run.eval.arrays, rows), True)
 out = {"ids": distributed.to_host(batch["doc_ids"]).tolist(),
        "embeds": distributed.to_host(batch["doc_embeds"]).sum(-1).tolist()}
 if jax.process_index() == 0:

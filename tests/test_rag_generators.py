@@ -23,7 +23,8 @@ from rag_jax.models import generator as generator_lib
 from rag_jax.models import layers
 from rag_jax.models.bart import Bart, BartConfig
 from rag_jax.models.llama import Llama, LlamaConfig
-from rag_jax.rag import Rag, RagConfig, RagModel
+from rag_jax.rag import Rag, RagConfig
+from rag_jax.model import RagModel
 
 V, B, Z, MAX_LENGTH = 41, 2, 3, 7
 KINDS = ["bart", "llama"]

@@ -8,7 +8,7 @@ import transformers
 
 from conftest import randomize_
 from rag_jax.index import saved
-from rag_jax.rag import RagModel
+from rag_jax.model import RagModel
 from rag_jax.index.retriever import Retriever
 
 WORDS = ("alpha beta gamma delta river mountain city king queen music art science war peace "

@@ -13,6 +13,12 @@ import numpy as np
 import pytest
 
 from conftest import subprocess_env
+from rag_jax.index import approx as approx_lib
+from rag_jax.index import backend as backend_lib
+from rag_jax.index import exact as exact_lib
+from rag_jax.index import faiss_hnsw
+from rag_jax.index import ondevice
+from rag_jax.index import scann_search
 from rag_jax.index import search
 
 
@@ -36,7 +42,7 @@ def corpus():
   rng = np.random.default_rng(1)
   both = clustered(rng, 20_200, 32)
   embeddings, queries = both[:20_000], both[20_000:]
-  return embeddings, queries, search.ExactSearch(embeddings)
+  return embeddings, queries, exact_lib.ExactSearch(embeddings)
 
 
 # ------------------------------------------------------------------------------------------
@@ -48,7 +54,7 @@ def corpus():
 def test_exact_matches_argsort(rng, chunk_size, k):
   embeddings = rng.standard_normal((250, 16)).astype(np.float32)
   queries = rng.standard_normal((9, 16)).astype(np.float32)
-  scores, ids = search.ExactSearch(embeddings, chunk_size=chunk_size).search(queries, k)
+  scores, ids = exact_lib.ExactSearch(embeddings, chunk_size=chunk_size).search(queries, k)
   want_scores, want_ids = exact_reference(queries, embeddings, k)
   assert scores.shape == ids.shape == (9, k)
   assert scores.dtype == np.float32 and ids.dtype == np.int64
@@ -63,11 +69,11 @@ def test_exact_chunks_and_blocked_select(rng, monkeypatch, gpu_layout, chunk_siz
   """Chunks of 7 (raised to keep MAX_CHUNKS), 400 and one chunk, with and without selection
   through maxima of blocks of 4: still numpy's answer, ties to the lower id included (small
   integer vectors make many equal scores, often across blocks and chunks)."""
-  monkeypatch.setattr(search, "GPU_LAYOUT", gpu_layout)
-  monkeypatch.setattr(search, "SELECT_BLOCK", 4)
+  monkeypatch.setattr(ondevice, "GPU_LAYOUT", gpu_layout)
+  monkeypatch.setattr(ondevice, "SELECT_BLOCK", 4)
   embeddings = rng.integers(-2, 3, (2003, 4)).astype(np.float32)
   queries = rng.integers(-2, 3, (5, 4)).astype(np.float32)
-  scores, ids = search.ExactSearch(embeddings, chunk_size=chunk_size).search(queries, k)
+  scores, ids = exact_lib.ExactSearch(embeddings, chunk_size=chunk_size).search(queries, k)
   want_scores, want_ids = exact_reference(queries, embeddings, k)
   np.testing.assert_array_equal(ids, want_ids)
   np.testing.assert_array_equal(scores, want_scores)
@@ -75,31 +81,31 @@ def test_exact_chunks_and_blocked_select(rng, monkeypatch, gpu_layout, chunk_siz
 
 def test_blocked_select_matches_top_k(rng, monkeypatch):
   """Distinct scores, -inf entries and a last block part-filled, against lax.top_k."""
-  monkeypatch.setattr(search, "GPU_LAYOUT", True)
-  monkeypatch.setattr(search, "SELECT_BLOCK", 8)
+  monkeypatch.setattr(ondevice, "GPU_LAYOUT", True)
+  monkeypatch.setattr(ondevice, "SELECT_BLOCK", 8)
   scores = rng.standard_normal((3, 1001)).astype(np.float32)
   scores[1, :995] = -np.inf
-  got = search._blocked_select(jnp.asarray(scores), 5, jax.lax.top_k)
+  got = ondevice._blocked_select(jnp.asarray(scores), 5, jax.lax.top_k)
   want = jax.lax.top_k(jnp.asarray(scores), 5)
   np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(want[1]))
   np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(want[0]))
   # A tie across blocks, the lower column in the block with the lower maximum: it still wins.
   tied = np.full((1, 128), -1.0, np.float32)
   tied[0, [3, 8, 9]] = 5.0, 9.0, 5.0
-  _, ids = search._blocked_select(jnp.asarray(tied), 2, jax.lax.top_k)
+  _, ids = ondevice._blocked_select(jnp.asarray(tied), 2, jax.lax.top_k)
   np.testing.assert_array_equal(np.asarray(ids), [[8, 3]])
 
 
 def test_chunk_rows():
-  assert search._chunk_rows(1000, None, gpu=False) == 1000
-  assert search._chunk_rows(21_000_000, None, gpu=False) == 328_192  # 64 chunks, rounded up
-  assert search._chunk_rows(1_000_000, None, gpu=False) == search.CPU_CHUNK
-  assert search._chunk_rows(1_000_000, 100_000, gpu=False) == 100_000
-  assert search._chunk_rows(1_000_000, None, gpu=True) == search.CPU_CHUNK
-  assert search._chunk_rows(10_000_000, None, gpu=True) == 625_024  # 16 chunks, rounded up
-  assert search._chunk_rows(10_000_000, None, gpu=True) % search.SELECT_BLOCK == 0
-  assert search._chunk_rows(1000, 300, gpu=True) == 384
-  index = search.ExactSearch(np.ones((1000, 2), np.float32), chunk_size=300)
+  assert ondevice._chunk_rows(1000, None, gpu=False) == 1000
+  assert ondevice._chunk_rows(21_000_000, None, gpu=False) == 328_192  # 64 chunks, rounded up
+  assert ondevice._chunk_rows(1_000_000, None, gpu=False) == ondevice.CPU_CHUNK
+  assert ondevice._chunk_rows(1_000_000, 100_000, gpu=False) == 100_000
+  assert ondevice._chunk_rows(1_000_000, None, gpu=True) == ondevice.CPU_CHUNK
+  assert ondevice._chunk_rows(10_000_000, None, gpu=True) == 625_024  # 16 chunks, rounded up
+  assert ondevice._chunk_rows(10_000_000, None, gpu=True) % ondevice.SELECT_BLOCK == 0
+  assert ondevice._chunk_rows(1000, 300, gpu=True) == 384
+  index = exact_lib.ExactSearch(np.ones((1000, 2), np.float32), chunk_size=300)
   assert [len(c) for c in index._index.embeddings] == [300, 300, 300, 100]
   assert index.params()["chunk_size"] == 300
 
@@ -108,7 +114,7 @@ def test_exact_scores_one_chunk_at_a_time(rng):
   """XLA's temporaries stay O(B * chunk), not O(B * N): the chunks' matmuls are serialised."""
   embeddings = rng.standard_normal((64 * 4096, 16)).astype(np.float32)
   queries = jnp.ones((128, 16))
-  index = search.ExactSearch(embeddings, chunk_size=4096)
+  index = exact_lib.ExactSearch(embeddings, chunk_size=4096)
   compiled = index._index._fn.lower(queries, index._index.embeddings, k=10).compile()
   one_block = 128 * 4096 * 4
   assert compiled.memory_analysis().temp_size_in_bytes < 4 * one_block
@@ -117,7 +123,7 @@ def test_exact_scores_one_chunk_at_a_time(rng):
 def test_exact_takes_jax_arrays(rng):
   embeddings = rng.standard_normal((100, 8)).astype(np.float32)
   queries = rng.standard_normal((3, 8)).astype(np.float32)
-  _, ids = search.ExactSearch(jnp.asarray(embeddings), chunk_size=30).search(
+  _, ids = exact_lib.ExactSearch(jnp.asarray(embeddings), chunk_size=30).search(
       jnp.asarray(queries), 5)
   np.testing.assert_array_equal(ids, exact_reference(queries, embeddings, 5)[1])
 
@@ -127,7 +133,7 @@ def test_exact_bfloat16_finds_the_clear_winner(rng):
   embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
   rows = rng.choice(500, 20, replace=False)
   queries = embeddings[rows] + 0.01 * rng.standard_normal((20, 64)).astype(np.float32)
-  backend = search.ExactSearch(embeddings, chunk_size=128, dtype=jnp.bfloat16)
+  backend = exact_lib.ExactSearch(embeddings, chunk_size=128, dtype=jnp.bfloat16)
   scores, ids = backend.search(queries, 1)
   assert backend.params()["dtype"] == "bfloat16"
   assert scores.dtype == np.float32
@@ -168,13 +174,13 @@ _MULTI_PROCESS_SCRIPT = textwrap.dedent("""
     jax.distributed.initialize(address, num_processes=2, process_id=process)
     import numpy as np
     from jax.sharding import Mesh
-    from rag_jax.index import search
+    from rag_jax.index import exact
 
     data = np.load(path)
     mesh = Mesh(np.array(jax.devices()), ("data",))  # 8 devices, 4 in each process
     out = {"devices": len(jax.devices()), "local": len(jax.local_devices())}
     for chunk_size in (None, 50):
-      index = search.ExactSearch(data["embeddings"], chunk_size=chunk_size, mesh=mesh)
+      index = exact.ExactSearch(data["embeddings"], chunk_size=chunk_size, mesh=mesh)
       scores, ids = index.search(data["queries"], 10)
       out[str(chunk_size)] = ids.tolist()
     print(json.dumps(out))
@@ -227,7 +233,7 @@ def test_sharded_exact_equals_one_device(rng, tmp_path):
 
   for name, (_, _, chunk_size, k) in cases.items():
     embeddings, queries = data[name]
-    want_scores, want_ids = search.ExactSearch(embeddings, chunk_size=chunk_size).search(
+    want_scores, want_ids = exact_lib.ExactSearch(embeddings, chunk_size=chunk_size).search(
         queries, k)
     np.testing.assert_array_equal(want_ids, exact_reference(queries, embeddings, k)[1])
     for backend in ("exact", "approx"):  # approx_max_k is exact on CPU
@@ -251,15 +257,16 @@ def test_measure_recall_counts_shared_ids():
 
   reference = Fixed([[0, 1, 2, 3], [4, 5, 6, 7]])
   backend = Fixed([[3, 2, 9, -1], [4, 5, 6, 7]])  # order ignored, -1 never matches
-  assert search.measure_recall(backend, reference, np.zeros((2, 1)), 4) == pytest.approx(0.75)
+  assert backend_lib.measure_recall(backend, reference, np.zeros((2, 1)),
+                                    4) == pytest.approx(0.75)
 
 
 def test_approx_recall(rng):
   embeddings = rng.standard_normal((3000, 32)).astype(np.float32)
   queries = rng.standard_normal((50, 32)).astype(np.float32)
-  approx = search.ApproxSearch(embeddings, recall_target=0.95, chunk_size=1024)
-  approx.measured_recall = search.measure_recall(approx, search.ExactSearch(embeddings),
-                                                 queries, 10)
+  approx = approx_lib.ApproxSearch(embeddings, recall_target=0.95, chunk_size=1024)
+  approx.measured_recall = backend_lib.measure_recall(
+      approx, exact_lib.ExactSearch(embeddings), queries, 10)
   print(f"approx recall@10: {approx.measured_recall:.4f}")
   assert approx.measured_recall >= 0.9
   assert json.loads(json.dumps(approx.params()))["measured_recall"] == approx.measured_recall
@@ -272,11 +279,11 @@ def test_approx_recall(rng):
 ])
 def test_scann_recall(corpus, params):
   embeddings, queries, exact = corpus
-  scann = search.ScannSearch(embeddings, **params)
+  scann = scann_search.ScannSearch(embeddings, **params)
   resolved = scann.params()
   assert not resolved["brute_force"] and resolved["reorder"] == 100
   assert resolved["num_leaves"] == params.get("num_leaves", 226)
-  recall = search.measure_recall(scann, exact, queries, 10)
+  recall = backend_lib.measure_recall(scann, exact, queries, 10)
   print(f"scann {params or 'defaults'} recall@10: {recall:.4f}")
   assert recall >= 0.9
   # Rescored scores are the exact inner products of the returned rows.
@@ -287,9 +294,9 @@ def test_scann_recall(corpus, params):
 
 def test_scann_save_load_round_trip(corpus, tmp_path):
   embeddings, queries, _ = corpus
-  scann = search.ScannSearch(embeddings, num_leaves=141, num_leaves_to_search=15)
+  scann = scann_search.ScannSearch(embeddings, num_leaves=141, num_leaves_to_search=15)
   scann.save(tmp_path / "index")
-  loaded = search.ScannSearch.load(tmp_path / "index", embeddings)
+  loaded = scann_search.ScannSearch.load(tmp_path / "index", embeddings)
   assert loaded.params() == scann.params()
   for k in (1, 10):
     want, got = scann.search(queries, k), loaded.search(queries, k)
@@ -297,31 +304,31 @@ def test_scann_save_load_round_trip(corpus, tmp_path):
     np.testing.assert_array_equal(got[0], want[0])
 
   with pytest.raises(ValueError, match="other embeddings"):
-    search.ScannSearch.load(tmp_path / "index", embeddings[::-1])
+    scann_search.ScannSearch.load(tmp_path / "index", embeddings[::-1])
   with pytest.raises(ValueError, match="not an empty directory"):
     scann.save(tmp_path / "index")
   with pytest.raises(ValueError, match="not a saved ScaNN index"):
-    search.ScannSearch.load(tmp_path, embeddings)
+    scann_search.ScannSearch.load(tmp_path, embeddings)
 
 
 def test_scann_tunes_leaves_to_a_recall_target(rng, caplog):
   # Unclustered data, so that the leaves searched matter (clustered data needs one or two).
   both = rng.standard_normal((20_200, 16)).astype(np.float32)
   embeddings, queries = both[:20_000], both[20_000:]
-  exact = search.ExactSearch(embeddings)
+  exact = exact_lib.ExactSearch(embeddings)
   rows = np.sort(np.random.default_rng(0).choice(len(embeddings), 1000, replace=False))
-  want = search._drop_self(exact.search(embeddings[rows], 11)[1], rows, 10)
+  want = scann_search._drop_self(exact.search(embeddings[rows], 11)[1], rows, 10)
 
   def tuning_recall(scann):  # tune's protocol: 100 rescored rows + the query's own
     ids, _ = scann._searcher.search_batched_parallel(
         embeddings[rows], final_num_neighbors=11, pre_reorder_num_neighbors=101,
         leaves_to_search=scann.num_leaves_to_search)
-    got = search._drop_self(np.asarray(ids).astype(np.int64), rows, 10)
+    got = scann_search._drop_self(np.asarray(ids).astype(np.int64), rows, 10)
     per_query = (want[:, :, None] == got[:, None, :]).any(-1).mean(-1)
     # The mean, and the one-sided 95% lower confidence bound that tuning holds to the target.
     return per_query.mean(), per_query.mean() - 1.645 * per_query.std(ddof=1) / np.sqrt(1000)
 
-  scann = search.ScannSearch(embeddings, num_leaves=200, recall_target=0.9)
+  scann = scann_search.ScannSearch(embeddings, num_leaves=200, recall_target=0.9)
   params = scann.params()
   leaves = params["num_leaves_to_search"]
   assert 1 < leaves < 200 and params["recall_target"] == 0.9
@@ -332,12 +339,12 @@ def test_scann_tunes_leaves_to_a_recall_target(rng, caplog):
   assert tuning_recall(scann)[1] < 0.9
   scann.num_leaves_to_search = leaves
   # Held-out queries get about the recall it was tuned to.
-  recall = search.measure_recall(scann, exact, queries, 10)
+  recall = backend_lib.measure_recall(scann, exact, queries, 10)
   print(f"scann tuned to 0.9: {leaves} of 200 leaves, tuned recall "
         f"{params['tuned_recall']:.4f}, held-out recall@10 {recall:.4f}")
   assert recall >= 0.88
   # Rebuilding from params() keeps the tuned count instead of tuning again.
-  assert search.ScannSearch(embeddings, **params).params() == params
+  assert scann_search.ScannSearch(embeddings, **params).params() == params
 
   # Out of reach (hashing + 100 rescored rows stop short of it): every leaf, and a warning.
   with caplog.at_level(logging.WARNING):
@@ -352,7 +359,7 @@ def test_scann_threshold_follows_the_kth_neighbour_cosine(rng, spread, above_flo
   # Tight clusters put the 10th neighbour at a high cosine (about 0.95); plain noise in 128
   # dimensions at a low one (about 0.25), where ScaNN's 0.2 (of the norm) is the floor.
   embeddings = 3.0 * clustered(rng, 6000, 128, clusters=100, spread=spread)
-  scann = search.ScannSearch(embeddings, num_leaves=50, num_leaves_to_search=5)
+  scann = scann_search.ScannSearch(embeddings, num_leaves=50, num_leaves_to_search=5)
   rows = np.sort(np.random.default_rng(0).choice(len(embeddings), 1000, replace=False))
   scores = embeddings[rows].astype(np.float64) @ embeddings.astype(np.float64).T
   scores[np.arange(len(rows)), rows] = -np.inf  # each row's own id is not its neighbour
@@ -364,10 +371,10 @@ def test_scann_threshold_follows_the_kth_neighbour_cosine(rng, spread, above_flo
   np.testing.assert_allclose(scann.params()["anisotropic_quantization_threshold"],
                              relative * np.median(norms), rtol=1e-4)
   # Given, it is used as it is; with brute force there is no hashing to weigh.
-  assert search.ScannSearch(embeddings, num_leaves=50, num_leaves_to_search=5,
-                            anisotropic_quantization_threshold=0.7).params()[
-                                "anisotropic_quantization_threshold"] == 0.7
-  assert search.ScannSearch(embeddings, brute_force=True).params()[
+  assert scann_search.ScannSearch(embeddings, num_leaves=50, num_leaves_to_search=5,
+                                  anisotropic_quantization_threshold=0.7).params()[
+                                      "anisotropic_quantization_threshold"] == 0.7
+  assert scann_search.ScannSearch(embeddings, brute_force=True).params()[
       "anisotropic_quantization_threshold"] is None
 
 
@@ -379,9 +386,9 @@ def test_scann_finds_the_tuning_neighbours_once(rng, monkeypatch):
     built.append(args[0].shape)
     return exact_search(*args, **kwargs)
 
-  exact_search = search.ExactSearch
-  monkeypatch.setattr(search, "ExactSearch", counting_exact)
-  scann = search.ScannSearch(embeddings, num_leaves=60, recall_target=0.9)
+  exact_search = exact_lib.ExactSearch
+  monkeypatch.setattr(exact_lib, "ExactSearch", counting_exact)
+  scann = scann_search.ScannSearch(embeddings, num_leaves=60, recall_target=0.9)
   scann.tune(embeddings, 0.95)
   # The threshold and both tunings share one exact search of the tuning rows.
   assert built == [(6000, 16)]
@@ -391,14 +398,14 @@ def test_scann_finds_the_tuning_neighbours_once(rng, monkeypatch):
 
 def test_drop_self_removes_the_query_row_or_the_last_id():
   ids = np.array([[5, 7, 9], [1, 2, 3], [4, 8, 0]])
-  np.testing.assert_array_equal(search._drop_self(ids, np.array([7, 6, 0]), 2),
+  np.testing.assert_array_equal(scann_search._drop_self(ids, np.array([7, 6, 0]), 2),
                                 [[5, 9], [1, 2], [4, 8]])
 
 
 def test_scann_small_corpus_is_brute_force(rng):
   embeddings = rng.standard_normal((500, 16)).astype(np.float32)
   queries = rng.standard_normal((10, 16)).astype(np.float32)
-  scann = search.ScannSearch(embeddings)
+  scann = scann_search.ScannSearch(embeddings)
   assert scann.params()["brute_force"] and scann.params()["num_leaves"] == 0
   scores, ids = scann.search(queries, 10)
   want_scores, want_ids = exact_reference(queries, embeddings, 10)
@@ -411,8 +418,8 @@ def test_scann_unfilled_slots_are_minus_one(rng):
   # for. (With one leaf, one CI run out of many found no row at all for a query, on the same
   # data: ScaNN's tree varies from run to run, and a query can be routed to an empty leaf.)
   embeddings = clustered(rng, 3000, 16, clusters=50)
-  scann = search.ScannSearch(embeddings, k=200, num_leaves=100, num_leaves_to_search=2,
-                             reorder=200)
+  scann = scann_search.ScannSearch(embeddings, k=200, num_leaves=100,
+                                   num_leaves_to_search=2, reorder=200)
   scores, ids = scann.search(embeddings[:5], 200)
   missing = ids == -1
   assert missing.any() and not missing.all(axis=1).any()
@@ -429,8 +436,8 @@ def test_scann_unfilled_slots_are_minus_one(rng):
 def test_k_larger_than_n_is_an_error(rng):
   embeddings = rng.standard_normal((12, 4)).astype(np.float32)
   queries = rng.standard_normal((2, 4)).astype(np.float32)
-  for backend in (search.ExactSearch(embeddings), search.ApproxSearch(embeddings),
-                  search.ScannSearch(embeddings)):
+  for backend in (exact_lib.ExactSearch(embeddings), approx_lib.ApproxSearch(embeddings),
+                  scann_search.ScannSearch(embeddings)):
     with pytest.raises(ValueError, match="k=13 exceeds the 12 indexed embeddings"):
       backend.search(queries, 13)
     assert backend.search(queries, 12)[1].shape == (2, 12)
@@ -438,15 +445,15 @@ def test_k_larger_than_n_is_an_error(rng):
 
 def test_bad_arguments(rng):
   embeddings = rng.standard_normal((12, 4)).astype(np.float32)
-  exact = search.ExactSearch(embeddings)
+  exact = exact_lib.ExactSearch(embeddings)
   with pytest.raises(ValueError, match=r"queries must be \[B, 4\]"):
     exact.search(np.zeros((2, 5), np.float32), 1)
   with pytest.raises(ValueError, match="k must be a positive integer"):
     exact.search(np.zeros((2, 4), np.float32), 0)
   with pytest.raises(ValueError, match="dtype must be one of"):
-    search.ExactSearch(embeddings, dtype=np.float16)
+    exact_lib.ExactSearch(embeddings, dtype=np.float16)
   with pytest.raises(ValueError, match=r"non-empty \[N, D\]"):
-    search.ExactSearch(np.zeros((0, 4), np.float32))
+    exact_lib.ExactSearch(np.zeros((0, 4), np.float32))
 
 
 def test_build_round_trips_params(rng):
@@ -467,11 +474,11 @@ def test_faiss_missing_is_a_clear_import_error(rng, monkeypatch):
   monkeypatch.setitem(sys.modules, "faiss", None)  # as if the faiss extra were not installed
   with pytest.raises(ImportError, match=r"pip install 'rag_jax\[faiss\]'") as info:
     search.build("faiss_hnsw", rng.standard_normal((10, 4)).astype(np.float32))
-  assert isinstance(info.value, search.MissingDependencyError)
+  assert isinstance(info.value, backend_lib.MissingDependencyError)
   assert "\n" not in str(info.value)
 
 
 def test_faiss_hnsw_recall(corpus):  # faiss-cpu is in the test extra
   embeddings, queries, exact = corpus
-  hnsw = search.FaissHnswSearch(embeddings)
-  assert search.measure_recall(hnsw, exact, queries, 10) >= 0.9
+  hnsw = faiss_hnsw.FaissHnswSearch(embeddings)
+  assert backend_lib.measure_recall(hnsw, exact, queries, 10) >= 0.9

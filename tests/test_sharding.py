@@ -133,7 +133,7 @@ _SCRIPT = textwrap.dedent("""
     from flax import linen as nn
     from rag_jax import sharding
     from rag_jax.encoder import TextEncoder
-    from rag_jax.index import search
+    from rag_jax.index import exact
     from rag_jax.models import Bart, BartConfig, BertConfig, BertEncoder
 
     bert_config, bart_config = (json.loads(a) for a in sys.argv[1:3])
@@ -183,15 +183,15 @@ _SCRIPT = textwrap.dedent("""
     mesh = meshes["2x4"]
     emb = rng.standard_normal((1003, 16)).astype(np.float32)
     queries = rng.standard_normal((8, 16)).astype(np.float32)
-    one = search.ExactSearch(emb, chunk_size=50).search(queries, 10)
+    one = exact.ExactSearch(emb, chunk_size=50).search(queries, 10)
     out["search"] = {"one": [a.tolist() for a in one]}
     for label, axes in (("all", sharding.index_axes(mesh)), ("default", "data")):
-      index = search.ExactSearch(emb, chunk_size=50, mesh=mesh, axis_name=axes)
+      index = exact.ExactSearch(emb, chunk_size=50, mesh=mesh, axis_name=axes)
       scores, found = index.search(queries, 10)
       out["search"][label] = {"shards": index.num_shards, "rows": index.rows_per_shard,
                               "scores": scores.tolist(), "ids": found.tolist(),
                               "params": index.params()}
-    index = search.ExactSearch(emb, chunk_size=50, mesh=mesh, axis_name=sharding.index_axes(mesh))
+    index = exact.ExactSearch(emb, chunk_size=50, mesh=mesh, axis_name=sharding.index_axes(mesh))
     step = jax.jit(lambda q, arrays: index.top_k(2.0 * q, arrays, 10))
     scores, found = step(jax.device_put(queries / 2, sharding.batch_sharding(mesh, 2)),
                          index.device_arrays)
@@ -203,7 +203,7 @@ _SCRIPT = textwrap.dedent("""
     out["search"]["layout"] = all(
         np.array_equal(np.asarray(first)[s * 50], emb[s * index.rows_per_shard])
         for s in range(8) if s * index.rows_per_shard < len(emb))
-    rebuilt = search.ExactSearch(emb, mesh=mesh, **json.loads(json.dumps(index.params())))
+    rebuilt = exact.ExactSearch(emb, mesh=mesh, **json.loads(json.dumps(index.params())))
     out["search"]["rebuilt_shards"] = rebuilt.num_shards
 
     # The text encoder, data parallel over a mesh.

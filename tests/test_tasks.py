@@ -1,5 +1,5 @@
 """The task configs (experiments/*.py on rag_jax/configs/tasks.py), their tiny data
-(tests/data/qa_tiny, written by its make.py) and CuratedTrec's training targets: no model runs
+(rag_jax/data/tiny/qa, written by make_qa) and CuratedTrec's training targets: no model runs
 here."""
 
 import filecmp
@@ -14,9 +14,9 @@ from rag_jax import data as data_lib
 from rag_jax.train import setup
 from rag_jax.evaluate import metrics
 from rag_jax.data import dpr
+from rag_jax.data import tiny
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-QA_TINY = ROOT / "tests" / "data" / "qa_tiny"
 TASKS = ("nq", "tqa", "wq", "ct", "msmarco", "jeopardy", "fever")
 
 
@@ -56,22 +56,22 @@ def test_bad_eval_settings_are_one_line_errors():
     setup.split_name(task_config("nq"), "val")
 
 
-def test_qa_tiny_make_regenerates_the_committed_files(tmp_path):
-  subprocess.run([sys.executable, str(QA_TINY / "make.py"), "--out", str(tmp_path)], check=True)
+def test_tiny_qa_make_regenerates_the_committed_files(tmp_path):
+  subprocess.run([sys.executable, "-m", "rag_jax.data.tiny.make_qa", "--out", str(tmp_path)],
+                 check=True)
   made = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
-  committed = sorted(p.relative_to(QA_TINY) for p in QA_TINY.rglob("*")
-                     if p.is_file() and p.name != "make.py")
+  committed = sorted(p.relative_to(tiny.QA) for p in tiny.QA.rglob("*") if p.is_file())
   assert made == committed
   for name in made:
-    assert filecmp.cmp(tmp_path / name, QA_TINY / name, shallow=False), name
+    assert filecmp.cmp(tmp_path / name, tiny.QA / name, shallow=False), name
 
 
-def test_qa_tiny_tasks_read_and_are_answerable_from_their_passages():
-  passages = (ROOT / "tests" / "data" / "fever_tiny" / "passages.tsv").read_text()
-  vocab = set((QA_TINY / "vocab.txt").read_text().split())
+def test_tiny_qa_tasks_read_and_are_answerable_from_their_passages():
+  passages = tiny.PASSAGES.read_text()
+  vocab = set((tiny.QA / "vocab.txt").read_text().split())
   for task in ("nq", "tqa", "wq", "ct", "msmarco", "jeopardy"):
     c = task_config(task)
-    assert c.model.tiny_vocab == str(QA_TINY / "vocab.txt")  # one model shape for all
+    assert c.model.tiny_vocab == str(tiny.QA / "vocab.txt")  # one model shape for all
     for split in ("train", "dev", "test"):
       examples = data_lib.read(c.data.kind, c.data.path, setup.split_name(c, split))
       assert len(examples) == {"train": 40, "dev": 12, "test": 12}[split], (task, split)
@@ -83,7 +83,7 @@ def test_qa_tiny_tasks_read_and_are_answerable_from_their_passages():
           assert metrics.has_answer(passages, e.targets, regex=True), e
         elif task in ("nq", "tqa", "wq"):
           assert e.targets[0] in passages, e
-  nq = data_lib.read("dpr_qa", QA_TINY / "biencoder-nq-{split}.json", "dev")
+  nq = data_lib.read("dpr_qa", tiny.QA / "biencoder-nq-{split}.json", "dev")
   assert all(len(e.gold_titles) == 1 for e in nq)  # recall@k has something to find
 
 

@@ -15,8 +15,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import subprocess_env, task_config
+from conftest import subprocess_env, task_config, whole_prompts
+from rag_jax import contexts
+from rag_jax.model import RagModel
 from rag_jax.train import loop
+from rag_jax.train import optimizer
 from rag_jax.train import step as step_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -78,8 +81,7 @@ def test_tiny_run_learns_and_moves_only_the_query_encoder_and_generator(tmp_path
   # Trainable: exactly the query encoder and the generator; both moved.
   state = out["state"]
   assert set(state.params) == {"question_encoder", "generator"}
-  from rag_jax import rag as rag_lib  # pylint: disable=import-outside-toplevel
-  start = rag_lib.RagModel.from_parts(workdir / "tiny_model" / "question_encoder",
+  start = RagModel.from_parts(workdir / "tiny_model" / "question_encoder",
                                       workdir / "tiny_model" / "generator").params
   for part in ("question_encoder", "generator"):
     moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
@@ -191,45 +193,44 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pat
   assert saved and saved[-1] < bad
 
 
-def _joined(passages, questions, rows, tok, cfg, fmt):
-  """The step's contexts (join_contexts) of `questions`, question i with the passages of
-  rows[i]: (ids, mask)."""
-  from rag_jax.train import input_pipeline  # pylint: disable=import-outside-toplevel
-  tokens, lengths = input_pipeline.tokenize_passages(passages, tok, cfg, fmt)
-  q_tokens, q_len = input_pipeline._content(  # pylint: disable=protected-access
-      tok, [input_pipeline.question_part(q, cfg, fmt) for q in questions], fmt.content_length)
-  return step_lib.join_contexts(tokens[rows], lengths[rows], q_tokens, q_len, fmt)
-
-
 def _unpad(ids, mask):
   """Each row's tokens under its mask."""
   return [list(np.asarray(r)[np.asarray(m) == 1]) for r, m in zip(ids, mask)]
 
 
-def test_join_contexts_is_hf_tokenization_of_the_whole_string(tmp_path):
-  from rag_jax import rag as rag_lib, tiny  # pylint: disable=import-outside-toplevel
-  from rag_jax.train import input_pipeline  # pylint: disable=import-outside-toplevel
+def test_contexts_are_hf_tokenization_of_the_whole_string(tmp_path):
+  """The one path from passages to contexts (tokenized parts joined: RagModel.contextualize,
+  as the step and evaluation join them) gives the tokens of HF's RagRetriever, which
+  tokenizes each whole `title / text // question` string, truncated and padded."""
+  from rag_jax.weights import tiny  # pylint: disable=import-outside-toplevel
   words = "alpha beta gamma delta river king queen star".split() + ["/"]
   directory = tiny.write(tmp_path / "m", words)
-  model = rag_lib.RagModel.from_parts(directory / "question_encoder", directory / "generator",
-                                      max_combined_length=12)
+  model = RagModel.from_parts(directory / "question_encoder", directory / "generator",
+                              max_combined_length=12)
   tok, cfg = model.generator_tokenizer, model.config
-  fmt = input_pipeline.context_format(tok, cfg.max_combined_length)
   passages = [{"title": "Alpha", "text": "beta gamma"}, {"title": "River king", "text": "queen"},
               {"title": "Star", "text": "delta " * 9}]  # the last truncates the question away
   questions = ["gamma star", "king"]
   rows = np.array([[0, 2], [1, 0]])
-  ids, mask = _joined(passages, questions, rows, tok, cfg, fmt)
-  want_ids, want_mask = model.contextualize(questions, [[passages[i] for i in r] for r in rows])
-  np.testing.assert_array_equal(np.asarray(ids), want_ids)
-  np.testing.assert_array_equal(np.asarray(mask), want_mask)
+  ids, mask = model.contextualize(questions, [[passages[i] for i in r] for r in rows])
+  want = tok([contexts.format_context(passages[i]["title"], passages[i]["text"], q, cfg)
+              for q, r in zip(questions, rows) for i in r], max_length=cfg.max_combined_length,
+             padding="max_length", truncation=True, return_tensors="np")
+  np.testing.assert_array_equal(ids, want["input_ids"])
+  np.testing.assert_array_equal(mask, want["attention_mask"])
+  # Closed book: the question alone, after the config's prefix.
+  ids, mask = model.contextualize(questions, None)
+  want = tok([contexts.closed_book_context(q, cfg) for q in questions],
+             max_length=cfg.max_combined_length, padding="max_length", truncation=True,
+             return_tensors="np")
+  np.testing.assert_array_equal(ids, want["input_ids"])
 
 
 def test_device_index_search_and_gather_match_numpy_on_eight_devices():
   code = """
 import numpy as np, jax
 from rag_jax import sharding
-from rag_jax.train import step as step_lib
+from rag_jax.index import device as device_lib
 rng = np.random.default_rng(0)
 emb = rng.standard_normal((37, 8)).astype(np.float32)
 emb[5] = emb[30]  # a tie: the lower row first
@@ -239,7 +240,7 @@ q = rng.standard_normal((4, 8)).astype(np.float32)
 q[0] = emb[5]
 for shape in ({"data": 8}, {"data": 2, "fsdp": 2, "model": 2}):
   mesh = sharding.make_mesh(shape)
-  index = step_lib.DeviceIndex.create(mesh, emb, tok, lens)
+  index = device_lib.DeviceIndex.create(mesh, emb, tok, lens)
   scores, ids = jax.jit(lambda q, i: i.search(q, 5))(q, index)
   want = np.argsort(-(q @ emb.T), axis=1, kind="stable")[:, :5]
   np.testing.assert_array_equal(np.asarray(ids), want)
@@ -271,19 +272,21 @@ def test_scanned_layers_train_and_decode(tmp_path):
 
 
 def test_decoder_only_contexts_and_labels_are_the_prompts_and_answers(tmp_path):
-  """The step's joined contexts are RagModel.contextualize's chat prompts (the same tokens,
-  right- instead of left-padded), RAG and closed book; labels are start + answer + EOS."""
+  """The step's joined contexts (tokenize_examples' question tokens joined with the passages')
+  are the tokens of each whole chat prompt, RAG and closed book, and so are
+  RagModel.contextualize's; labels are start + answer + EOS."""
   # pylint: disable=import-outside-toplevel
-  from rag_jax import prompts, rag as rag_lib, tiny
+  from rag_jax import prompts
+  from rag_jax.weights import tiny
   from rag_jax.train import input_pipeline
   from rag_jax.data import Example
   words = "alpha beta gamma delta river king queen star who what".split()
   directory = tiny.write(tmp_path / "m", words, generator_kind="llama")
-  model = rag_lib.RagModel.from_parts(directory / "question_encoder", directory / "generator",
+  model = RagModel.from_parts(directory / "question_encoder", directory / "generator",
                                       max_combined_length=40)
   tok, cfg, gen = model.generator_tokenizer, model.config, model.rag.gen
   model.prompt_format = prompts.chat_prompt(tok, system="alpha")
-  fmt = input_pipeline.context_format(tok, cfg.max_combined_length, model.prompt_format)
+  fmt = contexts.context_format(tok, cfg.max_combined_length, model.prompt_format)
   assert fmt.prefix[0] == tok.bos_token_id and fmt.suffix[0] == tok.eos_token_id
   passages = [{"title": "Alpha", "text": "beta gamma"}, {"title": "River king", "text": "queen"},
               {"title": "Star", "text": "delta " * 30}]  # the last truncates the question away
@@ -298,21 +301,29 @@ def test_decoder_only_contexts_and_labels_are_the_prompts_and_answers(tmp_path):
       [gen.start_token_id, king, queen, gen.eos_token_id, gen.pad_token_id],
       [gen.start_token_id, gen.eos_token_id, gen.pad_token_id, gen.pad_token_id,
        gen.pad_token_id]])
-  tokens, lengths = input_pipeline.tokenize_passages(passages, tok, cfg, fmt)
+  tokens, lengths = contexts.tokenize_passages(passages, tok, cfg, fmt)
   rows = np.array([[0, 2], [1, 0]])
-  ids, mask = step_lib.join_contexts(tokens[rows], lengths[rows], arrays["question_tokens"],
+  ids, mask = contexts.join_contexts(tokens[rows], lengths[rows], arrays["question_tokens"],
                                      arrays["question_length"], fmt)
   assert (np.asarray(mask)[:, 0] == 1).all()  # right-padded
-  want = model.contextualize([e.source for e in examples],
-                             [[passages[i] for i in r] for r in rows])
+  render = lambda title, text, q: model.prompt_format(contexts.format_context(title, text, q, cfg))
+  want = whole_prompts(tok, [(passages[i]["title"], passages[i]["text"], e.source)
+                             for e, r in zip(examples, rows) for i in r], render,
+                       limit=cfg.max_combined_length, pad_token_id=gen.pad_token_id)
   assert _unpad(ids, mask) == _unpad(*want)
+  assert _unpad(ids, mask) == _unpad(*model.contextualize(
+      [e.source for e in examples], [[passages[i] for i in r] for r in rows]))
   # Closed book: no passage, the question alone.
   closed = input_pipeline.tokenize_examples(
       examples, question_tokenizer=model.question_tokenizer, generator_tokenizer=tok,
       rag_config=cfg, fmt=fmt, target_format=target, max_question_length=8,
       max_target_length=5, target=lambda e: e.targets[0], closed_book=True)
-  ids, mask = step_lib.join_contexts(tokens[:2, None], np.zeros((2, 1), np.int32),
+  ids, mask = contexts.join_contexts(tokens[:2, None], np.zeros((2, 1), np.int32),
                                      closed["question_tokens"], closed["question_length"], fmt)
+  closed_render = lambda title, text, q: model.prompt_format(contexts.closed_book_context(q, cfg))
+  want = whole_prompts(tok, [("", "", e.source) for e in examples], closed_render,
+                       limit=cfg.max_combined_length, pad_token_id=gen.pad_token_id)
+  assert _unpad(ids, mask) == _unpad(*want)
   assert _unpad(ids, mask) == _unpad(*model.contextualize([e.source for e in examples], None))
 
 
@@ -320,29 +331,31 @@ def test_smollm2_contexts_joined_in_the_step_are_its_tokens_of_each_whole_prompt
   """BPE boundaries: SmolLM2's own tokenizer, its chat template and the `:wiki` separators;
   real articles (unicode, digits, brackets), one long enough to be truncated."""
   # pylint: disable=import-outside-toplevel
-  from rag_jax import assets, prompts, rag as rag_lib, tiny
-  from rag_jax.train import input_pipeline
+  from rag_jax import assets, prompts
+  from rag_jax.weights import tiny
   directory = tiny.write(tmp_path / "m", ["who", "what"])
-  model = rag_lib.RagModel.from_parts(directory / "question_encoder",
+  model = RagModel.from_parts(directory / "question_encoder",
                                       "asset:smollm2-135m-instruct", max_combined_length=96,
                                       title_sep=": ", doc_sep="\n\nQuestion: ")
   tok, cfg = model.generator_tokenizer, model.config
   prompts.use_chat_template(model, "Answer in English, in a few words.")
-  fmt = input_pipeline.context_format(tok, cfg.max_combined_length, model.prompt_format,
+  fmt = contexts.context_format(tok, cfg.max_combined_length, model.prompt_format,
                                       pad_id=model.rag.gen.pad_token_id)
   articles = {a["title"]: a for a in assets.wiki_summaries()}
   passages = [{"title": t, "text": " ".join(articles[t]["text"].split()[:n])} for t, n in
               (("Mona Lisa", 40), ("Antonín Dvořák", 30), ("Albert Einstein", 200), ("1", 25))]
   questions = ["Who painted the Mona Lisa (c. 1503)?", "Who wrote Rusalka – an opera?"]
   rows = np.array([[0, 2], [1, 3]])
-  ids, mask = _joined(passages, questions, rows, tok, cfg, fmt)
-  want = model.contextualize(questions, [[passages[i] for i in r] for r in rows])
+  ids, mask = model.contextualize(questions, [[passages[i] for i in r] for r in rows])
+  render = lambda title, text, q: model.prompt_format(contexts.format_context(title, text, q, cfg))
+  want = whole_prompts(tok, [(passages[i]["title"], passages[i]["text"], q)
+                             for q, r in zip(questions, rows) for i in r], render,
+                       limit=cfg.max_combined_length, pad_token_id=model.rag.gen.pad_token_id)
   assert np.asarray(mask).sum(axis=1)[1] == fmt.length  # Einstein's passage was cut
   assert _unpad(ids, mask) == _unpad(*want)
 
 
 def test_tiny_llama_learns_training_only_its_top_layer_and_closed_book_no_retriever(tmp_path):
-  from rag_jax import rag as rag_lib  # pylint: disable=import-outside-toplevel
   llama = {"model.tiny_generator": "llama", "model.train_generator_layers": 1,
            "num_train_steps": 24, "log_every_steps": 6, "checkpoint_every_steps": 24,
            "eval_every_steps": 24, "data.max_eval_examples": 8}
@@ -354,7 +367,7 @@ def test_tiny_llama_learns_training_only_its_top_layer_and_closed_book_no_retrie
     losses = _losses(workdir)
     # One layer of 2 trains, over frozen random embeddings: slower than the whole tiny BART.
     assert len(losses) == 4 and losses[-1] < 0.95 * losses[0], (mode, losses)
-    start = rag_lib.RagModel.from_parts(workdir / "tiny_model_llama" / "question_encoder",
+    start = RagModel.from_parts(workdir / "tiny_model_llama" / "question_encoder",
                                         workdir / "tiny_model_llama" / "generator").params
     params = runs[mode]["state"].params
     flat = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
@@ -400,7 +413,7 @@ def test_optimizer_scales_the_query_encoders_rate_clips_globally_and_freezes():
       p = optax.apply_updates(p, updates)
     return p
 
-  tx = step_lib.make_optimizer(config, frozen=("generator/embed",))
+  tx = optimizer.make_optimizer(config, frozen=("generator/embed",))
   state, p = tx.init(params), params
   for g in grads:
     updates, state = tx.update(g, state, p)
@@ -423,7 +436,7 @@ def test_a_checkpoint_of_another_optimizer_layout_is_a_clear_error(tmp_path):
       max_grad_norm=1.0, adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8))
   params = {"question_encoder": {"w": np.ones(3, np.float32)},
             "generator": {"top": np.ones(2, np.float32), "embed": np.ones(4, np.float32)}}
-  state = lambda frozen: step_lib.create_state(params, step_lib.make_optimizer(config, frozen), 0)
+  state = lambda frozen: step_lib.create_state(params, optimizer.make_optimizer(config, frozen), 0)
   manager = checkpoint.Manager(tmp_path / "checkpoints", keep=1)
   manager.save(1, state(()))
   manager.wait()

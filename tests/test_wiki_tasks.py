@@ -1,8 +1,8 @@
-"""Tasks derived from the embedded Wikipedia (rag_jax.data.wiki_tasks): every file reads
+"""Tasks derived from the embedded Wikipedia (rag_jax.data.wiki): every file reads
 through `rag_jax.data.read`, splits are disjoint by article, each template keeps its promise
 in the files (answers in the gold passages, not in the questions; REFUTES claims are not the
 article's text, SUPPORTS claims are; NOT ENOUGH INFO articles are in no passage), the hot swap
-changes exactly the passages of its examples, the docstring's counts are the files', and two
+changes exactly the passages of its examples, the docstrings' counts are the files', and two
 builds (under different hash seeds) are the same bytes."""
 
 import collections
@@ -17,7 +17,9 @@ import sys
 import pytest
 
 from rag_jax import assets, data
-from rag_jax.data import fever, wiki_tasks
+from rag_jax.data import fever
+from rag_jax.data.wiki import build, cache, claims, clues, questions, swap
+from rag_jax.data.wiki import text as wiki_text
 from rag_jax.index import corpus
 
 SPLITS = ("train", "dev", "test")
@@ -25,7 +27,7 @@ SPLITS = ("train", "dev", "test")
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> pathlib.Path:
-  return wiki_tasks.ensure(tmp_path_factory.mktemp("wiki") / "tasks")
+  return cache.ensure(tmp_path_factory.mktemp("wiki") / "tasks")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def test_splits_are_disjoint_by_article(root):
   assert not titles["train"] & titles["dev"]
   assert not titles["dev"] & titles["test"]
   for split, found in titles.items():
-    assert all(wiki_tasks.article_split(t) == (split, False) for t in found)
+    assert all(wiki_text.article_split(t) == (split, False) for t in found)
 
 
 def test_gold_titles_are_passage_titles(root):
@@ -169,12 +171,11 @@ def test_the_hot_swap_changes_exactly_the_passages_of_its_examples(root):
   assert swapped_titles == set(by_title)
 
 
-def test_the_docstring_states_the_counts(root, texts):
-  """Each figure of the module docstring is what `counts()` finds in a fresh build (the
-  docstring's phrases, formatted from the counts: a changed derivation fails here until the
-  docstring is updated)."""
-  counts = wiki_tasks.counts(root)
-  doc = " ".join(wiki_tasks.__doc__.split())
+def test_the_docstrings_state_the_counts(root, texts):
+  """Each figure of the modules' docstrings is what `counts()` finds in a fresh build (each
+  phrase, formatted from the counts, in the docstring of the module that builds its part: a
+  changed derivation fails here until the docstring is updated)."""
+  counts = build.counts(root)
 
   def n(value: int) -> str:
     return f"{value:,}"
@@ -183,25 +184,28 @@ def test_the_docstring_states_the_counts(root, texts):
     assert len(set(counts[split]["fever"].values())) == 1, counts[split]
   swapped = counts["test_swapped"]
   assert swapped["nq"]["title"] == 0 and swapped["fever"][fever.NOT_ENOUGH_INFO] == 0
-  types = " / ".join(wiki_tasks.QUESTION_TYPES)
+  types = " / ".join(questions.TYPES)
   phrases = [
-      f"{n(len(texts))} vital articles",
-      f"{n(counts['corpus']['articles'])} articles, {n(counts['corpus']['passages'])} passages",
-      "Counts (SUPPORTS = REFUTES = NOT ENOUGH INFO, each): " + ", ".join(
-          f"{split} {n(counts[split]['fever'][fever.SUPPORTS])}" for split in SPLITS),
-      f"Counts per type ({types}): " + ", ".join(
-          f"{split} " + " / ".join(n(counts[split]["nq"][t]) for t in wiki_tasks.QUESTION_TYPES)
-          for split in SPLITS),
-      "Counts: " + ", ".join(f"{split} {n(counts[split]['jeopardy'])}" for split in SPLITS),
-      f"QA {sum(swapped['nq'].values())} (" + ", ".join(
-          f"{t} {swapped['nq'][t]}" for t in wiki_tasks.QUESTION_TYPES[1:]) + ")",
-      f"FEVER {swapped['fever'][fever.SUPPORTS] + swapped['fever'][fever.REFUTES]} "
-      f"({swapped['fever'][fever.SUPPORTS]} REFUTES -> SUPPORTS, "
-      f"{swapped['fever'][fever.REFUTES]} SUPPORTS -> REFUTES)",
-      f"Jeopardy {swapped['jeopardy']}; {counts['corpus']['swapped_passages']} passages change",
+      (wiki_text, f"{n(len(texts))} vital articles"),
+      (wiki_text, f"{n(counts['corpus']['articles'])} articles, "
+                  f"{n(counts['corpus']['passages'])} passages"),
+      (claims, "Counts (SUPPORTS = REFUTES = NOT ENOUGH INFO, each): " + ", ".join(
+          f"{split} {n(counts[split]['fever'][fever.SUPPORTS])}" for split in SPLITS)),
+      (questions, f"Counts per type ({types}): " + ", ".join(
+          f"{split} " + " / ".join(n(counts[split]["nq"][t]) for t in questions.TYPES)
+          for split in SPLITS)),
+      (clues, "Counts: " + ", ".join(f"{split} {n(counts[split]['jeopardy'])}"
+                                     for split in SPLITS)),
+      (swap, f"QA {sum(swapped['nq'].values())} (" + ", ".join(
+          f"{t} {swapped['nq'][t]}" for t in questions.TYPES[1:]) + ")"),
+      (swap, f"FEVER {swapped['fever'][fever.SUPPORTS] + swapped['fever'][fever.REFUTES]} "
+             f"({swapped['fever'][fever.SUPPORTS]} REFUTES -> SUPPORTS, "
+             f"{swapped['fever'][fever.REFUTES]} SUPPORTS -> REFUTES)"),
+      (swap, f"Jeopardy {swapped['jeopardy']}; {counts['corpus']['swapped_passages']} "
+             "passages change"),
   ]
-  for phrase in phrases:
-    assert phrase in doc, phrase
+  for module, phrase in phrases:
+    assert phrase in " ".join(module.__doc__.split()), (module.__name__, phrase)
 
 
 def test_page_names_read_back_to_their_titles():
@@ -214,20 +218,20 @@ def test_page_names_read_back_to_their_titles():
 
 
 def test_the_cache_directory_is_named_by_what_the_files_depend_on(root, tmp_path, monkeypatch):
-  name = wiki_tasks.name()
+  name = cache.name()
   assert re.fullmatch(r"wiki-tasks-[0-9a-f]{12}", name)
-  asset = assets.ASSETS[wiki_tasks.ASSET]
-  monkeypatch.setitem(assets.ASSETS, wiki_tasks.ASSET, dataclasses.replace(asset, version="0"))
-  assert wiki_tasks.name.__wrapped__() != name  # another version of the asset, another name
+  asset = assets.ASSETS[wiki_text.ASSET]
+  monkeypatch.setitem(assets.ASSETS, wiki_text.ASSET, dataclasses.replace(asset, version="0"))
+  assert cache.name.__wrapped__() != name  # another version of the asset, another name
   monkeypatch.undo()
-  assert wiki_tasks.name.__wrapped__() == name
+  assert cache.name.__wrapped__() == name
   # An existing directory under the name is what `ensure` and `resolve` give, unbuilt.
   monkeypatch.setenv("RAG_JAX_CACHE", str(tmp_path))
   (tmp_path / name).symlink_to(root, target_is_directory=True)
-  assert wiki_tasks.ensure() == tmp_path / name
-  path = wiki_tasks.resolve("wiki-tasks:nq/{split}.json")
+  assert cache.ensure() == tmp_path / name
+  path = cache.resolve("wiki-tasks:nq/{split}.json")
   assert path == str(tmp_path / name / "nq" / "{split}.json")
-  assert wiki_tasks.resolve("/data/nq") == "/data/nq"
+  assert cache.resolve("/data/nq") == "/data/nq"
 
 
 def test_two_builds_are_the_same_bytes(root, tmp_path):
@@ -235,12 +239,12 @@ def test_two_builds_are_the_same_bytes(root, tmp_path):
   taken from a set or dict of strings would differ between the two."""
   seed = "456" if os.environ.get("PYTHONHASHSEED") == "123" else "123"
   again = tmp_path / "again"
-  run = subprocess.run([sys.executable, "-m", "rag_jax.data.wiki_tasks", "--out", str(again)],
+  run = subprocess.run([sys.executable, "-m", "rag_jax.data.wiki", "--out", str(again)],
                        env=dict(os.environ, PYTHONHASHSEED=seed), capture_output=True, text=True,
-                       cwd=pathlib.Path(wiki_tasks.__file__).parents[2], check=False)
+                       cwd=pathlib.Path(cache.__file__).parents[3], check=False)
   assert run.returncode == 0, run.stderr
   names = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
   assert names == sorted(str(p.relative_to(again)) for p in again.rglob("*") if p.is_file())
   match, mismatch, errors = filecmp.cmpfiles(root, again, names, shallow=False)
   assert not mismatch and not errors and len(match) == len(names)
-  assert wiki_tasks.ensure(root) == root  # an existing directory is kept as it is
+  assert cache.ensure(root) == root  # an existing directory is kept as it is

@@ -36,6 +36,7 @@ from ml_collections import config_flags
 from rag_jax.ask import answering
 from rag_jax import assets
 from rag_jax import cli
+from rag_jax import errors
 from rag_jax.index import retriever as retriever_lib
 from rag_jax import weights
 from rag_jax.encoder import TextEncoder
@@ -272,7 +273,7 @@ def main(argv):
     if _QUESTIONS_FILE.value:
       config.questions = read_questions(_QUESTIONS_FILE.value)
   except (ValueError, OSError) as e:
-    cli.fail(weights.one_line(e), status=2)
+    cli.fail(errors.first_line(e), status=2)
   if _QUESTION.value or dev:
     config.questions = _QUESTION.value or [d["question"] for d in dev]
   if _KIND.value:
@@ -303,7 +304,7 @@ def main(argv):
     cli.fail(str(e), status=2)
   # WeightsError and IndexError_ are ValueErrors; ImportError: a backend's library is missing.
   except (ValueError, OSError, ImportError, assets.AssetError) as e:
-    cli.fail(weights.one_line(e))
+    cli.fail(errors.first_line(e))
   except KeyboardInterrupt:
     cli.fail("interrupted (an index build resumes where it stopped when run again)", 130)
   if _HEATMAP.value:

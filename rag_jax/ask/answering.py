@@ -4,14 +4,15 @@
     results = answerer.answer(questions, hits)   # hits: per question, the retriever's k hits
     answerer.answer(questions, None)             # closed book: the generator alone
 
-The generator reads each passage as its own prompt (`RagModel.contextualize`) and RAG
+The generator reads each passage as its own prompt (`RagModel.contextualize`, the path
+training and evaluation take from passages to contexts) and RAG
 marginalises over them, greedily: RAG-Token mixes the k next-token distributions at every
 step, RAG-Sequence decodes each passage's answer and keeps the one of the highest marginal
 likelihood (thorough decoding). The doc prior p(z|x) is a softmax of the retrieval scores
 divided by the config's `doc_temperature` (`temperature_sweep` is how it was chosen).
 
 Questions are decoded `questions_per_batch` at a time, every batch padded to the same shape
-(rows repeated, prompts left-padded to a multiple of `PROMPT_BUCKET` tokens), so a stream of
+(rows repeated, prompts right-padded to a multiple of `PROMPT_BUCKET` tokens), so a stream of
 questions compiles a few programs, not one per batch.
 """
 
@@ -26,11 +27,12 @@ import numpy as np
 from rag_jax import marginalize
 from rag_jax import prompts
 from rag_jax import rag as rag_lib
+from rag_jax.model import RagModel
 from rag_jax.ask import heatmaps
 from rag_jax.encoder import TextEncoder
 
 KINDS = ("token", "sequence")
-# Prompts are left-padded to a multiple of this many tokens (fewer shapes to compile).
+# Prompts are padded to a multiple of this many tokens (fewer shapes to compile).
 PROMPT_BUCKET = 64
 
 
@@ -45,7 +47,7 @@ class Answerer:
     max_new_tokens: answer tokens, EOS included.
     questions_per_batch: questions decoded together.
   """
-  model: rag_lib.RagModel
+  model: RagModel
   kind: str = "token"
   doc_temperature: float = 1.0
   max_new_tokens: int = 32
@@ -65,7 +67,7 @@ class Answerer:
     `title + title_sep + text + doc_sep + question`) behind the retriever's question encoder,
     and its decoding settings (`check_config`)."""
     answerer = check_config(config)
-    model = rag_lib.RagModel.from_parts(question_encoder, config.generator,
+    model = RagModel.from_parts(question_encoder, config.generator,
                                         max_combined_length=config.max_prompt_length,
                                         title_sep=config.title_sep, doc_sep=config.doc_sep)
     tokenizer = model.generator_tokenizer
@@ -107,9 +109,9 @@ class Answerer:
     scores = scores / self.doc_temperature
     z = scores.shape[1]
     width = -(-ids.shape[1] // PROMPT_BUCKET) * PROMPT_BUCKET
-    if not m.rag.gen.has_encoder:  # prompts are left-padded; BART's are max_length already
-      ids = np.pad(ids, ((0, 0), (width - ids.shape[1], 0)), constant_values=m.rag.gen.pad_token_id)
-      mask = np.pad(mask, ((0, 0), (width - mask.shape[1], 0)))
+    if not m.rag.gen.has_encoder:  # prompts as long as the longest; BART's are max_length
+      ids = np.pad(ids, ((0, 0), (0, width - ids.shape[1])), constant_values=m.rag.gen.pad_token_id)
+      mask = np.pad(mask, ((0, 0), (0, width - mask.shape[1])))
     extra = self.questions_per_batch - len(questions)
     if extra:
       ids = np.concatenate([ids, np.tile(ids[-z:], (extra, 1))])

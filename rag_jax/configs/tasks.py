@@ -3,10 +3,11 @@ the `:tiny` variant. A task config adds its data, metrics, test-time decoding an
 figures:
 
     from rag_jax.configs import tasks
+    from rag_jax.data import tiny
 
     def get_config(arg: str = ""):
       return tasks.config("msmarco", arg, data=dict(kind="msmarco", path="data/msmarco"),
-                          tiny_data=dict(path=str(tasks.QA_TINY)), metrics=["bleu1", "rouge_l"],
+                          tiny_data=dict(path=str(tiny.QA)), metrics=["bleu1", "rouge_l"],
                           eval_paper=tasks.GENERATION_DECODING, ...)
 
 `qa` is `config` for the open-domain QA tasks read from DPR's files (NQ, TriviaQA, WebQuestions,
@@ -18,10 +19,10 @@ encoder and index frozen) and otherwise those of HF's RAG fine-tuning recipe
 (examples/research_projects/rag): AdamW, learning rate 3e-5, 500 warmup steps then linear
 decay, max grad norm 0.1, label smoothing 0.1, weight decay 0.001, max_combined_length 300.
 
-`:tiny` trains a tiny random DPR + BART (rag_jax.tiny, written under the workdir over the
+`:tiny` trains a tiny random DPR + BART (rag_jax.weights.tiny, written under the workdir over the
 task's `tiny_vocab`) on small files in the task's official format, retrieving from the
-48-passage made-up world of tests/data/fever_tiny: seconds on a CPU. Every tiny QA-style task
-shares one vocabulary (tests/data/qa_tiny/vocab.txt), so that a tiny NQ checkpoint starts a
+48-passage made-up world of rag_jax/data/tiny/fever: seconds on a CPU. Every tiny QA-style task
+shares one vocabulary (rag_jax/data/tiny/qa/vocab.txt), so that a tiny NQ checkpoint starts a
 tiny WQ or CT run as the paper's NQ model starts theirs.
 """
 
@@ -30,9 +31,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import ml_collections
 
-TESTS_DATA = pathlib.Path(__file__).resolve().parents[2] / "tests" / "data"
-TINY_PASSAGES = TESTS_DATA / "fever_tiny" / "passages.tsv"
-QA_TINY = TESTS_DATA / "qa_tiny"
+from rag_jax.data import tiny as tiny_lib
 
 # Test-time retrieval and decoding per RAG kind (the paper's appendix B): open-domain QA
 # decodes greedily, RAG-Token over 15 passages, RAG-Sequence over 50 with thorough decoding;
@@ -50,7 +49,7 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
            paper: Dict[str, Dict[str, float]], lengths: Tuple[int, int],
            tiny_lengths: Tuple[int, int] = (16, 16), eval_num_beams: int = 1, k: int = 5,
            variants: Sequence[str] = ("", "tiny"),
-           tiny_vocab: pathlib.Path = QA_TINY / "vocab.txt",
+           tiny_vocab: pathlib.Path = tiny_lib.QA / "vocab.txt",
            wiki: Optional[Dict[str, Any]] = None) -> ml_collections.ConfigDict:
   """A task's config.
 
@@ -70,7 +69,7 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
     k: passages retrieved per question in training.
     variants: the args the task accepts.
     tiny_vocab: the tiny model's vocabulary (a WordPiece vocab.txt).
-    wiki: the `:wiki` demo's `config.data` fields (over rag_jax.data.wiki_tasks), its prompt
+    wiki: the `:wiki` demo's `config.data` fields (over rag_jax.data.wiki), its prompt
       ("doc_sep", "system_prompt"), lengths ("max_target_length", "eval_max_length"),
       "max_test_examples" (0: all) and optionally "max_swapped_examples" (default 64),
       "learning_rate" (default 1e-4) and "question_encoder_lr_scale" (default 1); None: the
@@ -170,7 +169,7 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
   if arg == "tiny":
     c.data.update(tiny_data)
     c.retrieval.index = ""
-    c.retrieval.passages = str(TINY_PASSAGES)
+    c.retrieval.passages = str(tiny_lib.PASSAGES)
     c.retrieval.doc_encoder = ""        # the tiny question encoder's initial weights
     c.retrieval.k = 3
     c.eval_paper = {kind: dict(s, k=TINY_EVAL_K) for kind, s in eval_paper.items()}
@@ -189,7 +188,7 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
 
 def _wiki(c: ml_collections.ConfigDict, wiki: Dict[str, Any]) -> None:
   """The demo on the embedded Wikipedia (`python -m rag_jax.train --config
-  experiments/TASK.py:wiki`, rag_jax.demo): the task derived by rag_jax.data.wiki_tasks, MiniLM
+  experiments/TASK.py:wiki`, rag_jax.train.demo): the task derived by rag_jax.data.wiki, MiniLM
   as the query encoder (fine-tuned) and as the frozen index's document encoder, SmolLM2-135M-
   Instruct as the generator with its top layers trained, sized to train and evaluate on a
   2-core CPU in minutes."""
@@ -233,7 +232,8 @@ def qa(task: str, arg: str, *, dpr: str, tiny: str, paper: Dict[str, Dict[str, f
   Args:
     task, arg, paper, metrics: as `config`.
     dpr: DPR's name of the dataset ("nq", "trivia", "webquestions", "curatedtrec").
-    tiny: the tiny variant's file in tests/data/qa_tiny, a `{split}` pattern.
+    tiny: the tiny variant's file in rag_jax/data/tiny/qa (`rag_jax.data.tiny.QA`), a
+      `{split}` pattern.
     kind: the reader (rag_jax.data.READERS).
     init: the run to start from (not in `:tiny`, which starts from nothing unless told).
     **options: more `config.data` fields (the reader's options).
@@ -242,7 +242,7 @@ def qa(task: str, arg: str, *, dpr: str, tiny: str, paper: Dict[str, Dict[str, f
                                   train_split=f"biencoder-{dpr}-train.json",
                                   eval_split=f"biencoder-{dpr}-dev.json",
                                   test_split=f"{dpr}-test.qa.csv", **options),
-             tiny_data=dict(path=str(QA_TINY / tiny), train_split="train", eval_split="dev",
+             tiny_data=dict(path=str(tiny_lib.QA / tiny), train_split="train", eval_split="dev",
                             test_split="test"),
              metrics=metrics, eval_paper=QA_DECODING, paper=paper, lengths=(25, 25), wiki=wiki)
   c.init = "" if arg in ("tiny", "wiki") else init

@@ -47,7 +47,7 @@ def normalize_title(title: str) -> str:
 def page_name(title: str) -> str:
   """A title as FEVER's pages spell it, the inverse of `normalize_title`: `Savages (2012
   film)` -> `Savages_-LRB-2012_film-RRB-`, so that files written in FEVER's format (rag_jax.
-  data.wiki_tasks) read back to their titles. A title's own `_` would come back as a space:
+  data.wiki) read back to their titles. A title's own `_` would come back as a space:
   FEVER's spelling cannot tell the two apart."""
   for escape, char in _TITLE_ESCAPES.items():
     title = title.replace(char, escape)

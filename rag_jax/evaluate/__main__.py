@@ -12,7 +12,7 @@ The model: `--init` (a train workdir or its checkpoints/, or an HF RAG checkpoin
 else the workdir's own latest checkpoint, so that a train workdir evaluates what it trained;
 else the config's `init`; else the config's model as it starts. Writes predictions.jsonl,
 metrics.json and report.md into the workdir and prints the scores as one JSON line. The work
-is `evaluation.evaluate_config` (importable: this module only defines the flags).
+is `predict.evaluate_config` (importable: this module only defines the flags).
 """
 
 import json
@@ -22,9 +22,9 @@ import jax
 from ml_collections import config_flags
 
 from rag_jax import cli
-from rag_jax.evaluate import evaluation
+from rag_jax.evaluate import predict
 from rag_jax.train import setup
-from rag_jax import weights
+from rag_jax import errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Task config file, e.g. experiments/nq.py[:tiny]; fields override with "
@@ -44,9 +44,9 @@ def main(argv):
   except setup.SetupError as e:
     cli.fail(str(e), status=2)
   try:
-    scores = evaluation.evaluate_config(config, _WORKDIR.value, _SPLIT.value, _INIT.value)
+    scores = predict.evaluate_config(config, _WORKDIR.value, _SPLIT.value, _INIT.value)
   except (setup.SetupError, OSError, ValueError) as e:
-    cli.fail(weights.one_line(e))
+    cli.fail(errors.first_line(e))
   except KeyboardInterrupt:
     cli.fail("interrupted", status=130)
   if jax.process_index() == 0:

@@ -1,9 +1,15 @@
 """Evaluation, one path for `python -m rag_jax.evaluate` and training's periodic eval: retrieve
 with the current query encoder (or BM25), decode with the task's test-time settings
-(`setup.decode_settings`), score with `rag_jax.metrics`, and watch the retriever.
+(`setup.decode_settings`), score with `rag_jax.evaluate.metrics`, and watch the retriever.
 
-    scores = evaluate(run, params, out_dir)   # {"exact_match": ..., "entropy": ..., ...}
-    scores = evaluate_config(config, workdir, "test", init)  # build the run, then evaluate
+    evaluator = Evaluator(predict_fn, split, config, passages, settings=..., split="dev")
+    scores = evaluator.run(params, out_dir)   # {"exact_match": ..., "entropy": ..., ...}
+
+A predict function decodes batches of the split's token arrays with the given params:
+`predict_fn(params)(arrays) -> {"texts": [B] strings, "doc_ids": [B, Z], "priors": [B, Z],
+"posteriors": [B, Z]}` (a model of the params is made once per evaluation);
+`rag_jax.evaluate.predict` makes it from a training run's setup, and `evaluate_config` builds
+a config's run and evaluates it.
 
 `out_dir` gets three files (process 0, each written atomically):
   * predictions.jsonl: per example {"id", "question", "prediction", "gold" (what the metrics
@@ -21,124 +27,97 @@ passages for every input): `entropy`, the mean entropy of p(z|x) over the k pass
 and `distinct_top1`, the number of distinct top-1 passages.
 """
 
+import dataclasses
 import json
 import pathlib
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import jax
 import numpy as np
+import tqdm
 
-from rag_jax import distributed
-from rag_jax.train import setup
-from rag_jax.train import input_pipeline
-from rag_jax.evaluate import metrics as metrics_lib
-from rag_jax import rag as rag_lib
 from rag_jax import files
+from rag_jax.evaluate import metrics as metrics_lib
+from rag_jax.train import input_pipeline
 
 FILES = ("predictions.jsonl", "metrics.json", "report.md")
+# predict_fn(params)(arrays) -> {"texts", "doc_ids", "priors", "posteriors"} of one batch.
+PredictFn = Callable[[Any], Callable[[Dict[str, np.ndarray]], Dict[str, Any]]]
 
 
-def model_source(config, workdir, init: Optional[str] = None) -> str:
-  """What to evaluate: `init`, else the workdir's checkpoints, else `config.init` ("" for the
-  config's model as it starts)."""
-  return init or setup.checkpoints_in(pathlib.Path(workdir)) or config.init
+@dataclasses.dataclass
+class Evaluator:
+  """Decodes a split with a predict function and scores it (the module docstring).
 
-
-def evaluate_config(config, workdir, split: str = "dev", init: Optional[str] = None,
-                    progress: bool = True) -> Dict[str, float]:
-  """Builds `config`'s run on `split` from `model_source` and evaluates it into `workdir`;
-  returns the scores."""
-  workdir = setup.prepare_workdir(workdir)
-  config = config.copy_and_resolve_references()
-  config.init = model_source(config, workdir, init)
-  run = setup.build(config, workdir, split=split, train=False)
-  return evaluate(run, run.state.params, workdir, progress=progress, model_from=config.init)
-
-
-def evaluate(run: setup.Run, params, out_dir=None, *, model_from: str = "",
-             progress: bool = True) -> Dict[str, float]:
-  """Decodes `run.eval` and scores it; with `out_dir`, writes `FILES` there.
-
-  Args:
-    run: the built run; its config says how to retrieve, decode and score.
-    params: {"question_encoder", "generator"} to evaluate.
-    out_dir: where the files go (created), or None.
-    model_from: what the params are, for the report ("training step 30", a checkpoint).
-    progress: a progress bar on stderr (process 0).
-  Returns:
-    {"examples", "labelled", each of config.metrics, ["recall_at_k"], "entropy",
-    "distinct_top1"}; a closed-book run (`retrieval.mode=none`) has no retrieval figures
-    (answer_in_top_k, recall_at_k, entropy, distinct_top1).
+  Attributes:
+    predict_fn: one batch's predictions (`PredictFn`).
+    examples, arrays: the split's examples and their token arrays, by row.
+    config: the task config: `metrics`, `eval_batch_size`, `retrieval.mode`, `task`, `paper`.
+    passages: the index's passages, by row.
+    settings: how the predictions decode (`setup.decode_settings`), for the report.
+    split: "dev" or "test"; data_split: the data's name for it.
   """
-  settings = setup.decode_settings(run.config)
-  records = predict(run, params, settings, progress=progress)
-  scores = score(run.config, records, settings["k"], run.index.passages)
-  if out_dir is not None and jax.process_index() == 0:
-    write(pathlib.Path(out_dir), run, records, scores, settings, model_from)
-  return scores
+  predict_fn: PredictFn
+  examples: List[Any]
+  arrays: Dict[str, np.ndarray]
+  config: Any
+  passages: Any
+  settings: Dict[str, Any]
+  split: str = "dev"
+  data_split: str = ""
 
+  def run(self, params, out_dir=None, *, model_from: str = "",
+          progress: bool = True) -> Dict[str, float]:
+    """Decodes the split and scores it; with `out_dir`, writes `FILES` there (process 0).
 
-def predict(run: setup.Run, params, settings: Dict[str, Any], *,
-            progress: bool = True) -> List[Dict[str, Any]]:
-  """The prediction records of `run.eval` (the module docstring's predictions.jsonl)."""
-  import tqdm  # pylint: disable=import-outside-toplevel
-  config, split = run.config, run.eval
-  model = setup.inference_model(run, params)
-  pad = run.rag.gen.pad_token_id
-  n = len(split.examples)
-  texts, ids, priors, posteriors = [], [], [], []
-  bar = tqdm.tqdm(total=n, desc=f"eval {run.eval_split}", unit="example", leave=False,
-                  dynamic_ncols=True, file=sys.stderr,
-                  disable=not progress or jax.process_index() != 0)
-  for start, rows in zip(range(0, n, config.eval_batch_size),
-                         input_pipeline.iterate_eval(n, config.eval_batch_size)):
-    batch = run.retrieved(params, input_pipeline.gather(split.arrays, rows), replicated=True,
-                          k=settings["k"])
-    ctx, mask, doc_scores = run._contexts(params, batch)  # pylint: disable=protected-access
-    seqs = model.generate(ctx, mask, doc_scores, kind=settings["kind"],
-                          decoding=settings["decoding"], num_beams=settings["num_beams"],
-                          max_length=settings["max_length"])
-    seqs = np.asarray(seqs)
-    # Padded to max_length, so that the posteriors' pass compiles once, whatever the length.
-    full = np.pad(seqs, ((0, 0), (0, settings["max_length"] - seqs.shape[1])),
-                  constant_values=pad)
-    post = np.asarray(_POSTERIORS(model.rag, model.params, ctx, mask, doc_scores, full,
-                                  kind=settings["kind"]))
-    texts += run.generator_tokenizer.batch_decode(seqs, skip_special_tokens=True)
-    ids.append(distributed.to_host(batch["doc_ids"]))
-    priors.append(_softmax(distributed.to_host(doc_scores)))
-    posteriors.append(rag_lib.answer_posteriors(post, (full[:, 1:] != pad).sum(axis=1),
-                                                settings["kind"]))
-    bar.update(min(config.eval_batch_size, n - start))
-  bar.close()
-  if not n:
-    return []
-  ids, priors, posteriors = (np.concatenate(a)[:n] for a in (ids, priors, posteriors))
-  passages = run.index.passages
-  closed_book = config.retrieval.mode == "none"  # its one "passage" is empty
-  records = []
-  for i, example in enumerate(split.examples):
-    records.append({
-        "id": example.id, "question": example.source, "prediction": texts[i].strip(),
-        "gold": list(example.targets), "gold_titles": list(example.gold_titles),
-        "passages": [{"row": int(r), "id": passages[int(r)]["id"],
-                      "title": passages[int(r)]["title"], "prior": float(p), "posterior": float(q)}
-                     for r, p, q in zip(ids[i], priors[i], posteriors[i])
-                     if r >= 0 and not closed_book]})
-  return records
+    Args:
+      params: {"question_encoder", "generator"} to evaluate.
+      out_dir: where the files go (created), or None.
+      model_from: what the params are, for the report ("training step 30", a checkpoint).
+      progress: a progress bar on stderr (process 0).
+    Returns:
+      {"examples", "labelled", each of config.metrics, ["recall_at_k"], "entropy",
+      "distinct_top1"}; a closed-book run (`retrieval.mode=none`) has no retrieval figures
+      (answer_in_top_k, recall_at_k, entropy, distinct_top1).
+    """
+    records = self.predict(params, progress=progress)
+    scores = score(self.config, records, self.settings["k"], self.passages)
+    if out_dir is not None and jax.process_index() == 0:
+      write(pathlib.Path(out_dir), self, records, scores, model_from)
+    return scores
 
-
-# RagModel.doc_posteriors' computation, jitted once for every model of the same shapes (a run
-# makes a RagModel for each eval, whose own jit would compile again).
-_POSTERIORS = jax.jit(rag_lib.Rag.posteriors, static_argnums=0, static_argnames="kind")
-
-
-def _softmax(scores: np.ndarray) -> np.ndarray:
-  """p(z|x) [B, Z] from doc scores (-inf for a missing doc)."""
-  scores = scores.astype(np.float64)
-  p = np.exp(scores - scores.max(axis=1, keepdims=True))
-  return p / p.sum(axis=1, keepdims=True)
+  def predict(self, params, *, progress: bool = True) -> List[Dict[str, Any]]:
+    """The prediction records of the split (the module docstring's predictions.jsonl)."""
+    n, size = len(self.examples), self.config.eval_batch_size
+    decode = self.predict_fn(params)
+    texts, ids, priors, posteriors = [], [], [], []
+    bar = tqdm.tqdm(total=n, desc=f"eval {self.split}", unit="example", leave=False,
+                    dynamic_ncols=True, file=sys.stderr,
+                    disable=not progress or jax.process_index() != 0)
+    for start, rows in zip(range(0, n, size), input_pipeline.iterate_eval(n, size)):
+      out = decode(input_pipeline.gather(self.arrays, rows))
+      texts += out["texts"]
+      ids.append(out["doc_ids"])
+      priors.append(out["priors"])
+      posteriors.append(out["posteriors"])
+      bar.update(min(size, n - start))
+    bar.close()
+    if not n:
+      return []
+    ids, priors, posteriors = (np.concatenate(a)[:n] for a in (ids, priors, posteriors))
+    closed_book = self.config.retrieval.mode == "none"  # its one "passage" is empty
+    records = []
+    for i, example in enumerate(self.examples):
+      records.append({
+          "id": example.id, "question": example.source, "prediction": texts[i].strip(),
+          "gold": list(example.targets), "gold_titles": list(example.gold_titles),
+          "passages": [{"row": int(r), "id": self.passages[int(r)]["id"],
+                        "title": self.passages[int(r)]["title"], "prior": float(p),
+                        "posterior": float(q)}
+                       for r, p, q in zip(ids[i], priors[i], posteriors[i])
+                       if r >= 0 and not closed_book]})
+    return records
 
 
 def score(config, records: List[Dict[str, Any]], k: int, passages) -> Dict[str, float]:
@@ -181,16 +160,15 @@ def score(config, records: List[Dict[str, Any]], k: int, passages) -> Dict[str, 
   return out
 
 
-def write(out_dir: pathlib.Path, run: setup.Run, records: List[Dict[str, Any]],
-          scores: Dict[str, float], settings: Dict[str, Any], model_from: str) -> None:
+def write(out_dir: pathlib.Path, evaluator: Evaluator, records: List[Dict[str, Any]],
+          scores: Dict[str, float], model_from: str) -> None:
   """predictions.jsonl, metrics.json and report.md in `out_dir`."""
-  config = run.config
+  config, settings = evaluator.config, evaluator.settings
   out_dir.mkdir(parents=True, exist_ok=True)
   with files.atomic_write(out_dir / "predictions.jsonl", "w", encoding="utf-8") as f:
     for record in records:
       f.write(json.dumps(record) + "\n")
-  summary = {"task": config.task, "split": run.eval_split,
-             "data_split": setup.split_name(config, run.eval_split),
+  summary = {"task": config.task, "split": evaluator.split, "data_split": evaluator.data_split,
              "model": model_from, "retrieval": config.retrieval.mode, **settings,
              "metrics": scores}
   files.write_json(out_dir / "metrics.json", summary)

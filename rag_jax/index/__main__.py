@@ -20,6 +20,7 @@ import sys
 
 from rag_jax import assets
 from rag_jax import cli
+from rag_jax import errors
 from rag_jax.index import retriever as retriever_lib
 from rag_jax import weights
 from rag_jax.encoder import TextEncoder
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
     return 2
   # Index/Corpus/Weights errors included; ImportError: a backend's library is missing.
   except (ValueError, OSError, ImportError, assets.AssetError) as e:
-    print(f"error: {weights.one_line(e)}", file=sys.stderr)
+    print(f"error: {errors.first_line(e)}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
     resume = ("; the same command resumes from the finished embedding shards"

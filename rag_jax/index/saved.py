@@ -31,6 +31,7 @@ import numpy as np
 
 from rag_jax import assets
 from rag_jax.encoder import TextEncoder
+from rag_jax.index import backend as backend_lib
 from rag_jax.index import corpus
 from rag_jax.index import embed
 from rag_jax import files
@@ -195,7 +196,7 @@ def _sample_recall(searcher, vectors: np.ndarray, k: int = 10) -> float:
   queries = vectors[rows] + 0.01 * rng.standard_normal((len(rows), vectors.shape[1]))
   k = min(k, len(vectors))
   exact = search_lib.build("exact", vectors)
-  return float(search_lib.measure_recall(searcher, exact, queries.astype(np.float32), k))
+  return float(backend_lib.measure_recall(searcher, exact, queries.astype(np.float32), k))
 
 
 class Index:

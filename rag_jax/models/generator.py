@@ -17,7 +17,7 @@ Two implementations, neither special-cased by the RAG code:
     `prefill` runs the prompts into a KV cache. Contexts of different lengths are padded on
     either side (the model counts each row's positions from its mask, and never attends to
     padding), so every target starts at column S, right after the padded context;
-    `RagModel.contextualize` left-pads them.
+    `contexts.join_contexts` right-pads them.
 Both read the C continuations (beams, or scored candidates) of a context against one copy of
 what they condition on (layers.share_rows), never C copies.
 

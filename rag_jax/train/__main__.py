@@ -20,7 +20,7 @@ from rag_jax import cli
 from rag_jax.train import demo
 from rag_jax.train import setup
 from rag_jax.train import loop
-from rag_jax import weights
+from rag_jax import errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. experiments/fever.py[:variant]; fields "
@@ -37,7 +37,7 @@ def main(argv):
     else:
       out = loop.train_and_evaluate(config, _WORKDIR.value)
   except (loop.TrainingError, setup.SetupError, OSError, ValueError) as e:
-    cli.fail(weights.one_line(e))
+    cli.fail(errors.first_line(e))
   except KeyboardInterrupt:
     cli.fail("interrupted", status=130)
   if jax.process_index() == 0:

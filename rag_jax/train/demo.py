@@ -1,6 +1,6 @@
 """The demos on the embedded Wikipedia: `python -m rag_jax.train --config experiments/TASK.py:wiki`
 for fever, nq and jeopardy (`tasks.config`'s `:wiki` variant; the data from
-rag_jax.data.wiki_tasks, split by article, so that no test article was trained on).
+rag_jax.data.wiki, split by article, so that no test article was trained on).
 
 `run(config, workdir)`:
 
@@ -28,21 +28,24 @@ import jax
 import numpy as np
 
 from rag_jax import distributed
-from rag_jax.evaluate import evaluation
+from rag_jax.evaluate import predict
 from rag_jax.train import setup
 from rag_jax.train import input_pipeline
 from rag_jax.evaluate import metrics
 from rag_jax.train import loop
-from rag_jax.data import wiki_tasks
+from rag_jax.train import retrieval as retrieval_lib
+from rag_jax.train import step as step_lib
+from rag_jax.data.wiki import swap as wiki_swap
 from rag_jax import files
 
 
-def retrieved_titles(run: setup.Run, params, k: int) -> List[List[str]]:
+def retrieved_titles(run: setup.Run, retriever: retrieval_lib.BatchRetriever, params,
+                     k: int) -> List[List[str]]:
   """The titles of the top `k` passages of each of `run.eval`'s examples, retrieved with the
-  query encoder of `params` (`Run.retrieved`, the search `evaluate` does; no decoding)."""
+  query encoder of `params` (the search evaluation does; no decoding)."""
   n, titles = len(run.eval.examples), []
   for rows in input_pipeline.iterate_eval(n, run.config.eval_batch_size):
-    batch = run.retrieved(params, input_pipeline.gather(run.eval.arrays, rows), replicated=True,
+    batch = retriever(params, input_pipeline.gather(run.eval.arrays, rows), replicated=True,
                           k=k)
     for row in distributed.to_host(batch["doc_ids"]):
       titles.append([run.index.passages[int(i)]["title"] for i in row if i >= 0])
@@ -96,9 +99,9 @@ def run(config, workdir) -> Dict[str, Any]:
     losses[name] = loop.last_logged(directory, "loss")
   test = {"data.max_eval_examples": d.max_test_examples}
   scores = {
-      "rag": evaluation.evaluate_config(setup.override(config, **test), rag_dir / "test",
+      "rag": predict.evaluate_config(setup.override(config, **test), rag_dir / "test",
                                         "test", init=str(rag_dir)),
-      "closed_book": evaluation.evaluate_config(setup.override(closed, **test),
+      "closed_book": predict.evaluate_config(setup.override(closed, **test),
                                                 closed_dir / "test", "test",
                                                 init=str(closed_dir))}
 
@@ -109,14 +112,16 @@ def run(config, workdir) -> Dict[str, Any]:
   learned = setup.restore_params(setup.checkpoints_in(rag_dir), start.state.params,
                                       start.mesh)
   gold = gold_articles(config.data.kind, start.eval.examples)
-  titles = {"frozen": retrieved_titles(start, start.state.params, k),
-            "learned": retrieved_titles(start, learned, k)}
+  steps = step_lib.make_steps(start.rag, start.tx, start.step_config, start.state_sharding)
+  retriever = retrieval_lib.BatchRetriever.of(start, steps)
+  titles = {"frozen": retrieved_titles(start, retriever, start.state.params, k),
+            "learned": retrieved_titles(start, retriever, learned, k)}
   retrieval = {name: metrics.recall_at_k(found, gold, k) for name, found in titles.items()}
-  del start, learned
+  del start, learned, retriever, steps
 
   # The hot swap: the examples whose fact changed, over the old index and over the new one.
   fever = config.data.kind == "fever"
-  swapped = {"data.test_split": wiki_tasks.SWAPPED,
+  swapped = {"data.test_split": wiki_swap.SWAPPED,
              "data.max_eval_examples": d.max_swapped_examples}
   # The predictions are read back from process 0's files: the figures are process 0's.
   main = jax.process_index() == 0
@@ -125,7 +130,7 @@ def run(config, workdir) -> Dict[str, Any]:
   for name, passages in (("before", config.retrieval.passages),
                          ("after", "wiki-tasks:passages_swapped.tsv")):
     out = rag_dir / f"swap_{name}"
-    scored = evaluation.evaluate_config(
+    scored = predict.evaluate_config(
         setup.override(config, **swapped, **{"retrieval.passages": passages}), out, "test",
         init=str(rag_dir))
     swap[name] = follows(_records(out), old_golds, fever) if main else float("nan")

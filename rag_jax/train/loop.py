@@ -15,16 +15,23 @@ event files, `eval/step_N/` (each eval's predictions.jsonl, metrics.json and rep
 import json
 import pathlib
 import signal
+import sys
 import time
 from typing import Any, Dict, Optional, Tuple
 
 import jax
 import numpy as np
+import tensorboardX
+import tqdm
 
 from rag_jax import checkpoint as checkpoint_lib
-from rag_jax.evaluate import evaluation
-from rag_jax.train import setup
+from rag_jax import sharding
+from rag_jax.evaluate import predict
 from rag_jax.train import input_pipeline
+from rag_jax.train import retrieval
+from rag_jax.train import setup
+from rag_jax.train import step as step_lib
+
 
 class TrainingError(RuntimeError):
   """A run that cannot go on; the message says why in one line."""
@@ -36,7 +43,6 @@ class MetricsWriter:
   def __init__(self, workdir: pathlib.Path):
     self.enabled = jax.process_index() == 0
     if self.enabled:
-      import tensorboardX  # pylint: disable=import-outside-toplevel
       self._file = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
       self._tb = tensorboardX.SummaryWriter(str(workdir / "tensorboard"))
 
@@ -93,13 +99,24 @@ def _check_finite(losses, norms, step: int, last_saved: Optional[int]) -> Tuple[
   return float(values.mean()), float(grads.mean())
 
 
-def train_and_evaluate(config, workdir, run: Optional[setup.Run] = None) -> Dict[str, Any]:
+def progress_bar(start: int, total: int):
+  """tqdm on process 0 (a no-op elsewhere), from `start` of `total` steps."""
+  return tqdm.tqdm(initial=start, total=total, desc="train", unit="step", dynamic_ncols=True,
+                   disable=jax.process_index() != 0, file=sys.stderr)
+
+
+def train_and_evaluate(config, workdir, run: Optional[setup.Run] = None,
+                       steps: Optional[step_lib.Steps] = None) -> Dict[str, Any]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluating every
   `eval_every_steps` (0: never). Returns the last train and eval metrics, why the run ended and the
-  final state. `run`: one `setup.build(config, workdir)` made already (a benchmark
-  times its step before and after the loop)."""
+  final state. `run`, `steps`: a `setup.build(config, workdir)` and its `step.make_steps` made
+  already (a benchmark times the step before and after the loop)."""
   workdir = setup.prepare_workdir(workdir)
   run = run or setup.build(config, workdir)
+  steps = steps or step_lib.make_steps(run.rag, run.tx, run.step_config, run.state_sharding)
+  retriever = retrieval.BatchRetriever.of(run, steps)
+  evaluator = predict.evaluator(run, steps, retriever)
+  rules = sharding.logical_rules(config.fsdp)
   state, mesh = run.state, run.mesh
   batches = input_pipeline.train_batches(len(run.train_examples), config.batch_size,
                                          config.seed)
@@ -110,7 +127,7 @@ def train_and_evaluate(config, workdir, run: Optional[setup.Run] = None) -> Dict
   start = int(jax.device_get(state.step))
   writer = MetricsWriter(workdir)
   preemption = _Preemption()
-  progress = setup.progress_bar(start, config.num_train_steps)
+  progress = progress_bar(start, config.num_train_steps)
   last_saved = manager.latest_step()
   pending, norms, last = [], [], {}
   tick, tick_step = time.perf_counter(), start
@@ -119,7 +136,11 @@ def train_and_evaluate(config, workdir, run: Optional[setup.Run] = None) -> Dict
   try:
     step = start
     while step < config.num_train_steps:
-      state, metrics = run.step(state, batches[step])
+      arrays = input_pipeline.gather(run.train.arrays, input_pipeline.host_rows(batches[step]))
+      batch, index = retriever.train_inputs(state.params, arrays)
+      # Traced under the logical axis rules, so the models' activation constraints apply.
+      with sharding.axis_rules(mesh, rules):
+        state, metrics = steps.train(state, batch, index)
       step += 1
       pending.append(metrics["loss"])
       norms.append(metrics["grad_norm"])
@@ -135,8 +156,8 @@ def train_and_evaluate(config, workdir, run: Optional[setup.Run] = None) -> Dict
           progress.set_postfix(loss=f"{loss:.4f}", steps_per_s=f"{last['steps_per_s']:.2f}")
         pending, norms, tick, tick_step = [], [], now, step
       if evaluating(step):
-        scores = evaluation.evaluate(run, state.params, workdir / "eval" / f"step_{step}",
-                                     model_from=f"training step {step}")
+        scores = evaluator.run(state.params, workdir / "eval" / f"step_{step}",
+                               model_from=f"training step {step}")
         last.update({f"eval/{k}": v for k, v in scores.items()})
         writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
       if save or preemption.requested:

@@ -25,22 +25,26 @@ import numpy as np
 import optax
 
 from rag_jax import checkpoint as checkpoint_lib
+from rag_jax import contexts
 from rag_jax import data as data_lib
-from rag_jax import distributed
+from rag_jax import errors
 from rag_jax.train import input_pipeline
 from rag_jax import prompts
 from rag_jax import rag as rag_lib
+from rag_jax.model import RagModel
 from rag_jax import sharding
-from rag_jax import tiny
 from rag_jax.train import step as step_lib
 from rag_jax import weights
+from rag_jax.weights import tiny
 from rag_jax.data import dpr
-from rag_jax.data import wiki_tasks
+from rag_jax.data.wiki import cache as wiki_cache
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import bm25 as bm25_lib
+from rag_jax.index import device as device_lib
 from rag_jax.index import saved
 from rag_jax.models import llama as llama_lib
 from rag_jax.models import scan
+from rag_jax.train import optimizer
 
 Array = jax.Array
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -154,96 +158,46 @@ class Split:
 
 @dataclasses.dataclass
 class Run:
-  """Everything a training run works from."""
+  """Everything a training run works from: plain values, built once by `build`. The jitted
+  functions are `step.make_steps(run)`'s, the retrieval of a batch `retrieval.BatchRetriever`'s."""
   config: Any
   mesh: jax.sharding.Mesh
   rag: rag_lib.Rag
   question_tokenizer: Any
   generator_tokenizer: Any
   step_config: step_lib.StepConfig
+  tx: optax.GradientTransformation
   state: step_lib.TrainState
+  state_sharding: Any                  # the state's NamedShardings, the step keeps it in them
   train: Split
   eval: Split
   index: saved.Index
   passage_tokens: np.ndarray           # [M, P]
   passage_length: np.ndarray           # [M]
-  device_index: Optional[step_lib.DeviceIndex]
+  device_index: Optional[device_lib.DeviceIndex]
   target: Callable[[data_lib.Example], str]
   eval_split: str = "dev"              # which split `eval` holds: "dev" or "test"
-  _step: Callable = None
-  _encode: Callable = None
-  _retrieve: Callable = None
-  _contexts: Callable = None           # contexts and doc scores of a retrieved batch, no dropout
 
   @property
   def train_examples(self):
     return self.train.examples
 
-  # ---------------------------------------------------------------------------------------
 
-  def place(self, arrays: Dict[str, np.ndarray], replicated: bool = False) -> Dict[str, Array]:
-    """This process's rows -> global arrays split over the data axes; or, `replicated`, the
-    whole batch (the same on every process) on every device."""
-    shard = lambda x: (sharding.replicated(self.mesh) if replicated
-                       else sharding.batch_sharding(self.mesh, x.ndim))
-    return {k: jax.make_array_from_process_local_data(shard(v), v) for k, v in arrays.items()}
-
-  def device_arrays(self, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """A batch's arrays less those only the host reads (BM25's retrieval of each example)."""
-    return {k: v for k, v in arrays.items() if k not in input_pipeline.HOST_ONLY}
-
-  def retrieved(self, params, arrays: Dict[str, np.ndarray], replicated: bool = False,
-                k: Optional[int] = None) -> Dict[str, Array]:
-    """A batch with its top `k` (default: training's k) retrieved documents (doc_ids,
-    passage_tokens, passage_length, and doc_embeds, or BM25's retrieval_scores), by the
-    config's retrieval mode. `arrays` holds this process's rows, or with `replicated` the
-    whole batch (evaluation decodes it on every process)."""
-    k = k or self.step_config.k
-    batch = self.place(self.device_arrays(arrays), replicated)
-    if self.device_index is not None:
-      return self._retrieve(params, batch, self.device_index, k)
-    if self.config.retrieval.mode == "none":
-      # Closed book: one empty passage of score 0, so that each context is the question alone.
-      ids = np.zeros((len(arrays["question_ids"]), 1), np.int64)
-      docs = {"retrieval_scores": np.zeros(ids.shape, np.float32)}
-    elif "bm25_ids" in arrays:  # retrieved up front; these are already this process's rows
-      ids, docs = arrays["bm25_ids"][:, :k], {"retrieval_scores": arrays["bm25_scores"][:, :k]}
-    else:
-      # Every process searches the whole batch's questions and keeps its own rows' documents.
-      q = distributed.to_host(self._encode(params, batch))
-      ids = np.asarray(self.index.search(q, k)[1], np.int64)
-      if not replicated:
-        ids = input_pipeline.host_rows(ids)
-      docs = {"doc_embeds": np.asarray(self.index.embeddings[np.maximum(ids, 0).ravel()],
-                                       np.float32).reshape(ids.shape + (-1,))}
-    safe = np.maximum(ids, 0)
-    empty = (ids < 0) | (self.config.retrieval.mode == "none")
-    docs.update({"doc_ids": ids.astype(np.int32), "passage_tokens": self.passage_tokens[safe],
-                 "passage_length": np.where(empty, 0, self.passage_length[safe])})
-    return dict(batch, **self.place(docs, replicated))
-
-  def step(self, state: step_lib.TrainState, rows: np.ndarray):
-    """One training step on global batch `rows` of the training split."""
-    arrays = input_pipeline.gather(self.train.arrays, input_pipeline.host_rows(rows))
-    if self.device_index is not None:
-      batch, index = self.place(self.device_arrays(arrays)), self.device_index
-    else:
-      batch, index = self.retrieved(state.params, arrays), None
-    # Traced under the logical axis rules, so the models' activation constraints apply.
-    with sharding.axis_rules(self.mesh, sharding.logical_rules(self.config.fsdp)):
-      return self._step(state, batch, index)
+def rag_settings(config) -> Dict[str, Any]:
+  """The RagConfig fields a training config sets (besides a checkpoint's separators)."""
+  return dict(n_docs=config.retrieval.k, max_combined_length=config.rag.max_combined_length,
+              label_smoothing=config.label_smoothing)
 
 
 def _load_model(config, workdir: pathlib.Path,
-                rag_checkpoint: str) -> Tuple[rag_lib.RagModel, str]:
+                rag_checkpoint: str) -> Tuple[RagModel, str]:
   """The RAG model and the directory of the document encoder's initial weights ("" when the
   config must name one)."""
   m = config.model
   dtype = DTYPES[m.dtype]
-  rag_config = dict(n_docs=config.retrieval.k, max_combined_length=config.rag.max_combined_length,
-                    label_smoothing=config.label_smoothing)
+  rag_config = rag_settings(config)
   if rag_checkpoint:  # it has its own title and doc separators
-    model = rag_lib.RagModel.from_pretrained(rag_checkpoint, dtype=dtype, **rag_config)
+    model = RagModel.from_pretrained(rag_checkpoint, dtype=dtype, **rag_config)
     return model, ""
   if m.tiny:
     name = "tiny_model" if m.tiny_generator == "bart" else f"tiny_model_{m.tiny_generator}"
@@ -252,7 +206,7 @@ def _load_model(config, workdir: pathlib.Path,
     question_encoder, generator = directory / "question_encoder", directory / "generator"
   else:
     question_encoder, generator = m.question_encoder, m.generator
-  model = rag_lib.RagModel.from_parts(question_encoder, generator, dtype=dtype,
+  model = RagModel.from_parts(question_encoder, generator, dtype=dtype,
                                       title_sep=config.rag.title_sep,
                                       doc_sep=config.rag.doc_sep, **rag_config)
   prompts.use_chat_template(model, config.rag.system_prompt)
@@ -299,25 +253,55 @@ def resolve_init(init: str) -> Tuple[str, str]:
                    "RAG directory)")
 
 
-def _for_training(model: rag_lib.RagModel, config) -> Tuple[rag_lib.Rag, Any]:
-  """The Rag the step runs (remat, scanned layers) and the loaded params in its layout."""
+def training_rag(question_encoder, generator, rag_config: rag_lib.RagConfig, config
+                 ) -> rag_lib.Rag:
+  """The Rag the step runs: the modules with the config's `model.remat` and scanned layers
+  (`model.scan_layers`; a Llama runs its layers unscanned). Training and `rag_jax.compile`
+  both make theirs here."""
   m = config.model
-  modules = {"question_encoder": model.question_encoder, "generator": model.generator}
-  params = dict(model.params)
+  modules = {"question_encoder": question_encoder, "generator": generator}
   for name, module in modules.items():
     if isinstance(module, llama_lib.Llama):
       if m.scan_layers:
         raise SetupError(f"config model.scan_layers: the {type(module).__name__} {name} runs "
                          "its layers unscanned; set it to False")
       modules[name] = module.clone(remat=m.remat)
-      continue
-    modules[name] = module.clone(remat=m.remat, scan_layers=m.scan_layers)
-    if m.scan_layers:
-      params[name] = scan.stack_layers(params[name], module)
-  return rag_lib.Rag(modules["question_encoder"], modules["generator"], model.config), params
+    else:
+      modules[name] = module.clone(remat=m.remat, scan_layers=m.scan_layers)
+  return rag_lib.Rag(modules["question_encoder"], modules["generator"], rag_config)
 
 
-def inference_model(run: "Run", params) -> rag_lib.RagModel:
+def _for_training(model: RagModel, config) -> Tuple[rag_lib.Rag, Any]:
+  """The Rag the step runs (`training_rag`) and the loaded params in its layout."""
+  rag = training_rag(model.question_encoder, model.generator, model.config, config)
+  params = dict(model.params)
+  if config.model.scan_layers:
+    params = {name: scan.stack_layers(params[name], getattr(model, name))
+              for name in ("question_encoder", "generator")}
+  return rag, params
+
+
+def make_step_config(config, rag: rag_lib.Rag, fmt: contexts.ContextFormat
+                     ) -> step_lib.StepConfig:
+  """What the loss needs besides the model, from the config (training's and compile's)."""
+  try:
+    frozen = optimizer.frozen_params(config, rag)
+  except ValueError as e:
+    raise SetupError(str(e)) from None
+  return step_lib.StepConfig(kind=config.rag.kind, k=config.retrieval.k,
+                             label_smoothing=config.label_smoothing,
+                             doc_temperature=config.retrieval.doc_temperature,
+                             context=fmt, frozen=frozen)
+
+
+def state_shardings(rag: rag_lib.Rag, tx, config, mesh):
+  """The abstract train state (params boxed with their logical axes) and its shardings on
+  `mesh` under the config's axis rules (training's and compile's)."""
+  abstract = step_lib.abstract_state(rag, tx, config.seed)
+  return abstract, sharding.shardings_for(mesh, abstract, sharding.logical_rules(config.fsdp))
+
+
+def inference_model(run: "Run", params) -> RagModel:
   """A RagModel over the run's current params for decoding (unscanned: cached decoding runs
   layer by layer)."""
   rag = run.rag
@@ -326,7 +310,7 @@ def inference_model(run: "Run", params) -> rag_lib.RagModel:
               for name in ("question_encoder", "generator")}
     rag = rag_lib.Rag(rag.question_encoder.clone(scan_layers=False),
                       rag.generator.clone(scan_layers=False), rag.config)
-  return rag_lib.RagModel(rag, params, run.question_tokenizer, run.generator_tokenizer)
+  return RagModel(rag, params, run.question_tokenizer, run.generator_tokenizer)
 
 
 def _index(config, workdir: pathlib.Path, doc_encoder_dir: str):
@@ -366,7 +350,7 @@ def _index(config, workdir: pathlib.Path, doc_encoder_dir: str):
 
 def _passages(config) -> pathlib.Path:
   """The passage file `retrieval.passages` names."""
-  passages = wiki_tasks.resolve(config.retrieval.passages)
+  passages = wiki_cache.resolve(config.retrieval.passages)
   if not passages:
     raise SetupError("config retrieval.index or retrieval.passages must name the passages")
   if not pathlib.Path(passages).is_file():
@@ -398,7 +382,7 @@ def read_examples(config, split: str) -> List[data_lib.Example]:
   d = config.data
   options = {"two_way": d.two_way} if d.kind == "fever" else {}
   try:
-    return data_lib.read(d.kind, wiki_tasks.resolve(d.path), split, **options)
+    return data_lib.read(d.kind, wiki_cache.resolve(d.path), split, **options)
   except data_lib.DataError as e:
     raise SetupError(str(e)) from None
 
@@ -420,7 +404,7 @@ def _target_fn(config, tokenizer, regex_targets: Dict[str, str]
   return lambda e: words[e.label]
 
 
-def _regex_targets(config, examples: List[data_lib.Example], model: rag_lib.RagModel,
+def _regex_targets(config, examples: List[data_lib.Example], model: RagModel,
                    index: saved.Index) -> Dict[str, str]:
   """CuratedTrec's training targets, as the paper makes them: for each question, what its
   patterns match most often in the top `data.regex_target_passages` passages the initial
@@ -485,13 +469,11 @@ def build(config, workdir: pathlib.Path, *, split: str = "dev", train: bool = Tr
       raise SetupError(f"config {name}={k} exceeds the index's {len(index.passages)} passages")
 
   g_tok = model.generator_tokenizer
-  prompt = None if rag.gen.has_encoder else model.prompt_format or (lambda context: context)
   try:
-    fmt = input_pipeline.context_format(g_tok, config.rag.max_combined_length, prompt,
-                                        pad_id=rag.gen.pad_token_id)
-    frozen = step_lib.frozen_params(config, rag)
+    fmt = model.context_format()
   except ValueError as e:
     raise SetupError(str(e)) from None
+  step_config = make_step_config(config, rag, fmt)
   regex_targets = (_regex_targets(config, train_examples, model, index)
                    if config.data.kind == "curatedtrec" else {})
   target = _target_fn(config, g_tok, regex_targets)
@@ -504,40 +486,25 @@ def build(config, workdir: pathlib.Path, *, split: str = "dev", train: bool = Tr
       closed_book=config.retrieval.mode == "none",
       max_question_length=config.rag.max_question_length,
       max_target_length=config.rag.max_target_length, target=target), **extra))
-  passage_tokens, passage_length = input_pipeline.tokenize_passages(index.passages, g_tok,
+  passage_tokens, passage_length = contexts.tokenize_passages(index.passages, g_tok,
                                                                     model.config, fmt)
-  step_config = step_lib.StepConfig(kind=config.rag.kind, k=config.retrieval.k,
-                                    label_smoothing=config.label_smoothing,
-                                    doc_temperature=config.retrieval.doc_temperature,
-                                    context=fmt, frozen=frozen)
-
   # Evaluation alone keeps no optimizer state (AdamW's would be twice the params).
-  tx = step_lib.make_optimizer(config, frozen) if train else optax.set_to_zero()
+  tx = optimizer.make_optimizer(config, step_config.frozen) if train else optax.set_to_zero()
   state, state_sharding = _place_state(rag, params, tx, config, mesh)
   del params
   if init_kind == "checkpoint":
     state = state.replace(params=restore_params(init_path, state.params, mesh))
   device_index = None
   if config.retrieval.mode == "device":
-    device_index = step_lib.DeviceIndex.create(mesh, index.embeddings, passage_tokens,
+    device_index = device_lib.DeviceIndex.create(mesh, index.embeddings, passage_tokens,
                                                passage_length, config.retrieval.dtype)
-  run = Run(config=config, mesh=mesh, rag=rag, question_tokenizer=model.question_tokenizer,
-            generator_tokenizer=g_tok, step_config=step_config, state=state,
-            train=tokenize(train_examples, bm25[0]) if train else Split([], {}),
-            eval=tokenize(eval_examples, bm25[1]),
-            index=index, passage_tokens=passage_tokens, passage_length=passage_length,
-            device_index=device_index, target=target, eval_split=split)
-  run._step = step_lib.jit_train_step(rag, tx, step_config, state_sharding)
-  # Module-level jits with the model and settings static: runs of the same model share them.
-  run._encode = lambda p, b: _ENCODE(rag, p, b)
-  run._retrieve = lambda p, b, i, k: _RETRIEVE(rag, p, b, i, k)
-  run._contexts = lambda p, b: _CONTEXTS(rag, p, b, step_config)
-  return run
-
-
-_ENCODE = jax.jit(step_lib.encode_questions, static_argnums=0)
-_RETRIEVE = jax.jit(step_lib.retrieve_on_device, static_argnums=(0, 4))
-_CONTEXTS = jax.jit(step_lib.contexts_and_scores, static_argnums=(0, 3))
+  return Run(config=config, mesh=mesh, rag=rag, question_tokenizer=model.question_tokenizer,
+             generator_tokenizer=g_tok, step_config=step_config, tx=tx, state=state,
+             state_sharding=state_sharding,
+             train=tokenize(train_examples, bm25[0]) if train else Split([], {}),
+             eval=tokenize(eval_examples, bm25[1]),
+             index=index, passage_tokens=passage_tokens, passage_length=passage_length,
+             device_index=device_index, target=target, eval_split=split)
 
 
 def restore_params(directory: str, params, mesh):
@@ -547,7 +514,7 @@ def restore_params(directory: str, params, mesh):
     restored = manager.restore_params(params, sharding.replicated(mesh))
   except (ValueError, KeyError) as e:
     raise SetupError(f"init {directory}: its params do not fit this config's model "
-                     f"({weights.one_line(e)})") from None
+                     f"({errors.first_line(e)})") from None
   finally:
     manager.close()
   return restored
@@ -555,14 +522,6 @@ def restore_params(directory: str, params, mesh):
 
 def _place_state(rag: rag_lib.Rag, params, tx, config, mesh):
   """The train state on the mesh, with its shardings from the modules' logical axes."""
-  abstract = step_lib.abstract_state(rag, tx, config.seed)
-  shardings = sharding.shardings_for(mesh, abstract, sharding.logical_rules(config.fsdp))
+  _, shardings = state_shardings(rag, tx, config, mesh)
   state = step_lib.create_state(params, tx, config.seed)
   return jax.device_put(state, shardings), shardings
-
-
-def progress_bar(start: int, total: int):
-  """tqdm on process 0 (a no-op elsewhere), from `start` of `total` steps."""
-  import tqdm  # pylint: disable=import-outside-toplevel
-  return tqdm.tqdm(initial=start, total=total, desc="train", unit="step", dynamic_ncols=True,
-                   disable=jax.process_index() != 0, file=sys.stderr)

@@ -3,10 +3,11 @@
 One jitted function per retrieval mode, both built from the same loss:
 
 - `device`: the frozen passage vectors and their pre-tokenized passages live on the mesh,
-  split by rows over every mesh axis (`DeviceIndex`). The step encodes the questions with the
-  *current* query encoder, takes the exact top-k (each shard's, then a global merge), gathers
-  the winners' vectors and tokens (each shard contributes its own rows, then a psum) and joins
-  them with the question into the generator's contexts: no host round trip.
+  split by rows over every mesh axis (`index.device.DeviceIndex`). The step encodes the
+  questions with the *current* query encoder, takes the exact top-k (each shard's, then a
+  global merge), gathers the winners' vectors and tokens (each shard contributes its own
+  rows, then a psum) and joins them with the question into the generator's contexts: no host
+  round trip.
 - `host`: any saved index (ScaNN, FAISS, ...) is searched between `encode_questions` (jitted)
   and the step, which gets the retrieved ids, vectors and passage tokens in the batch.
 
@@ -23,19 +24,18 @@ D = retrieval dim, N = passages.
 
 import dataclasses
 import functools
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import flax
-from flax import linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rag_jax import contexts
 from rag_jax import rag as rag_lib
 from rag_jax import sharding
-from rag_jax.index import search as search_lib
+from rag_jax.index import device as device_lib
+from rag_jax.train import optimizer
 
 Array = jax.Array
 Batch = Dict[str, Array]
@@ -50,258 +50,8 @@ class TrainState:
   rng: Array           # the run's base key; step s uses fold_in(rng, s)
 
 
-@dataclasses.dataclass(frozen=True)
-class ContextFormat:
-  """How a passage and a question join into one generator input: `prefix` + passage +
-  question + `suffix`, truncated to `length`, then padded on the right. What truncation cuts
-  first is the question, as in HF, or with `keep_question` the passage (a decoder-only
-  generator's prompt, as `RagModel.contextualize` makes it: the answer follows the question).
-
-  BART's is HF RagRetriever's tokenization of `prefix + title / text // question`: prefix
-  (<s>,), suffix (</s>,). A decoder-only generator's is its prompt: with a chat template,
-  the prefix is the template up to the user's text (system turn included) and the suffix
-  the end of that turn and the assistant's header, so the target follows the prompt.
-
-  Passages are pre-tokenized without special tokens (`prefix + title / text //`), questions
-  as `" " + question` without special tokens, so that joining the token lists is the
-  tokenization of the whole string wherever the tokenizer splits at spaces and newlines
-  (WordPiece, and byte-level BPE with its leading-space tokens).
-  """
-  length: int                # L, HF's max_combined_length
-  prefix: Tuple[int, ...]    # tokens before the passage
-  suffix: Tuple[int, ...]    # tokens after the question
-  pad_id: int
-  keep_question: bool = False
-
-  @property
-  def content_length(self) -> int:
-    """The most passage + question tokens an input holds."""
-    return self.length - len(self.prefix) - len(self.suffix)
-
-
-def join_contexts(passages: Array, passage_length: Array, question: Array,
-                  question_length: Array, fmt: ContextFormat) -> Tuple[Array, Array]:
-  """Joins each example's Z passages with its question (HF's layout, example-major).
-
-  Args:
-    passages: [B, Z, P] int32 content tokens; passage_length: [B, Z].
-    question: [B, Q] int32 content tokens; question_length: [B].
-    fmt: the ContextFormat.
-  Returns:
-    context ids [B * Z, L] int32 and their attention mask [B * Z, L] int32.
-  """
-  b, z, p = passages.shape
-  pre, suf, c = len(fmt.prefix), len(fmt.suffix), fmt.content_length
-  pos = jnp.arange(c)                                                        # [C]
-  lp = passage_length[:, :, None]                                            # [B, Z, 1]
-  if fmt.keep_question:
-    lp = jnp.minimum(lp, c - jnp.minimum(question_length, c)[:, None, None])
-  from_passage = jnp.take_along_axis(passages, jnp.clip(pos, 0, p - 1)[None, None].repeat(
-      b, 0).repeat(z, 1), axis=2)                                            # [B, Z, C]
-  q_pos = jnp.clip(pos[None, None] - lp, 0, question.shape[1] - 1)          # [B, Z, C]
-  from_question = jnp.take_along_axis(question[:, None].repeat(z, 1), q_pos, axis=2)
-  content = jnp.where(pos < lp, from_passage, from_question)
-  n = jnp.minimum(lp + question_length[:, None, None], c)                   # [B, Z, 1]
-  content = jnp.where(pos < n, content, fmt.pad_id).astype(jnp.int32)
-  ids = jnp.pad(content, ((0, 0), (0, 0), (pre, suf)), constant_values=fmt.pad_id)  # [B, Z, L]
-  full = jnp.arange(fmt.length)[None, None]                                  # [1, 1, L]
-  if pre:
-    prefix = jnp.asarray(fmt.prefix + (fmt.pad_id,) * (fmt.length - pre), jnp.int32)
-    ids = jnp.where(full < pre, prefix, ids)
-  if suf:
-    at = full - pre - n                                                      # [B, Z, L]
-    suffix = jnp.asarray(fmt.suffix, jnp.int32)[jnp.clip(at, 0, suf - 1)]
-    ids = jnp.where((at >= 0) & (at < suf), suffix, ids)
-  mask = (full < pre + n + suf).astype(jnp.int32)
-  return ids.reshape(b * z, fmt.length), mask.reshape(b * z, fmt.length)
-
-
 # ------------------------------------------------------------------------------------------
-# The index on the mesh.
-
-
-@flax.struct.dataclass
-class DeviceIndex:
-  """Frozen passage vectors and tokens on the mesh, rows split over every mesh axis.
-
-  The vectors are an `ExactSearch` over the whole mesh holding them as one chunk per shard, so
-  that row r of each array is passage r (padding rows past N never win); shard s holds rows
-  [s * rows_per_shard, (s + 1) * rows_per_shard). The search is the backend's own, run
-  inside the step; the tokens are placed the same way, for `gather`.
-  """
-  embeddings: Array        # [N', D] in the index dtype
-  tokens: Array            # [N', P] int32
-  lengths: Array           # [N'] int32
-  exact: search_lib.ExactSearch = flax.struct.field(pytree_node=False)
-  axes: Tuple[str, ...] = flax.struct.field(pytree_node=False)
-  mesh: Any = flax.struct.field(pytree_node=False)
-
-  @classmethod
-  def create(cls, mesh, embeddings: np.ndarray, tokens: np.ndarray, lengths: np.ndarray,
-             dtype="float32") -> "DeviceIndex":
-    """Places [N, D] vectors, [N, P] tokens and [N] lengths on `mesh`, each device reading
-    only its own rows from the host arrays (which may be memory maps)."""
-    axes = sharding.index_axes(mesh)
-    shards = sharding.axes_size(mesh, axes)
-    rows = -(-len(embeddings) // shards)
-    exact = search_lib.ExactSearch(embeddings, chunk_size=rows, dtype=dtype, mesh=mesh,
-                                   axis_name=axes)
-    (vectors,) = exact.device_arrays  # one chunk per shard: row r is passage r
-
-    def place(host):
-      shape = (rows * shards,) + host.shape[1:]
-
-      def block(index):
-        start, stop, _ = index[0].indices(shape[0])
-        out = np.zeros((stop - start,) + host.shape[1:], np.int32)
-        real = np.asarray(host[min(start, len(host)):min(stop, len(host))], np.int32)
-        out[:len(real)] = real
-        return out
-      return jax.make_array_from_callback(
-          shape, NamedSharding(mesh, P(axes, *([None] * (host.ndim - 1)))), block)
-    return cls(vectors, place(tokens), place(lengths), exact, axes, mesh)
-
-  @classmethod
-  def abstract(cls, mesh, num: int, dim: int, passage_length: int,
-               dtype="float32") -> "DeviceIndex":
-    """A DeviceIndex of `num` passages with nothing behind it: its three arrays are
-    `jax.ShapeDtypeStruct`s with the shapes and shardings `create` gives them, for lowering
-    and compiling the step ahead of time from shapes alone (rag_jax.compile), on any mesh,
-    a topology's unattached devices included. Its search is `create`'s: an ExactSearch over
-    abstract embeddings, which holds abstract chunks of the same shapes and shardings."""
-    axes = sharding.index_axes(mesh)
-    shards = sharding.axes_size(mesh, axes)
-    rows = -(-num // shards)
-
-    def spec(shape, dt):
-      return jax.ShapeDtypeStruct(shape, dt, sharding=NamedSharding(
-          mesh, P(axes, *([None] * (len(shape) - 1)))))
-
-    exact = search_lib.ExactSearch(jax.ShapeDtypeStruct((num, dim), jnp.float32),
-                                   chunk_size=rows, dtype=dtype, mesh=mesh, axis_name=axes)
-    (vectors,) = exact.device_arrays
-    return cls(vectors, spec((rows * shards, passage_length), jnp.int32),
-               spec((rows * shards,), jnp.int32), exact, axes, mesh)
-
-  @property
-  def rows_per_shard(self) -> int:
-    return self.exact.rows_per_shard
-
-  def search(self, queries: Array, k: int) -> Tuple[Array, Array]:
-    """Exact top-k by inner product: [B, D] -> scores [B, k] float32, ids [B, k] int32."""
-    return self.exact.top_k(queries, (self.embeddings,), k)
-
-  def gather(self, ids: Array) -> Tuple[Array, Array, Array]:
-    """Rows of the winners: ids [B, Z] -> vectors [B, Z, D] float32, tokens [B, Z, P],
-    lengths [B, Z]. Each shard fills in the rows it holds, zeros elsewhere; a psum adds the
-    shards' parts (exactly: one of them is non-zero)."""
-    mesh, axes, rows = self.mesh, self.axes, self.rows_per_shard
-
-    def local(ids, emb, tok, lens):
-      mine = ids - _shard_index(axes) * rows
-      inside = (mine >= 0) & (mine < emb.shape[0])
-      mine = jnp.clip(mine, 0, emb.shape[0] - 1)
-      pick = lambda table: jnp.where(
-          inside.reshape(inside.shape + (1,) * (table.ndim - 1)), table[mine], 0)
-      # Rows first, then the cast: casting the shard first copies all of it (on TPU).
-      return tuple(jax.lax.psum(pick(t), axes) for t in (emb, tok, lens))
-    embeds, tokens, lengths = jax.shard_map(
-        local, mesh=mesh, in_specs=(P(), P(axes, None), P(axes, None), P(axes)),
-        out_specs=(P(), P(), P()))(ids, self.embeddings, self.tokens, self.lengths)
-    return embeds.astype(jnp.float32), tokens, lengths
-
-
-def _shard_index(axes: Tuple[str, ...]) -> Array:
-  """This shard's number along the flattened `axes` (row-major, as PartitionSpec splits)."""
-  return jax.lax.axis_index(axes)
-
-
-# ------------------------------------------------------------------------------------------
-# Optimizer and state.
-
-
-def frozen_params(config, rag: rag_lib.Rag) -> Tuple[str, ...]:
-  """The params that get no updates, as "/"-joined path prefixes of the params tree:
-
-  - "question_encoder" when the config freezes it (the paper's "Frozen" ablation) or when
-    nothing reads it (BM25 retrieval, a closed-book run);
-  - with `model.train_generator_layers` = n > 0, all of a decoder-only generator but its
-    top n layers and final norm: what a short run on a CPU can train of a 135M model (the
-    embeddings, tied to the LM head in SmolLM2, stay as they are).
-
-  Raises:
-    ValueError: train_generator_layers for a generator it does not apply to.
-  """
-  r = config.retrieval
-  frozen = ["question_encoder"] if r.freeze_query_encoder or r.mode in ("bm25", "none") else []
-  n = config.model.train_generator_layers
-  if n:
-    if rag.gen.has_encoder:
-      raise ValueError("config model.train_generator_layers applies to a decoder-only "
-                       "generator; BART trains whole")
-    total = rag.generator.config.num_hidden_layers
-    if not 0 < n <= total:
-      raise ValueError(f"config model.train_generator_layers={n}: the generator has {total} "
-                       "layers")
-    frozen += ["generator/embed_tokens", "generator/lm_head"]
-    frozen += [f"generator/layers_{i}" for i in range(total - n)]
-  return tuple(frozen)
-
-
-def is_frozen(path, frozen: Tuple[str, ...]) -> bool:
-  """Whether the param at `path` (a jax key path) is under one of the `frozen` prefixes."""
-  name = _path_name(path)
-  return any(name == f or name.startswith(f + "/") for f in frozen)
-
-
-def _path_name(path) -> str:
-  """"question_encoder/encoder/layer_0/..." for a jax key path."""
-  return "/".join(str(getattr(key, "key", getattr(key, "name", key))) for key in path)
-
-
-def make_optimizer(config, frozen: Tuple[str, ...] = ()) -> optax.GradientTransformation:
-  """Global-norm clipping, then AdamW with linear warmup and linear or cosine decay to 0 by
-  `num_train_steps`. config: learning_rate, question_encoder_lr_scale (the query encoder's
-  rate is learning_rate times it), warmup_steps, num_train_steps, decay ("linear" | "cosine"
-  | "constant"), weight_decay, max_grad_norm, adam_b1, adam_b2, adam_eps.
-
-  The `frozen` params (`frozen_params`) are frozen by construction: `optax.multi_transform`
-  gives them zero updates (no weight decay, no optimizer state), so they stay bit for bit.
-  Their gradients are zero (the step stops them), so the clipping norm is the trained params'.
-  """
-  decays = {"linear": lambda peak, steps: optax.linear_schedule(peak, 0.0, steps),
-            "cosine": optax.cosine_decay_schedule,
-            "constant": lambda peak, steps: optax.constant_schedule(peak)}
-  if config.decay not in decays:
-    raise ValueError(f"decay must be one of {sorted(decays)}, got {config.decay!r}")
-
-  def adamw(peak: float) -> optax.GradientTransformation:
-    decay = decays[config.decay](peak, max(1, config.num_train_steps - config.warmup_steps))
-    schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, peak, max(1, config.warmup_steps)), decay],
-        [config.warmup_steps])
-    return optax.adamw(schedule, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-                       weight_decay=config.weight_decay)
-
-  scale = config.get("question_encoder_lr_scale", 1.0)
-  if not (np.isfinite(scale) and scale >= 0):
-    raise ValueError(f"question_encoder_lr_scale must be finite and >= 0, got {scale!r}")
-
-  # The same groups whatever is frozen or scaled, so that the state's layout depends only on
-  # which params are frozen (see checkpoint.Manager.restore_latest).
-  def label(path, _) -> str:
-    if is_frozen(path, frozen):
-      return "frozen"
-    return "question_encoder" if _path_name(path[:1]) == "question_encoder" else "trained"
-  # A boxed param (the abstract state, whose shardings come from its logical axes) is
-  # labelled whole, so that its box stays around its value or is masked with it.
-  labels = lambda params: jax.tree_util.tree_map_with_path(
-      label, params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-  return optax.chain(
-      optax.clip_by_global_norm(config.max_grad_norm),
-      optax.multi_transform({"trained": adamw(config.learning_rate),
-                             "question_encoder": adamw(config.learning_rate * scale),
-                             "frozen": optax.set_to_zero()}, labels))
+# The state.
 
 
 def create_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
@@ -331,8 +81,8 @@ class StepConfig:
   k: int = 5                       # docs per question
   label_smoothing: float = 0.0
   doc_temperature: float = 1.0     # p(z|x) = softmax(scores / doc_temperature)
-  context: Optional[ContextFormat] = None
-  frozen: Tuple[str, ...] = ()     # params without gradient (`frozen_params`)
+  context: Optional[contexts.ContextFormat] = None
+  frozen: Tuple[str, ...] = ()     # params without gradient (`optimizer.frozen_params`)
 
 
 def encode_questions(rag: rag_lib.Rag, params, batch: Batch) -> Array:
@@ -340,7 +90,7 @@ def encode_questions(rag: rag_lib.Rag, params, batch: Batch) -> Array:
   return rag.question_vectors(params, batch["question_ids"], batch["question_mask"])
 
 
-def retrieve_on_device(rag: rag_lib.Rag, params, batch: Batch, index: DeviceIndex,
+def retrieve_on_device(rag: rag_lib.Rag, params, batch: Batch, index: device_lib.DeviceIndex,
                        k: int) -> Batch:
   """The batch with the current query encoder's top-k docs: doc_ids [B, Z],
   doc_embeds [B, Z, D], passage_tokens [B, Z, P], passage_length [B, Z]."""
@@ -358,7 +108,7 @@ def contexts_and_scores(rag: rag_lib.Rag, params, batch: Batch, cfg: StepConfig,
   The scores are q(x) . d(z), or a batch's `retrieval_scores` [B, Z] where a retriever
   without vectors found the docs (BM25, whose scores the paper's ablation uses as the
   logits of p(z|x))."""
-  ctx, ctx_mask = join_contexts(batch["passage_tokens"], batch["passage_length"],
+  ctx, ctx_mask = contexts.join_contexts(batch["passage_tokens"], batch["passage_length"],
                                 batch["question_tokens"], batch["question_length"], cfg.context)
   if "retrieval_scores" in batch:
     scores = batch["retrieval_scores"]
@@ -373,7 +123,7 @@ def loss_fn(rag: rag_lib.Rag, params, batch: Batch, rng: Array, cfg: StepConfig)
   """Mean per-example RAG NLL of a retrieved batch, dropout on; no gradient reaches the
   `cfg.frozen` params."""
   params = jax.tree_util.tree_map_with_path(
-      lambda path, v: jax.lax.stop_gradient(v) if is_frozen(path, cfg.frozen) else v, params)
+      lambda path, v: jax.lax.stop_gradient(v) if optimizer.is_frozen(path, cfg.frozen) else v, params)
   kq, kg = jax.random.split(rng)
   ctx, ctx_mask, scores = contexts_and_scores(rag, params, batch, cfg, deterministic=False,
                                               rngs={"dropout": kq})
@@ -382,7 +132,7 @@ def loss_fn(rag: rag_lib.Rag, params, batch: Batch, rng: Array, cfg: StepConfig)
   return nll.mean()
 
 
-def train_step(state: TrainState, batch: Batch, index: Optional[DeviceIndex], *,
+def train_step(state: TrainState, batch: Batch, index: Optional[device_lib.DeviceIndex], *,
                rag: rag_lib.Rag, tx: optax.GradientTransformation,
                cfg: StepConfig) -> Tuple[TrainState, Dict[str, Array]]:
   """One update. `index` is the DeviceIndex in `device` mode; None in `host` mode, where the
@@ -408,3 +158,27 @@ def jit_train_step(rag: rag_lib.Rag, tx, cfg: StepConfig, state_sharding=None):
   mesh = jax.tree.leaves(state_sharding)[0].mesh
   metrics = {"loss": sharding.replicated(mesh), "grad_norm": sharding.replicated(mesh)}
   return jax.jit(fn, out_shardings=(state_sharding, metrics), donate_argnums=(0,))
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+  """A run's jitted functions, built once (`make_steps`) and passed to whatever calls them: the
+  loop, the batch retriever, evaluation's predict function."""
+  train: Callable      # (state, batch, index or None) -> (state, {"loss", "grad_norm"})
+  encode: Callable     # (params, batch) -> q(x) [B, D] float32, no dropout
+  retrieve: Callable   # (params, batch, index, k) -> the batch with its top-k docs
+  contexts: Callable   # (params, retrieved batch) -> contexts [B * Z, L], mask, scores [B, Z]
+
+
+def make_steps(rag: rag_lib.Rag, tx, cfg: StepConfig, state_sharding=None) -> Steps:
+  """The jitted functions of a run of `rag` (see `Steps`)."""
+  # Module-level jits with the model and settings static: runs of the same model share them.
+  return Steps(train=jit_train_step(rag, tx, cfg, state_sharding),
+               encode=functools.partial(_ENCODE, rag),
+               retrieve=functools.partial(_RETRIEVE, rag),
+               contexts=lambda params, batch: _CONTEXTS(rag, params, batch, cfg))
+
+
+_ENCODE = jax.jit(encode_questions, static_argnums=0)
+_RETRIEVE = jax.jit(retrieve_on_device, static_argnums=(0, 4))
+_CONTEXTS = jax.jit(contexts_and_scores, static_argnums=(0, 3))

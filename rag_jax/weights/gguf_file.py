@@ -2,7 +2,7 @@
 
 A GGUF Llama is read into exactly what an HF `LlamaForCausalLM` directory gives
 (`config.json` keys, `model.layers.N.self_attn.q_proj.weight` names, [out, in] matrices), so
-`weights.load_llama` maps both onto our parameters with the same code. Tensors are
+`rag_jax.weights.llama.load_llama` maps both onto our parameters with the same code. Tensors are
 dequantised to float32 one at a time, on access (memory stays at one tensor beyond what the
 caller keeps). Needs the `gguf` package (llama.cpp's reader).
 
@@ -13,16 +13,21 @@ convention; reading undoes that, as transformers' GGUF loader does.
 
 import contextlib
 import hashlib
+import importlib
 import pathlib
 import re
 import shutil
+import sys
 import tempfile
+import types
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
 from rag_jax import assets
-from rag_jax.weights import WeightsError, _KeyedState, one_line
+from rag_jax.errors import first_line
+from rag_jax.weights.errors import WeightsError
+from rag_jax.weights.state import KeyedState
 
 # What `gguf.quants.dequantize` turns into float32 for us. K-quants and i-quants would too,
 # but nothing checks them here; a file with one is refused rather than trusted.
@@ -65,12 +70,14 @@ def unpermute_rotary(w: np.ndarray, heads: int) -> np.ndarray:
       w.shape)
 
 
-class GGUFFile(_KeyedState):
+class GGUFFile(KeyedState):
   """One GGUF file: its metadata, `config` (the llama.* metadata as an HF `config.json`
   dict), and its tensors under HF names, dequantised on access."""
 
   def __init__(self, path: pathlib.Path):
     try:
+      # Lazy: only GGUF checkpoints need llama.cpp's reader, so other runs do not pay for
+      # importing it, and its absence is a one-line error rather than an import failure.
       import gguf  # pylint: disable=import-outside-toplevel
     except ImportError:
       raise WeightsError(f"{path}: reading GGUF files needs the gguf package "
@@ -79,7 +86,7 @@ class GGUFFile(_KeyedState):
     try:
       self._reader = gguf.GGUFReader(str(path))
     except Exception as e:  # pylint: disable=broad-except  (ValueError, struct errors, OSError)
-      raise WeightsError(f"{path}: unreadable GGUF file ({one_line(e)})") from None
+      raise WeightsError(f"{path}: unreadable GGUF file ({first_line(e)})") from None
     self._tensors = {t.name: t for t in self._reader.tensors}
     for t in self._reader.tensors:
       if t.tensor_type.name not in SUPPORTED_TYPES:
@@ -159,7 +166,7 @@ class GGUFFile(_KeyedState):
       w = self._gguf.quants.dequantize(tensor.data, tensor.tensor_type)
     except Exception as e:  # pylint: disable=broad-except
       raise WeightsError(f"{self.path}: tensor {tensor.name} could not be dequantised "
-                         f"({one_line(e)})") from None
+                         f"({first_line(e)})") from None
     w = np.asarray(w, np.float32)
     m = re.fullmatch(r"model\.layers\.\d+\.self_attn\.(q_proj|k_proj)\.(weight|bias)", key)
     if m:
@@ -196,6 +203,7 @@ class GGUFFile(_KeyedState):
     """
     if self.field("tokenizer.ggml.model") is None:
       return None
+    # Lazy, as in rag_jax.weights.tokenizer: only building a tokenizer needs transformers.
     import transformers  # pylint: disable=import-outside-toplevel
     stat = self.path.stat()
     key = hashlib.sha256(f"{self.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|"
@@ -212,7 +220,7 @@ class GGUFFile(_KeyedState):
           tokenizer = transformers.AutoTokenizer.from_pretrained(str(self.path.parent),
                                                                  gguf_file=self.path.name)
     except Exception as e:  # pylint: disable=broad-except  (tokenizers raises plain Exception)
-      raise WeightsError(f"{self.path}: no usable tokenizer ({one_line(e)})") from None
+      raise WeightsError(f"{self.path}: no usable tokenizer ({first_line(e)})") from None
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = pathlib.Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
     tokenizer.save_pretrained(str(partial))
@@ -230,9 +238,6 @@ def _metadata_reader_without_torch(gguf: GGUFFile):
   that module cannot be imported, this supplies its `read_gguf_metadata` from the `gguf`
   package's reading of the same file while the tokenizer is built (the metadata's keys and
   values, the tensor names), and removes it afterwards. Yields whether it did."""
-  import importlib  # pylint: disable=import-outside-toplevel
-  import sys  # pylint: disable=import-outside-toplevel
-  import types  # pylint: disable=import-outside-toplevel
   name = "transformers.integrations.gguf.reader"
   try:
     importlib.import_module(name)

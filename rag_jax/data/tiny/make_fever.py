@@ -1,6 +1,6 @@
-"""Writes the tiny FEVER task in this directory (run once; its output is committed).
+"""Writes the tiny FEVER task into rag_jax/data/tiny/fever (run once; its output is committed).
 
-    .venv/bin/python tests/data/fever_tiny/make.py [--out DIR]
+    python -m rag_jax.data.tiny.make_fever [--out DIR]
 
 A made-up world of 16 articles (4 rivers, 4 towns, 4 people, 4 animals), each with four facts
 that link it to other articles or to a small pool of words. Every fact uses each object of its
@@ -22,11 +22,10 @@ import argparse
 import json
 import pathlib
 import random
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3]))
-from rag_jax.data import fever  # noqa: E402  (after the path is set)
-from rag_jax.data import words  # noqa: E402
+from rag_jax.data import fever
+from rag_jax.data import tiny
+from rag_jax.data import words
 
 SEED = 0
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -234,5 +233,5 @@ def main(out: pathlib.Path) -> None:
 
 if __name__ == "__main__":
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).parent)
+  parser.add_argument("--out", type=pathlib.Path, default=tiny.FEVER)
   main(parser.parse_args().out)

@@ -1,10 +1,10 @@
-"""Writes the tiny QA, abstractive-QA and Jeopardy tasks in this directory (run once; its output
-is committed).
+"""Writes the tiny QA, abstractive-QA and Jeopardy tasks into rag_jax/data/tiny/qa (run once;
+its output is committed).
 
-    .venv/bin/python tests/data/qa_tiny/make.py [--out DIR]
+    python -m rag_jax.data.tiny.make_qa [--out DIR]
 
-The questions are about the made-up world of tests/data/fever_tiny (whose make.py builds it, and
-whose passages.tsv the `:tiny` configs retrieve from): each of its 64 facts (16 articles x 4
+The questions are about the made-up world of rag_jax/data/tiny/fever (which make_fever builds,
+and whose passages.tsv the `:tiny` configs retrieve from): each of its 64 facts (16 articles x 4
 relations) is asked once, split 40 train / 12 dev / 12 test by a fixed seed, and written in
 each task's official format:
 
@@ -21,16 +21,14 @@ each task's official format:
 """
 
 import argparse
-import importlib.util
 import json
 import pathlib
 import random
 import re
-import sys
 
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[2]))
-from rag_jax.data import words  # noqa: E402  (after the path is set)
+from rag_jax.data import tiny
+from rag_jax.data import words
+from rag_jax.data.tiny import make_fever
 
 SEED = 0
 SPLITS = {"train": 40, "dev": 12, "test": 12}
@@ -56,22 +54,17 @@ QUESTIONS = {
 
 
 def _world():
-  """fever_tiny's make.py as a module: its world, rebuilt from its seed."""
-  spec = importlib.util.spec_from_file_location("fever_make",
-                                                HERE.parent / "fever_tiny" / "make.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  articles, facts = module.build_world(random.Random(module.SEED))
-  return module, articles, facts
+  """make_fever's world, rebuilt from its seed: (articles, facts)."""
+  return make_fever.build_world(random.Random(make_fever.SEED))
 
 
-def _rows(module, articles, facts):
+def _rows(articles, facts):
   """One row per fact: question, answer, the fact's sentence, its article, passage and clue."""
   passages = {title: [" ".join(p) for p in ps] for title, _, ps in articles}
   rows = []
   for title, kind, sentence_id, r, obj in facts:
-    s = module.mention(title)
-    template = module.FACTS[kind][r][2]
+    s = make_fever.mention(title)
+    template = make_fever.FACTS[kind][r][2]
     sentence = template.format(s=s, o=obj)
     passage = next(p for p in passages[title] if sentence in p)
     clue = template.format(s="@", o=obj).replace("the @", "@").replace("@", f"this {kind}")
@@ -82,11 +75,11 @@ def _rows(module, articles, facts):
 
 
 def _check_passages(articles) -> None:
-  """The world rebuilt here is the one fever_tiny/passages.tsv holds."""
+  """The world rebuilt here is the one tiny/fever/passages.tsv holds."""
   texts = [f'"{" ".join(p)}"' for _, _, ps in articles for p in ps]
-  lines = (HERE.parent / "fever_tiny" / "passages.tsv").read_text(encoding="utf-8").splitlines()
+  lines = tiny.PASSAGES.read_text(encoding="utf-8").splitlines()
   if [line.split("\t")[1] for line in lines[1:]] != texts:
-    raise SystemExit("fever_tiny/passages.tsv is not the world fever_tiny/make.py builds")
+    raise SystemExit(f"{tiny.PASSAGES} is not the world make_fever builds")
 
 
 def _pattern(answer: str) -> str:
@@ -119,9 +112,9 @@ def _msmarco(path: pathlib.Path, rows, first_id: int, labelled: bool) -> None:
 
 
 def main(out: pathlib.Path) -> None:
-  module, articles, facts = _world()
+  articles, facts = _world()
   _check_passages(articles)
-  rows = _rows(module, articles, facts)
+  rows = _rows(articles, facts)
   random.Random(SEED).shuffle(rows)
   splits, start = {}, 0
   for split, n in SPLITS.items():
@@ -149,11 +142,11 @@ def main(out: pathlib.Path) -> None:
     texts += [t for r in part for t in (r["question"], r["answer"], r["sentence"], r["clue"],
                                         r["title"], "the " + r["answer"])]
   texts += [f"{title} {' '.join(p)}" for title, _, ps in articles for p in ps]
-  vocab = list(module.SPECIAL_TOKENS) + words(texts + ["/"])
+  vocab = list(make_fever.SPECIAL_TOKENS) + words(texts + ["/"])
   (out / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", type=pathlib.Path, default=HERE)
+  parser.add_argument("--out", type=pathlib.Path, default=tiny.QA)
   main(parser.parse_args().out)

@@ -23,10 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from rag_jax import weights
 from rag_jax.models import bart as bart_lib
 from rag_jax.models import bert as bert_lib
 from rag_jax.models import llama as llama_lib
+from rag_jax.weights.bart import bart_names
+from rag_jax.weights.bert import bert_names
+from rag_jax.weights.llama import llama_names
 
 QUESTION_ENCODER = dict(model_type="dpr", vocab_size=0, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=64,
@@ -49,7 +51,7 @@ GENERATOR_KINDS = ("bart", "llama")
 
 
 def _hf_arrays(params, names) -> dict:
-  """Our param tree -> {HF name: array}, the inverse of weights.convert_state_dict."""
+  """Our param tree -> {HF name: array}, the inverse of `state.convert_state_dict`."""
   out = {}
   for path, value in flax.traverse_util.flatten_dict(params).items():
     value = np.asarray(value, np.float32)
@@ -70,6 +72,8 @@ def _shapes(base: dict, overrides: Optional[dict], vocab: int) -> dict:
 
 
 def _tokenizer(directory: pathlib.Path, specials, words, **kwargs):
+  # Lazy, as in rag_jax.weights.tokenizer: training imports this module for `:tiny`, and only
+  # writing a checkpoint needs transformers.
   import transformers  # pylint: disable=import-outside-toplevel
   vocab = directory / "vocab.txt"
   vocab.write_text("\n".join(specials + list(words)) + "\n")
@@ -80,6 +84,7 @@ def _tokenizer(directory: pathlib.Path, specials, words, **kwargs):
 
 def _chat_tokenizer(directory: pathlib.Path, words):
   """A word-level tokenizer that adds no special tokens, with a chat template."""
+  # Lazy, as `_tokenizer`'s transformers.
   import tokenizers  # pylint: disable=import-outside-toplevel
   import transformers  # pylint: disable=import-outside-toplevel
   vocab = {w: i for i, w in enumerate(BART_SPECIALS + list(words))}
@@ -128,7 +133,7 @@ def write(directory, words: Iterable[str], seed: int = 0, *,
   (q_dir / "config.json").write_text(json.dumps(q_hf, indent=1))
   prefix = "question_encoder.bert_model."
   safetensors.numpy.save_file(
-      _hf_arrays(q_params, lambda p: [prefix + n for n in weights.bert_names(p)]),
+      _hf_arrays(q_params, lambda p: [prefix + n for n in bert_names(p)]),
       str(q_dir / "model.safetensors"))
   _tokenizer(q_dir, BERT_SPECIALS, words)
 
@@ -138,13 +143,13 @@ def write(directory, words: Iterable[str], seed: int = 0, *,
     g_hf = _shapes(LLAMA, generator, len(BART_SPECIALS) + len(words))
     g_module = llama_lib.Llama(llama_lib.LlamaConfig.from_hf(g_hf))
     g_params = flax.linen.meta.unbox(g_module.init(kg, ids, ids)["params"])
-    names = weights.llama_names
+    names = llama_names
     _chat_tokenizer(g_dir, words)
   else:
     g_hf = _shapes(GENERATOR, generator, len(BART_SPECIALS) + len(words))
     g_module = bart_lib.Bart(bart_lib.BartConfig.from_hf(g_hf))
     g_params = flax.linen.meta.unbox(g_module.init(kg, ids, ids, ids)["params"])
-    names = weights.bart_names
+    names = bart_names
     _tokenizer(g_dir, BART_SPECIALS, words, cls_token="[CLS]", pad_token="[PAD]",
                sep_token="[SEP]", unk_token="[UNK]", mask_token="[MASK]")
   (g_dir / "config.json").write_text(json.dumps(g_hf, indent=1))
