@@ -68,10 +68,10 @@ import time
 import numpy as np
 
 from rag_jax import assets
+from rag_jax import files
 from rag_jax.index import backend as backend_lib
 from rag_jax.index import embed
 from rag_jax.index import exact as exact_lib
-from rag_jax import files
 from rag_jax.index import scann_search
 from rag_jax.index import search
 

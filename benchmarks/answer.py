@@ -37,12 +37,13 @@ CONTESTANTS = ("hf_greedy", "rag_jax_greedy", "rag_jax_rag_token")
 def _answerer(questions: int):
   """The default config's Answerer, the benchmark's questions and (for RAG-Token) their hits."""
   from rag_jax.ask import answering  # pylint: disable=import-outside-toplevel
-  from rag_jax.ask import __main__ as ask  # pylint: disable=import-outside-toplevel
+  from rag_jax.ask import questions as ask_questions  # pylint: disable=import-outside-toplevel
+  from rag_jax.ask import retrieval as ask_retrieval  # pylint: disable=import-outside-toplevel
   from rag_jax.configs import wiki  # pylint: disable=import-outside-toplevel
   config = wiki.get_config()
-  config.questions = [d["question"] for d in ask.read_dev(DEV)[:questions]]
+  config.questions = [d["question"] for d in ask_questions.read_dev(DEV)[:questions]]
   config.k = K
-  retriever = ask.open_retriever(config, log=lambda _: None)
+  retriever = ask_retrieval.open_retriever(config, log=lambda _: None)
   hits = [r["hits"] for r in retriever.retrieve(config.questions, K)]
   answerer = answering.Answerer.from_config(config, retriever.encoder, log=lambda _: None)
   return answerer, config.questions, hits
@@ -61,7 +62,11 @@ def _measure(name: str, questions: int, repeats: int) -> dict:
     hf = transformers.LlamaForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
     # Our prompts end where the answer's first token, a newline, is fed: HF gets it as the
-    # last prompt token instead.
+    # last prompt token instead, after prompts moved to the right (HF's generate pads on the
+    # left; ours are padded on the right).
+    shift = ids.shape[1] - mask.sum(axis=1)
+    ids = np.stack([np.roll(row, s) for row, s in zip(ids, shift)])
+    mask = np.stack([np.roll(row, s) for row, s in zip(mask, shift)])
     start = np.full((ids.shape[0], 1), model.rag.gen.start_token_id, ids.dtype)
     inputs = dict(input_ids=torch.tensor(np.concatenate([ids, start], 1), dtype=torch.long),
                   attention_mask=torch.tensor(np.concatenate([mask, np.ones_like(start)], 1),

@@ -61,7 +61,7 @@ START, END, PAD = 0, 2, 1
 
 def rag_token_inputs(batch: int, docs: int, *, question: int, context: int, target: int,
                      question_vocab: int, vocab: int, dim: int) -> dict:
-  """A random retrieved batch of `rag_jax.train_step.train_step`, as numpy: ids from 3 up
+  """A random retrieved batch of `rag_jax.train.step.train_step`, as numpy: ids from 3 up
   (clear of BART's specials), labels framed by eos (2), document vectors N(0, 0.01); each
   context is `context` tokens, the question's 8 tokens after its passage's.
 
@@ -86,16 +86,16 @@ def rag_token_inputs(batch: int, docs: int, *, question: int, context: int, targ
 
 def step_config(docs: int, context: int):
   """The RAG-Token StepConfig of the benchmarks' batches."""
-  from rag_jax import contexts
+  from rag_jax import contexts as contexts_lib  # pylint: disable=import-outside-toplevel
   from rag_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
-  return step_lib.StepConfig(kind="token", k=docs, context=contexts.ContextFormat(
+  return step_lib.StepConfig(kind="token", k=docs, context=contexts_lib.ContextFormat(
       length=context, prefix=(START,), suffix=(END,), pad_id=PAD))
 
 
 def contexts(inputs: dict, docs: int, context: int):
   """The generator contexts [B * Z, context] (ids, mask) the step joins from `inputs`."""
-  from rag_jax.train import step as step_lib  # pylint: disable=import-outside-toplevel
-  ids, mask = contexts.join_contexts(inputs["passage_tokens"], inputs["passage_length"],
+  from rag_jax import contexts as contexts_lib  # pylint: disable=import-outside-toplevel
+  ids, mask = contexts_lib.join_contexts(inputs["passage_tokens"], inputs["passage_length"],
                                        inputs["question_tokens"], inputs["question_length"],
                                        step_config(docs, context).context)
   return np.asarray(ids), np.asarray(mask)

@@ -11,7 +11,7 @@ Training targets, as the paper's appendix B makes them: for each question, the t
 patterns match most often in the top 1,000 passages the initial retriever finds
 (`data.regex_target_passages`); with no match, the pattern's simplest expansion
 (rag_jax.data.dpr.regex_target). Scored as DrQA and DPR score it: the pattern must match at
-the start of the answer, case-insensitively (rag_jax.metrics.regex_match). Otherwise as
+the start of the answer, case-insensitively (rag_jax.evaluate.metrics.regex_match). Otherwise as
 experiments/wq.py: `init` names the NQ run; greedy decoding at test time, RAG-Token over 15
 passages, RAG-Sequence over 50 with thorough decoding. Test figures (Table 1): RAG-Token 50.0,
 RAG-Sequence 52.2. The splits are DPR's: train 1,125, dev 133, test 694.

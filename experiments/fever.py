@@ -19,7 +19,7 @@ retrieves the training k.
 `:2way` drops NOT ENOUGH INFO (SUPPORTS / REFUTES only). `:tiny` trains a tiny random DPR +
 BART (written under the workdir) on `rag_jax/data/tiny/fever`, a 48-passage corpus and a few
 dozen claims in FEVER's own format: seconds on a CPU. `:wiki` is the demo on the embedded
-Wikipedia (rag_jax.demo; claims from rag_jax.data.wiki): MiniLM + SmolLM2 (top 4 layers)
+Wikipedia (rag_jax.train.demo; claims from rag_jax.data.wiki): MiniLM + SmolLM2 (top 4 layers)
 trained with k = 3, against a closed-book SmolLM2 trained the same way, the query encoder's
 recall before and after, and the hot swap (claims whose evidence changed).
 
@@ -56,7 +56,8 @@ def get_config(arg: str = ""):
                               "Answer in one word.",
                 max_target_length=4, eval_max_length=4,
                 # The first 96 test claims (32 of each label: the files interleave them),
-                # and 24 of the 49 whose label the hot swap flips: within 15 minutes.
+                # and 24 of the 49 whose label the hot swap flips: the demo's time budget
+                # (the figures: benchmarks/RESULTS.md).
                 max_test_examples=96, max_swapped_examples=24,
                 # One label token learns slowly at 1e-4, and at 1e-3 the query encoder
                 # collapses to one passage for every claim: the generator's top layers at

@@ -9,7 +9,7 @@ it, on SearchQA's questions, scored by Q-BLEU-1 and BLEU-1.
 From the paper: BART-large and DPR's NQ question encoder over psgs_w100, trained jointly; at
 test time (appendix B) 10 passages, beam search with 4 beams, and fast decoding for
 RAG-Sequence (`eval_paper`). Q-BLEU-1 is Nema & Khapra's answerability-weighted BLEU-1
-(rag_jax.metrics.q_bleu1, with a Python tokenizer where theirs is Java), BLEU-1 sacrebleu's.
+(rag_jax.evaluate.metrics.q_bleu1, with a Python tokenizer where theirs is Java), BLEU-1 sacrebleu's.
 Test figures (Table 2): RAG-Token 17.3 BLEU-1 / 22.2 Q-BLEU-1, RAG-Sequence 14.7 / 21.4. The
 splits: SearchQA's, 100K train / 14K dev / 27K test. Training retrieves 10 passages too.
 
@@ -17,7 +17,7 @@ The data: {train,val,test}.source (the answers) and .target (the clues) in data/
 layout of HF's RAG example. `:tiny` reads rag_jax/data/tiny/qa/jeopardy (an article's title ->
 a clue from one of its facts).
 
-`:wiki` is the demo on the embedded Wikipedia (rag_jax.demo; the tasks: rag_jax.data.wiki):
+`:wiki` is the demo on the embedded Wikipedia (rag_jax.train.demo; the tasks: rag_jax.data.wiki):
 an article's title -> "This {description} is ...", from its lead; MiniLM + SmolLM2 (top 4
 layers) trained with k = 3, greedy decoding, against a closed-book SmolLM2 trained the same
 way, and the hot swap (clues over an index whose facts changed).

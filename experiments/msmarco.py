@@ -8,7 +8,7 @@ ROUGE-L.
 
 From the paper: BART-large and DPR's NQ question encoder over psgs_w100, trained jointly; at
 test time (appendix B) 10 passages, beam search with 4 beams, and fast decoding for
-RAG-Sequence (`eval_paper`). BLEU-1 is sacrebleu's, ROUGE-L rouge-score's (rag_jax.metrics).
+RAG-Sequence (`eval_paper`). BLEU-1 is sacrebleu's, ROUGE-L rouge-score's (rag_jax.evaluate.metrics).
 Test figures (Table 2): RAG-Token 40.1 ROUGE-L / 41.5 BLEU-1, RAG-Sequence 40.8 / 44.2.
 Training retrieves 10 passages too.
 

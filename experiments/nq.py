@@ -27,7 +27,7 @@ tfds instead: `--config.data.kind=nq_open --config.data.path=~/tensorflow_datase
 --config.data.eval_split=validation --config.data.test_split=validation`. `:tiny` reads
 rag_jax/data/tiny/qa (DPR's retriever JSON over the made-up world of rag_jax/data/tiny/fever).
 
-`:wiki` is the demo on the embedded Wikipedia (rag_jax.demo; the questions, each answered in
+`:wiki` is the demo on the embedded Wikipedia (rag_jax.train.demo; the questions, each answered in
 one article, from rag_jax.data.wiki): MiniLM + SmolLM2 (top 4 layers) trained with k = 3,
 greedy decoding, against a closed-book SmolLM2 trained the same way, the query encoder's
 recall before and after, and the hot swap (questions whose year, number or country changed).

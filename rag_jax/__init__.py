@@ -9,7 +9,7 @@ import os
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 # pylint: disable=wrong-import-position
-from rag_jax.rag import RagConfig
 from rag_jax.model import RagModel
+from rag_jax.rag import RagConfig
 
 __version__ = "0.1.0"

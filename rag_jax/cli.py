@@ -13,8 +13,10 @@ from typing import Callable, List, NoReturn, Optional, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 import jax
 
+from rag_jax import distributed
 from rag_jax import errors
 
 
@@ -118,8 +120,6 @@ def job_config(argv, config_holder, workdir_holder, example: str, example_workdi
     config_holder, workdir_holder: the config_flags and --workdir flags.
     example, example_workdir: a config spec and a workdir for the messages.
   """
-  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
-  from rag_jax import distributed  # pylint: disable=import-outside-toplevel
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
   if len(argv) > 1:
     fail(f"unexpected arguments {argv[1:]}", status=2)
@@ -136,8 +136,8 @@ def job_config(argv, config_holder, workdir_holder, example: str, example_workdi
 
 def use_cpu_cores() -> None:
   """One XLA CPU device per core, so that data-parallel work (`TextEncoder.data_parallel`)
-  runs a shard on each: MiniLM encoding is ~10% faster on 2 cores than with one device driving
-  both (computations on one device still use every core).
+  runs a shard on each: MiniLM encodes faster so than with one device driving every core
+  (computations on one device still use every core; benchmarks/RESULTS.md).
 
   For entry points, before JAX's first operation; afterwards it changes nothing. A count the
   user chose (JAX_NUM_CPU_DEVICES, or XLA_FLAGS' host device count) is kept. Accelerators are

@@ -12,6 +12,7 @@ Call it before JAX's first computation.
 import os
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 ENV_COORDINATOR = "RAG_JAX_COORDINATOR"
@@ -63,5 +64,4 @@ def to_host(x) -> "np.ndarray":
   devices this process cannot address)."""
   if x.is_fully_addressable or x.is_fully_replicated:
     return np.asarray(x)
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))

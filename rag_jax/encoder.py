@@ -125,8 +125,8 @@ class TextEncoder:
 
     On a CPU host with one XLA device per core (`jax_num_cpu_devices`, which the command-line
     entry points set; see `rag_jax.cli.use_cpu_cores`), each core then encodes its share of a
-    batch in micro-batches of its own: MiniLM encodes ~10% faster on 2 cores (78 -> 86
-    passages/s, `benchmarks/encode.py`).
+    batch in micro-batches of its own, which encodes faster than one device driving every
+    core (`benchmarks/encode.py`; benchmarks/RESULTS.md).
     """
     if mesh is None:
       mesh = sharding.make_mesh({"data": -1},

@@ -63,8 +63,8 @@ def _safe_logsumexp(x: Array, axis: int) -> Array:
   a NaN input gives NaN.
 
   Over any axis but the last (the documents, here) it is an elementwise max and sum of the
-  slices, which XLA fuses into one pass: XLA:CPU reduces a non-minor axis about 3x slower
-  (17 against 5.5 ms for RAG-Token's [16, 5, 1, 50,265] marginal, a decoding step's).
+  slices, which XLA fuses into one pass: XLA:CPU reduces a non-minor axis several times
+  slower (benchmarks/RESULTS.md has the figures of a decoding step's marginal).
   """
   axis = axis % x.ndim
   if axis == x.ndim - 1:

@@ -61,8 +61,8 @@ def task_config(task: str, arg: str = "tiny", **overrides):
 
 
 def whole_prompts(tokenizer, contexts: Sequence[Tuple[str, str, str]],
-                   render: Callable[[str, str, str], str], *, limit: int,
-                   pad_token_id: int) -> Tuple[np.ndarray, np.ndarray]:
+                  render: Callable[[str, str, str], str], *, limit: int,
+                  pad_token_id: int) -> Tuple[np.ndarray, np.ndarray]:
   """The reference for decoder-only contexts: each whole prompt string tokenized at once,
   truncated by shortening its passage text until it fits, left-padded (as the library made
   its prompts before contexts were joined from tokenized parts).

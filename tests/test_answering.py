@@ -15,8 +15,8 @@ import pytest
 import transformers
 
 from conftest import randomize_
-from rag_jax.ask import answering
 from rag_jax import assets
+from rag_jax.ask import answering
 from rag_jax.configs import wiki as wiki_config
 from rag_jax.encoder import TextEncoder
 from test_llama import TINY, _write_gguf
@@ -59,7 +59,7 @@ def _direct(answerer, questions, hits, kind):
 
 @pytest.mark.parametrize("kind", ["token", "sequence"])
 def test_answers_equal_the_model_called_directly(answerer, kind):
-  """Batches of 2 (the last one padded with a repeated row), prompts left-padded to the
+  """Batches of 2 (the last one padded with a repeated row), prompts padded to the
   bucket: the same answers, priors and posteriors as one unpadded call."""
   answerer.kind = kind
   got = answerer.answer(QUESTIONS, HITS)

@@ -10,12 +10,13 @@ import shutil
 import numpy as np
 import pytest
 
-from rag_jax.configs import wiki as wiki_config
-from rag_jax.ask import __main__ as ask
 from rag_jax import assets
-from rag_jax.index import retriever
+from rag_jax.ask import questions as ask_questions
+from rag_jax.ask import retrieval as ask_retrieval
+from rag_jax.configs import wiki as wiki_config
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import corpus
+from rag_jax.index import retriever
 from rag_jax.index import saved
 
 DEV = pathlib.Path(__file__).parent / "data" / "wiki_dev.jsonl"
@@ -56,7 +57,7 @@ def test_ask_and_index_build_find_the_same_passages(wiki40, capsys):
   questions = [f"What is {p['title']}?" for p in picks] + ["Which river flows north?"]
   config = _config(wiki40, k=5, questions=questions)
   logs = []
-  results = ask.retrieve(config, log=logs.append, progress=True)
+  results = ask_retrieval.retrieve(config, log=logs.append, progress=True)
   bar = capsys.readouterr().err
   assert "embedding" in bar and "passage/s" in bar  # tqdm, on stderr
   assert logs[0].startswith("building the index of ")
@@ -79,7 +80,7 @@ def test_ask_and_index_build_find_the_same_passages(wiki40, capsys):
     assert all("-" in h["id"] for h in mine["hits"])  # line-chunk ids of articles
 
   logs = []  # a second run loads the cached index
-  again = ask.retrieve(config, log=logs.append, progress=True)
+  again = ask_retrieval.retrieve(config, log=logs.append, progress=True)
   assert not any(m.startswith("building") for m in logs) and "embedding" not in \
       capsys.readouterr().err
   assert [h["id"] for h in again[0]["hits"]] == [h["id"] for h in results[0]["hits"]]
@@ -88,7 +89,7 @@ def test_ask_and_index_build_find_the_same_passages(wiki40, capsys):
 def test_a_long_question_is_truncated_with_a_note(wiki40):
   config = _config(wiki40, questions=["Tell me about rivers. " * 2500, "What is 1?"])
   logs = []
-  results = ask.retrieve(config, log=logs.append)
+  results = ask_retrieval.retrieve(config, log=logs.append)
   notes = [m for m in logs if m.startswith("note: ")]
   assert len(notes) == 1 and notes[0].startswith("note: question 1 is ")
   assert notes[0].endswith("tokens long; truncated to the encoder's max_length, 256")
@@ -102,7 +103,7 @@ def test_a_long_question_is_truncated_with_a_note(wiki40):
 ])
 def test_no_empty_or_blank_questions(wiki40, questions, message):
   with pytest.raises(retriever.QuestionError, match=f"^{message}$"):
-    ask.retrieve(_config(wiki40, questions=questions), log=lambda m: None)
+    ask_retrieval.retrieve(_config(wiki40, questions=questions), log=lambda m: None)
 
 
 def test_k_above_the_corpus_is_refused_before_embedding(tmp_path, minilm, monkeypatch):
@@ -111,7 +112,7 @@ def test_k_above_the_corpus_is_refused_before_embedding(tmp_path, minilm, monkey
   monkeypatch.setitem(corpus.ASSET_CORPORA, "wiki-summaries-en", lambda: articles)
   config = _config({"encoder": minilm}, k=5)
   with pytest.raises(ValueError, match=r"^k=5 exceeds the index's 4 passages$"):
-    ask.retrieve(config, log=lambda m: None)
+    ask_retrieval.retrieve(config, log=lambda m: None)
   assert not (tmp_path / "indexes").exists()
 
 
@@ -130,17 +131,17 @@ def test_retrieve_from_a_saved_index(tmp_path):
   config.encoder = "/not/used/with/an/index"  # the index names its own
   config.index = str(tmp_path / "index")
   logs = []
-  results = ask.retrieve(config, log=logs.append)
+  results = ask_retrieval.retrieve(config, log=logs.append)
   assert [r["hits"][0]["title"] for r in results] == [p["title"] for p in picks]
   assert all(len(r["hits"]) == config.k for r in results)
   assert logs[0].startswith(f"loaded {config.index}: ") and "backend exact" in logs[0]
   assert logs[1] == f"questions encoded by {encoder_dir}"
   config.k = 100
   with pytest.raises(ValueError, match=r"^k=100 exceeds the index's \d+ passages$"):
-    ask.retrieve(config, log=logs.append)
+    ask_retrieval.retrieve(config, log=logs.append)
   config.index = str(tmp_path / "nope")
   with pytest.raises(ValueError, match="no such index directory"):
-    ask.retrieve(config, log=logs.append)
+    ask_retrieval.retrieve(config, log=logs.append)
 
 
 def test_a_saved_index_checks_its_question_encoder(tmp_path):
@@ -158,22 +159,22 @@ def test_a_saved_index_checks_its_question_encoder(tmp_path):
                     progress=False, log=lambda m: None)
   config.index = str(tmp_path / "index")
   with pytest.raises(ValueError, match="is not the one the index was built with"):
-    ask.retrieve(config, log=lambda m: None)
+    ask_retrieval.retrieve(config, log=lambda m: None)
   # A question encoder of its own (DPR-style) is checked by its dimension only.
   config.query_encoder = str(other)
-  assert len(ask.retrieve(config, log=lambda m: None)[0]["hits"]) == config.k
+  assert len(ask_retrieval.retrieve(config, log=lambda m: None)[0]["hits"]) == config.k
 
 
 def test_small_samples_across_the_corpus_with_the_default_answers():
   config = wiki_config.get_config("small")
-  sample = [json.loads(line) for line in ask.corpus_source(config).read_text().splitlines()]
+  sample = [json.loads(line) for line in ask_retrieval.corpus_source(config).read_text().splitlines()]
   titles = [a["title"] for a in sample]
   everything = {a["title"]: i for i, a in enumerate(assets.wiki_summaries())}
   assert len(titles) == 1000 == len(set(titles)) and set(config.include_titles) <= set(titles)
   positions = sorted(everything[t] for t in titles)
   assert positions[-1] > len(everything) * 0.99  # not the first 1,000 titles
   assert max(np.diff(positions)) <= 11  # evenly spread, every ~10th
-  assert ask.corpus_source(config) == ask.corpus_source(config)  # deterministic, written once
+  assert ask_retrieval.corpus_source(config) == ask_retrieval.corpus_source(config)  # deterministic, written once
 
 
 def test_sample_articles(tmp_path, monkeypatch):
@@ -181,20 +182,20 @@ def test_sample_articles(tmp_path, monkeypatch):
   source = tmp_path / "a.jsonl"
   source.write_text("\n".join(json.dumps({"title": f"t{i:02d}", "text": "x"})
                              for i in range(100)))  # no newline after the last
-  path = ask.sample_articles(source, 10, include=["t55", "t99"])
+  path = ask_retrieval.sample_articles(source, 10, include=["t55", "t99"])
   titles = [json.loads(line)["title"] for line in path.read_text().splitlines()]
   assert titles == ["t00", "t12", "t24", "t36", "t49", "t55", "t62", "t74", "t86", "t99"]
-  assert ask.sample_articles(source, 100) == source  # no more than it holds: itself
+  assert ask_retrieval.sample_articles(source, 100) == source  # no more than it holds: itself
   with pytest.raises(ValueError, match="no article titled 'nope'"):
-    ask.sample_articles(source, 10, include=["nope"])
+    ask_retrieval.sample_articles(source, 10, include=["nope"])
   config = wiki_config.get_config()
   config.corpus, config.max_articles = str(source), -1
   with pytest.raises(ValueError, match="max_articles must be >= 0"):
-    ask.corpus_source(config)
+    ask_retrieval.corpus_source(config)
 
 
 def test_the_dev_set_names_real_articles_and_answers():
-  dev = ask.read_dev(DEV)
+  dev = ask_questions.read_dev(DEV)
   articles = {a["title"]: " ".join(a["text"].lower().split()) for a in assets.wiki_summaries()}
   assert len(dev) >= 30 and len({d["question"] for d in dev}) == len(dev)
   for d in dev:
@@ -207,10 +208,10 @@ def test_dev_scores_and_a_bad_dev_file(tmp_path):
          {"question": "q2", "title": "B"}]
   results = [{"hits": [{"title": "A", "text": "a Red fox"}, {"title": "C", "text": "x"}]},
              {"hits": [{"title": "C", "text": "y"}, {"title": "B", "text": "z"}]}]
-  scores = ask.dev_scores(results, dev)
+  scores = ask_questions.dev_scores(results, dev)
   assert scores == {"article@1": 0.5, "article@k": 1.0, "answer@1": 1.0, "answer@k": 1.0}
-  assert math.isnan(ask.dev_scores(results[1:], dev[1:])["answer@1"])
+  assert math.isnan(ask_questions.dev_scores(results[1:], dev[1:])["answer@1"])
   bad = tmp_path / "dev.jsonl"
   bad.write_text('{"question": "q", "title": "t"}\n{"question": "q"}\n')
   with pytest.raises(ValueError, match="dev.jsonl: line 2: expected"):
-    ask.read_dev(bad)
+    ask_questions.read_dev(bad)

@@ -14,10 +14,10 @@ import pytest
 
 from conftest import subprocess_env
 from experiments import fever
+from rag_jax import sharding
 from rag_jax.compile import __main__ as compile_main
 from rag_jax.compile import architectures, targets
 from rag_jax.compile import report as report_lib
-from rag_jax import sharding
 from rag_jax.index import device as device_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def _tiny_config(**overrides):
 
 def _gpu_without_plugin(count=8):
   return targets.Target("gpu:8xH100", "gpu", count, "NVIDIA H100 80GB HBM3",
-                    targets.GPUS["H100"]["memory"], 0.75, devices=None, reason="no CUDA plugin")
+                        targets.GPUS["H100"]["memory"], 0.75, devices=None, reason="no CUDA plugin")
 
 
 def test_without_devices_the_report_is_the_sharded_shapes_and_an_estimate():

@@ -1,12 +1,12 @@
-"""The `:wiki` demos' runner (rag_jax.demo): every part on tiny models over the real derived
+"""The `:wiki` demos' runner (rag_jax.train.demo): every part on tiny models over the real derived
 tasks, and the hot-swap share on hand-made records."""
 
 import json
 
 from conftest import task_config
+from rag_jax.data.wiki import swap as wiki_swap
 from rag_jax.train import demo
 from rag_jax.train import setup
-from rag_jax.data.wiki import swap as wiki_swap
 
 
 def _records(directory):

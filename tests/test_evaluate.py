@@ -1,5 +1,5 @@
 """rag_jax.evaluate on every task's `:tiny` config: the three files with the task's metric names,
-metrics.json equal to rag_jax.metrics recomputed from predictions.jsonl, the eval k apart from
+metrics.json equal to rag_jax.evaluate.metrics recomputed from predictions.jsonl, the eval k apart from
 the training k, the paper's decoding per task and kind, BM25 retrieval equal to bm25s's own, a
 frozen query encoder left bit for bit while the generator moves, `--init` from a train
 checkpoint reproducing that run's final eval (and starting WQ from NQ) or from an HF RAG
@@ -21,13 +21,13 @@ import pytest
 
 from conftest import subprocess_env
 from conftest import task_config as config
-from rag_jax.evaluate import predict
-from rag_jax.train import setup
-from rag_jax.evaluate import metrics
-from rag_jax.train import loop
 from rag_jax.data import tiny
+from rag_jax.evaluate import metrics
+from rag_jax.evaluate import predict
 from rag_jax.index import bm25
 from rag_jax.index import corpus
+from rag_jax.train import loop
+from rag_jax.train import setup
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TASKS = ("nq", "tqa", "wq", "ct", "msmarco", "jeopardy", "fever")
@@ -172,7 +172,6 @@ def test_bm25_mode_retrieves_bm25s_passages_with_its_scores_as_priors(tmp_path):
 
 def test_frozen_query_encoder_is_bit_identical_while_the_generator_moves(trained):
   workdir, out = trained
-  from rag_jax import rag as rag_lib  # pylint: disable=import-outside-toplevel
   from rag_jax.model import RagModel  # pylint: disable=import-outside-toplevel
   start = RagModel.from_parts(workdir / "tiny_model" / "question_encoder",
                                       workdir / "tiny_model" / "generator").params

@@ -17,9 +17,9 @@ import transformers
 from conftest import max_abs, randomize_, rel_err
 from rag_jax import assets
 from rag_jax import weights
-from rag_jax.weights import gguf_file
 from rag_jax.models import layers
 from rag_jax.models.llama import Llama, positions_from_mask
+from rag_jax.weights import gguf_file
 
 TINY = dict(vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, rope_theta=500.0,

@@ -1,4 +1,4 @@
-"""rag_jax.metrics against hand-computed cases: SQuAD normalisation's edge cases, EM and F1,
+"""rag_jax.evaluate.metrics against hand-computed cases: SQuAD normalisation's edge cases, EM and F1,
 CuratedTrec regexes (DrQA's match for predictions, DPR's search for passages), BLEU-1 and
 ROUGE-L equal to sacrebleu and rouge-score called directly, Q-BLEU on the example of its
 authors' tests (and on hand-computed ones), label accuracy, recall@k and answer-in-top-k."""

@@ -52,9 +52,9 @@ RETRIEVE = """
 import json, sys
 import jax, numpy as np
 from rag_jax import distributed
-from rag_jax.train import setup
 from rag_jax.train import input_pipeline
 from rag_jax.train import retrieval, step
+from rag_jax.train import setup
 from rag_jax.train.__main__ import _CONFIG  # noqa: registers --config
 from absl import flags
 distributed.initialize()

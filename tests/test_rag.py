@@ -10,9 +10,9 @@ import transformers
 
 from conftest import max_abs, padded_batch, randomize_
 from rag_jax import weights
-from rag_jax.rag import RagConfig
-from rag_jax.model import RagModel
 from rag_jax.contexts import format_context
+from rag_jax.model import RagModel
+from rag_jax.rag import RagConfig
 
 Q = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
          intermediate_size=37, max_position_embeddings=64, projection_dim=0)

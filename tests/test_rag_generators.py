@@ -19,12 +19,12 @@ import pytest
 
 from conftest import max_abs
 from rag_jax import decoding
+from rag_jax.model import RagModel
 from rag_jax.models import generator as generator_lib
 from rag_jax.models import layers
 from rag_jax.models.bart import Bart, BartConfig
 from rag_jax.models.llama import Llama, LlamaConfig
 from rag_jax.rag import Rag, RagConfig
-from rag_jax.model import RagModel
 
 V, B, Z, MAX_LENGTH = 41, 2, 3, 7
 KINDS = ["bart", "llama"]
@@ -426,7 +426,7 @@ def test_adapt():
 
 
 def test_from_parts_over_a_gguf_llama(tmp_path, rng):
-  """RagModel.from_parts with a Llama GGUF (tokenizer inside): prompts left-padded to the
+  """RagModel.from_parts with a Llama GGUF (tokenizer inside): prompts right-padded to the
   longest, a long passage cut so that the question stays, and RAG over them."""
   import gguf
   import transformers
@@ -446,8 +446,8 @@ def test_from_parts_over_a_gguf_llama(tmp_path, rng):
            {"title": "dog", "text": "a dog"}],
           [{"title": "hat", "text": "a hat"}, {"title": "sun", "text": "the sun is hot"}]]
   ctx, mask = model.contextualize(["where is the cat", "is it hot"], docs)
-  assert ctx.shape == (4, 24) and mask[0].all() and mask[:, -1].all()
-  assert not mask[1, 0] and mask[1].sum() == len(tok("dog. a dog. where is the cat")["input_ids"])
+  assert ctx.shape == (4, 24) and mask[0].all() and mask[:, 0].all()
+  assert not mask[1, -1] and mask[1].sum() == len(tok("dog. a dog. where is the cat")["input_ids"])
   # The first passage lost its end to fit 24 tokens; its question is whole.
   assert tok.decode(ctx[0]) == "cat. the cat s. where is the cat"
   doc_scores = rng.standard_normal((2, 2)).astype(np.float32)

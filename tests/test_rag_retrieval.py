@@ -8,8 +8,8 @@ import transformers
 
 from conftest import randomize_
 from rag_jax.index import saved
-from rag_jax.model import RagModel
 from rag_jax.index.retriever import Retriever
+from rag_jax.model import RagModel
 
 WORDS = ("alpha beta gamma delta river mountain city king queen music art science war peace "
          "planet star ocean forest paper stone").split()

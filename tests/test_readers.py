@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from rag_jax import data
-from rag_jax.evaluate import metrics
 from rag_jax.data import Example, dpr, kilt, msmarco, seq2seq, tfds_qa
+from rag_jax.evaluate import metrics
 from test_data import _error  # the DataError's message, checked to be one line
 
 TASKS = pathlib.Path(__file__).parent / "data" / "tasks"

@@ -12,8 +12,8 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import scale  # pylint: disable=g-import-not-at-top,wrong-import-position
-from rag_jax.weights import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
 from rag_jax.models import bert  # pylint: disable=g-import-not-at-top,wrong-import-position
+from rag_jax.weights import tiny  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 WORDS = "river mountain king queen war peace music science city sea".split()
 

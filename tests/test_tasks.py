@@ -11,10 +11,10 @@ import pytest
 
 from conftest import task_config
 from rag_jax import data as data_lib
-from rag_jax.train import setup
-from rag_jax.evaluate import metrics
 from rag_jax.data import dpr
 from rag_jax.data import tiny
+from rag_jax.evaluate import metrics
+from rag_jax.train import setup
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TASKS = ("nq", "tqa", "wq", "ct", "msmarco", "jeopardy", "fever")

@@ -82,7 +82,7 @@ def test_tiny_run_learns_and_moves_only_the_query_encoder_and_generator(tmp_path
   state = out["state"]
   assert set(state.params) == {"question_encoder", "generator"}
   start = RagModel.from_parts(workdir / "tiny_model" / "question_encoder",
-                                      workdir / "tiny_model" / "generator").params
+                              workdir / "tiny_model" / "generator").params
   for part in ("question_encoder", "generator"):
     moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
              for a, b in zip(jax.tree.leaves(state.params[part]), jax.tree.leaves(start[part]))]
@@ -206,7 +206,7 @@ def test_contexts_are_hf_tokenization_of_the_whole_string(tmp_path):
   words = "alpha beta gamma delta river king queen star".split() + ["/"]
   directory = tiny.write(tmp_path / "m", words)
   model = RagModel.from_parts(directory / "question_encoder", directory / "generator",
-                              max_combined_length=12)
+                                      max_combined_length=12)
   tok, cfg = model.generator_tokenizer, model.config
   passages = [{"title": "Alpha", "text": "beta gamma"}, {"title": "River king", "text": "queen"},
               {"title": "Star", "text": "delta " * 9}]  # the last truncates the question away

@@ -27,9 +27,9 @@ import numpy as np
 from rag_jax import marginalize
 from rag_jax import prompts
 from rag_jax import rag as rag_lib
-from rag_jax.model import RagModel
 from rag_jax.ask import heatmaps
 from rag_jax.encoder import TextEncoder
+from rag_jax.model import RagModel
 
 KINDS = ("token", "sequence")
 # Prompts are padded to a multiple of this many tokens (fewer shapes to compile).
@@ -68,8 +68,8 @@ class Answerer:
     and its decoding settings (`check_config`)."""
     answerer = check_config(config)
     model = RagModel.from_parts(question_encoder, config.generator,
-                                        max_combined_length=config.max_prompt_length,
-                                        title_sep=config.title_sep, doc_sep=config.doc_sep)
+                                max_combined_length=config.max_prompt_length,
+                                title_sep=config.title_sep, doc_sep=config.doc_sep)
     tokenizer = model.generator_tokenizer
     if tokenizer is None:
       raise ValueError(f"{config.generator}: the generator has no tokenizer")
@@ -208,7 +208,7 @@ def write_heatmaps(results: Sequence[Dict[str, Any]], path: str) -> List[pathlib
     out = path if len(results) == 1 else path.with_name(f"{path.stem}-{number}{path.suffix}")
     labels = [f"{rank}. {p['title'][:40]}" for rank, p in enumerate(r["passages"], 1)]
     heatmaps.posterior_heatmap(r["posteriors"], [repr(t)[1:-1] for t in r["tokens"]], out,
-                          doc_labels=labels, title=r["question"][:80])
+                               doc_labels=labels, title=r["question"][:80])
     written.append(out)
   return written
 

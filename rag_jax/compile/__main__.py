@@ -101,7 +101,7 @@ def main(argv):
     name = config_flags.get_config_filename(flags.FLAGS["config"]) or ""
     report = report_lib.compile_report(config, targets.target(value["topology"]), mesh_shape,
                                        batch_size,
-                            value["passages"], name)
+                                       value["passages"], name)
   except InputError as e:
     cli.fail(str(e), status=2)
   print(json.dumps(report) if value["json"] else report_lib.table(report))

@@ -60,7 +60,7 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
       (train_split, eval_split, test_split: names the reader substitutes for `{split}`) and
       the reader's own options.
     tiny_data: `config.data` fields of the tiny variant.
-    metrics: rag_jax.metrics names the task is scored by (rag_jax.evaluation).
+    metrics: rag_jax.evaluate.metrics names the task is scored by (rag_jax.evaluate.evaluation).
     eval_paper: per RAG kind, the test-time {"k", "decoding"} (`QA_DECODING`, ...).
     paper: per RAG kind, the paper's test figures, shown beside ours in report.md.
     lengths: (rag.max_target_length, eval_max_length) in generator tokens.
@@ -152,7 +152,7 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
 
-  # Evaluation (rag_jax.evaluation; the same for training's periodic eval and rag_jax.evaluate).
+  # Evaluation (rag_jax.evaluate.evaluation; the same for training's periodic eval and rag_jax.evaluate).
   c.eval_batch_size = 8
   c.eval_max_length = lengths[1]        # generated tokens, start and end included
   c.eval_k = 0                          # passages at test time; 0: eval_paper's for rag.kind

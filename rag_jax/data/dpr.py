@@ -18,11 +18,11 @@ sets are DPR's: NQ's and TriviaQA's `test` are the official dev sets, and DPR's 
 out of the official train set.
 
 CuratedTrec's answers are regular expressions (`Ronald (Wilson )?Reagan`); `read_curatedtrec`
-checks that each compiles, and `rag_jax.metrics.regex_match` scores against them. The paper
+checks that each compiles, and `rag_jax.evaluate.metrics.regex_match` scores against them. The paper
 trains on one plain answer per question, chosen by matching the patterns against the top
 retrieved passages; that needs the retriever, so it is not the reader's job: the targets
 here are the patterns as given, and `regex_target` picks the training text from passages the
-trainer retrieves (rag_jax.experiment).
+trainer retrieves (rag_jax.train.setup).
 """
 
 import ast

@@ -1,8 +1,8 @@
 """Evaluates RAG on a task's dev or test split with the paper's test-time settings: retrieves,
 decodes (open-domain QA greedily, RAG-Token over 15 passages, RAG-Sequence over 50 with
 thorough decoding; MS MARCO and Jeopardy over 10, with 4 beams and fast decoding: each
-config's `eval_paper`), and scores with rag_jax.metrics. Training's periodic eval is the same
-code (rag_jax.evaluation).
+config's `eval_paper`), and scores with rag_jax.evaluate.metrics. Training's periodic eval is the same
+code (rag_jax.evaluate.evaluation).
 
     python -m rag_jax.evaluate --config experiments/nq.py --workdir runs/nq --split test
     python -m rag_jax.evaluate --config experiments/nq.py:tiny --workdir /tmp/nq-tiny
@@ -22,9 +22,9 @@ import jax
 from ml_collections import config_flags
 
 from rag_jax import cli
+from rag_jax import errors
 from rag_jax.evaluate import predict
 from rag_jax.train import setup
-from rag_jax import errors
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Task config file, e.g. experiments/nq.py[:tiny]; fields override with "

@@ -20,7 +20,7 @@ a config's run and evaluates it.
   * metrics.json: the settings and {"metrics": scores};
   * report.md: the same in a table beside the paper's figures, and the first predictions.
 
-Scores are `rag_jax.metrics`' (percentages) over the examples with gold answers, for the
+Scores are `rag_jax.evaluate.metrics`' (percentages) over the examples with gold answers, for the
 config's `metrics`; plus `recall_at_k` where examples name gold articles, and what shows a
 collapsing retriever (users of HF's RAG report that on FEVER it comes to retrieve the same
 passages for every input): `entropy`, the mean entropy of p(z|x) over the k passages (nats),
@@ -124,7 +124,7 @@ def score(config, records: List[Dict[str, Any]], k: int, passages) -> Dict[str, 
   """The scores of prediction records (see the module docstring).
 
   Args:
-    config: the task config: its `metrics` name rag_jax.metrics functions; with
+    config: the task config: its `metrics` name rag_jax.evaluate.metrics functions; with
       "regex_match" among them the golds are patterns, for answer_in_top_k too.
     records: `predict`'s, or those read back from predictions.jsonl.
     k: the passages per question (recall_at_k and answer_in_top_k count the top k).
@@ -192,7 +192,7 @@ def report(summary: Dict[str, Any], records: List[Dict[str, Any]],
     if name not in ("examples", "labelled"):
       figure = f"{paper[name]:.1f}" if name in paper else ""
       lines.append(f"| {name} | {value:.2f} | {figure} |")
-  lines += ["", "Scores are percentages (rag_jax.metrics) but entropy (nats, of p(z|x)) and "
+  lines += ["", "Scores are percentages (rag_jax.evaluate.metrics) but entropy (nats, of p(z|x)) and "
             "distinct_top1 (passages).", "", "## First predictions", "",
             "| question | prediction | gold | top passage (prior) |", "|---|---|---|---|"]
   cell = lambda text: str(text).replace("|", "\\|").replace("\n", " ")

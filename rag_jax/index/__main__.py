@@ -21,11 +21,11 @@ import sys
 from rag_jax import assets
 from rag_jax import cli
 from rag_jax import errors
-from rag_jax.index import retriever as retriever_lib
 from rag_jax import weights
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import corpus
 from rag_jax.index import embed
+from rag_jax.index import retriever as retriever_lib
 from rag_jax.index import saved
 from rag_jax.index import search as search_lib
 

@@ -26,8 +26,8 @@ import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
-from rag_jax.encoder import TextEncoder
 from rag_jax import files
+from rag_jax.encoder import TextEncoder
 from rag_jax.index.corpus import PassageStore
 
 DTYPES = ("float32", "float16", "bfloat16")

@@ -269,7 +269,7 @@ def _place_sharded(embeddings, dtype, mesh: Mesh, axis_name: AxisName, per_shard
     return out
 
   return jax.make_array_from_callback((shards * rows, dim),
-                                     NamedSharding(mesh, P(axis_name, None)), block)
+                                      NamedSharding(mesh, P(axis_name, None)), block)
 
 
 def _sharded_top_k(queries: Array, chunks: Tuple[Array, ...], k: int, *, top_k,

@@ -30,11 +30,11 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from rag_jax import assets
+from rag_jax import files
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import backend as backend_lib
 from rag_jax.index import corpus
 from rag_jax.index import embed
-from rag_jax import files
 from rag_jax.index import search as search_lib
 
 FORMAT_VERSION = 1

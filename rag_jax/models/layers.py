@@ -197,7 +197,7 @@ def dot_product_attention(query: Array, key: Array, value: Array, bias: Optional
     logits = logits + bias
   # softmax(logits) @ value with the normalisation moved after the matmul: dividing the
   # [N, H, R, K] output by the row sums instead of the [N, H, R, L] probabilities is one
-  # pass less over the largest tensor (3x faster attention on XLA:CPU at L = 128). Dropout
+  # pass less over the largest tensor (faster on XLA:CPU; benchmarks/RESULTS.md). Dropout
   # commutes with the division, so it applies to the unnormalised weights.
   top = logits.max(axis=-1, keepdims=True)                                     # [N, H, R, 1]
   if prefix is not None:

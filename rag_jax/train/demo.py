@@ -28,15 +28,15 @@ import jax
 import numpy as np
 
 from rag_jax import distributed
-from rag_jax.evaluate import predict
-from rag_jax.train import setup
-from rag_jax.train import input_pipeline
+from rag_jax import files
+from rag_jax.data.wiki import swap as wiki_swap
 from rag_jax.evaluate import metrics
+from rag_jax.evaluate import predict
+from rag_jax.train import input_pipeline
 from rag_jax.train import loop
 from rag_jax.train import retrieval as retrieval_lib
+from rag_jax.train import setup
 from rag_jax.train import step as step_lib
-from rag_jax.data.wiki import swap as wiki_swap
-from rag_jax import files
 
 
 def retrieved_titles(run: setup.Run, retriever: retrieval_lib.BatchRetriever, params,
@@ -46,7 +46,7 @@ def retrieved_titles(run: setup.Run, retriever: retrieval_lib.BatchRetriever, pa
   n, titles = len(run.eval.examples), []
   for rows in input_pipeline.iterate_eval(n, run.config.eval_batch_size):
     batch = retriever(params, input_pipeline.gather(run.eval.arrays, rows), replicated=True,
-                          k=k)
+                      k=k)
     for row in distributed.to_host(batch["doc_ids"]):
       titles.append([run.index.passages[int(i)]["title"] for i in row if i >= 0])
   return titles[:n]
@@ -100,17 +100,17 @@ def run(config, workdir) -> Dict[str, Any]:
   test = {"data.max_eval_examples": d.max_test_examples}
   scores = {
       "rag": predict.evaluate_config(setup.override(config, **test), rag_dir / "test",
-                                        "test", init=str(rag_dir)),
+                                     "test", init=str(rag_dir)),
       "closed_book": predict.evaluate_config(setup.override(closed, **test),
-                                                closed_dir / "test", "test",
-                                                init=str(closed_dir))}
+                                             closed_dir / "test", "test",
+                                             init=str(closed_dir))}
 
   # Retrieval before and after training, on the same test questions.
   k = setup.decode_settings(config)["k"]
   start = setup.build(setup.override(config, **test), workdir / "retrieval",
-                           split="test", train=False)
+                      split="test", train=False)
   learned = setup.restore_params(setup.checkpoints_in(rag_dir), start.state.params,
-                                      start.mesh)
+                                 start.mesh)
   gold = gold_articles(config.data.kind, start.eval.examples)
   steps = step_lib.make_steps(start.rag, start.tx, start.step_config, start.state_sharding)
   retriever = retrieval_lib.BatchRetriever.of(start, steps)

@@ -21,7 +21,7 @@ from rag_jax import rag as rag_lib
 from rag_jax.data import Example
 
 # Arrays of a split that stay on the host: BM25's retrieval of each example, retrieved once up
-# front (experiment.build), which the host reads to gather the passages.
+# front (setup.build), which the host reads to gather the passages.
 HOST_ONLY = ("bm25_ids", "bm25_scores")
 
 
@@ -67,7 +67,7 @@ def tokenize_examples(examples: List[Example], *, question_tokenizer, generator_
       fmt.content_length)
   t = target_format
   content, lengths = contexts.content_tokens(generator_tokenizer, [target(e) for e in examples],
-                              max_target_length - 2)
+                                             max_target_length - 2)
   labels = np.full((len(examples), max_target_length), t.pad_id, np.int32)
   labels[:, 0] = t.start_id
   for i, n in enumerate(lengths):

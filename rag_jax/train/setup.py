@@ -1,9 +1,12 @@
-"""A training run from its config: mesh, model, data, index, sharded state and the step.
+"""A training run's setup from its config: mesh, model, data, index and the sharded state.
 
 `build(config, workdir)` checks the config, loads (or writes, for `model.tiny`) the
 checkpoints, starts from `config.init` if it names one, reads the task's data, loads or
 builds the index, tokenizes everything once and places the state on the mesh. The result, a
-`Run`, is what `trainer.train_and_evaluate` and `evaluation.evaluate` work from.
+`Run` of plain values, is what `loop.train_and_evaluate`, `evaluate.predict` and
+`rag_jax.compile` work from; the jitted functions are `step.make_steps`'. The pieces that
+`rag_jax.compile` shares (`training_rag`, `make_step_config`, `state_shardings`) take shapes
+as well as loaded weights.
 
 Retrieval modes (`retrieval.mode`): "device" (exact MIPS inside the jitted step), "host" (the
 saved index searched between jitted calls), "bm25" (the paper's ablation: bm25s over the
@@ -28,27 +31,27 @@ from rag_jax import checkpoint as checkpoint_lib
 from rag_jax import contexts
 from rag_jax import data as data_lib
 from rag_jax import errors
-from rag_jax.train import input_pipeline
 from rag_jax import prompts
 from rag_jax import rag as rag_lib
-from rag_jax.model import RagModel
 from rag_jax import sharding
-from rag_jax.train import step as step_lib
 from rag_jax import weights
-from rag_jax.weights import tiny
 from rag_jax.data import dpr
 from rag_jax.data.wiki import cache as wiki_cache
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import bm25 as bm25_lib
 from rag_jax.index import device as device_lib
 from rag_jax.index import saved
+from rag_jax.model import RagModel
 from rag_jax.models import llama as llama_lib
 from rag_jax.models import scan
+from rag_jax.train import input_pipeline
 from rag_jax.train import optimizer
+from rag_jax.train import step as step_lib
+from rag_jax.weights import tiny
 
 Array = jax.Array
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# What a config's `metrics` may name: rag_jax.metrics' scores of predictions against golds.
+# What a config's `metrics` may name: rag_jax.evaluate.metrics' scores of predictions against golds.
 METRICS = ("exact_match", "f1", "regex_match", "bleu1", "rouge_l", "q_bleu1", "label_accuracy",
            "answer_in_top_k")
 # Each RAG kind's decodings (RagModel.generate).
@@ -207,8 +210,8 @@ def _load_model(config, workdir: pathlib.Path,
   else:
     question_encoder, generator = m.question_encoder, m.generator
   model = RagModel.from_parts(question_encoder, generator, dtype=dtype,
-                                      title_sep=config.rag.title_sep,
-                                      doc_sep=config.rag.doc_sep, **rag_config)
+                              title_sep=config.rag.title_sep,
+                              doc_sep=config.rag.doc_sep, **rag_config)
   prompts.use_chat_template(model, config.rag.system_prompt)
   return model, str(question_encoder) if m.tiny else ""
 
@@ -487,7 +490,7 @@ def build(config, workdir: pathlib.Path, *, split: str = "dev", train: bool = Tr
       max_question_length=config.rag.max_question_length,
       max_target_length=config.rag.max_target_length, target=target), **extra))
   passage_tokens, passage_length = contexts.tokenize_passages(index.passages, g_tok,
-                                                                    model.config, fmt)
+                                                              model.config, fmt)
   # Evaluation alone keeps no optimizer state (AdamW's would be twice the params).
   tx = optimizer.make_optimizer(config, step_config.frozen) if train else optax.set_to_zero()
   state, state_sharding = _place_state(rag, params, tx, config, mesh)
@@ -497,7 +500,7 @@ def build(config, workdir: pathlib.Path, *, split: str = "dev", train: bool = Tr
   device_index = None
   if config.retrieval.mode == "device":
     device_index = device_lib.DeviceIndex.create(mesh, index.embeddings, passage_tokens,
-                                               passage_length, config.retrieval.dtype)
+                                                 passage_length, config.retrieval.dtype)
   return Run(config=config, mesh=mesh, rag=rag, question_tokenizer=model.question_tokenizer,
              generator_tokenizer=g_tok, step_config=step_config, tx=tx, state=state,
              state_sharding=state_sharding,
