@@ -96,6 +96,6 @@ def contexts(inputs: dict, docs: int, context: int):
   """The generator contexts [B * Z, context] (ids, mask) the step joins from `inputs`."""
   from rag_jax import contexts as contexts_lib  # pylint: disable=import-outside-toplevel
   ids, mask = contexts_lib.join_contexts(inputs["passage_tokens"], inputs["passage_length"],
-                                       inputs["question_tokens"], inputs["question_length"],
-                                       step_config(docs, context).context)
+                                         inputs["question_tokens"], inputs["question_length"],
+                                         step_config(docs, context).context)
   return np.asarray(ids), np.asarray(mask)

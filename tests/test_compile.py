@@ -129,7 +129,7 @@ def test_without_devices_the_report_is_the_sharded_shapes_and_an_estimate():
   assert "compiled: no: no CUDA plugin" in text and "ESTIMATE" in text and "fits: yes" in text
   # fsdp shards the params' embed dimension: less per device.
   sharded = report_lib.compile_report(_tiny_config(fsdp=True), _gpu_without_plugin(), {"fsdp": 8}, 8,
-                               1000)
+                                      1000)
   assert sharded["estimate_gib"]["params"] < est["params"]
 
 

@@ -174,7 +174,7 @@ def test_frozen_query_encoder_is_bit_identical_while_the_generator_moves(trained
   workdir, out = trained
   from rag_jax.model import RagModel  # pylint: disable=import-outside-toplevel
   start = RagModel.from_parts(workdir / "tiny_model" / "question_encoder",
-                                      workdir / "tiny_model" / "generator").params
+                              workdir / "tiny_model" / "generator").params
   params = out["state"].params
   for a, b in zip(jax.tree.leaves(params["question_encoder"]),
                   jax.tree.leaves(start["question_encoder"])):
@@ -217,7 +217,7 @@ def test_init_from_an_hf_rag_checkpoint_is_the_model_it_holds(evaluated, tmp_pat
   workdir, scores = evaluated["nq"]  # the config's own tiny model, no init
   rag = _as_hf_rag(workdir / "tiny_model", tmp_path / "rag")
   got = predict.evaluate_config(config("nq", **{"retrieval.index": str(workdir / "index")}),
-                                 tmp_path / "eval", init=str(rag), progress=False)
+                                tmp_path / "eval", init=str(rag), progress=False)
   assert got == scores
   assert read(tmp_path / "eval")[0] == read(workdir)[0]
 

@@ -372,7 +372,7 @@ def test_scann_threshold_follows_the_kth_neighbour_cosine(rng, spread, above_flo
                              relative * np.median(norms), rtol=1e-4)
   # Given, it is used as it is; with brute force there is no hashing to weigh.
   assert scann_search.ScannSearch(embeddings, num_leaves=50, num_leaves_to_search=5,
-                            anisotropic_quantization_threshold=0.7).params()[
+                                  anisotropic_quantization_threshold=0.7).params()[
                                 "anisotropic_quantization_threshold"] == 0.7
   assert scann_search.ScannSearch(embeddings, brute_force=True).params()[
       "anisotropic_quantization_threshold"] is None

@@ -70,8 +70,8 @@ def _config(**overrides):
 def test_tiny_run_learns_and_moves_only_the_query_encoder_and_generator(tmp_path):
   workdir = tmp_path / "run"
   out = loop.train_and_evaluate(_config(num_train_steps=24, log_every_steps=6,
-                                         checkpoint_every_steps=24, eval_every_steps=24),
-                                 workdir)
+                                        checkpoint_every_steps=24, eval_every_steps=24),
+                                workdir)
   losses = _losses(workdir)
   assert len(losses) == 4 and losses[-1] < 0.85 * losses[0], losses
   assert out["ended"] == "finished" and out["step"] == 24
@@ -206,7 +206,7 @@ def test_contexts_are_hf_tokenization_of_the_whole_string(tmp_path):
   words = "alpha beta gamma delta river king queen star".split() + ["/"]
   directory = tiny.write(tmp_path / "m", words)
   model = RagModel.from_parts(directory / "question_encoder", directory / "generator",
-                                      max_combined_length=12)
+                              max_combined_length=12)
   tok, cfg = model.generator_tokenizer, model.config
   passages = [{"title": "Alpha", "text": "beta gamma"}, {"title": "River king", "text": "queen"},
               {"title": "Star", "text": "delta " * 9}]  # the last truncates the question away
@@ -258,7 +258,7 @@ print("ok")
 
 def test_scanned_layers_train_and_decode(tmp_path):
   out = loop.train_and_evaluate(_config(**{"model.scan_layers": True, "model.remat": "dots"}),
-                                 tmp_path / "scan")
+                                tmp_path / "scan")
   losses = _losses(tmp_path / "scan")
   assert len(losses) == 6 and all(np.isfinite(losses)) and losses[-1] < losses[0], losses
   assert np.isfinite(out["eval/label_accuracy"])  # decoding ran on the unstacked params
@@ -283,7 +283,7 @@ def test_decoder_only_contexts_and_labels_are_the_prompts_and_answers(tmp_path):
   words = "alpha beta gamma delta river king queen star who what".split()
   directory = tiny.write(tmp_path / "m", words, generator_kind="llama")
   model = RagModel.from_parts(directory / "question_encoder", directory / "generator",
-                                      max_combined_length=40)
+                              max_combined_length=40)
   tok, cfg, gen = model.generator_tokenizer, model.config, model.rag.gen
   model.prompt_format = prompts.chat_prompt(tok, system="alpha")
   fmt = contexts.context_format(tok, cfg.max_combined_length, model.prompt_format)
@@ -335,12 +335,12 @@ def test_smollm2_contexts_joined_in_the_step_are_its_tokens_of_each_whole_prompt
   from rag_jax.weights import tiny
   directory = tiny.write(tmp_path / "m", ["who", "what"])
   model = RagModel.from_parts(directory / "question_encoder",
-                                      "asset:smollm2-135m-instruct", max_combined_length=96,
-                                      title_sep=": ", doc_sep="\n\nQuestion: ")
+                              "asset:smollm2-135m-instruct", max_combined_length=96,
+                              title_sep=": ", doc_sep="\n\nQuestion: ")
   tok, cfg = model.generator_tokenizer, model.config
   prompts.use_chat_template(model, "Answer in English, in a few words.")
   fmt = contexts.context_format(tok, cfg.max_combined_length, model.prompt_format,
-                                      pad_id=model.rag.gen.pad_token_id)
+                                pad_id=model.rag.gen.pad_token_id)
   articles = {a["title"]: a for a in assets.wiki_summaries()}
   passages = [{"title": t, "text": " ".join(articles[t]["text"].split()[:n])} for t, n in
               (("Mona Lisa", 40), ("Antonín Dvořák", 30), ("Albert Einstein", 200), ("1", 25))]
@@ -363,12 +363,12 @@ def test_tiny_llama_learns_training_only_its_top_layer_and_closed_book_no_retrie
   for mode in ("device", "none"):
     workdir = tmp_path / mode
     runs[mode] = loop.train_and_evaluate(_config(**llama, **{"retrieval.mode": mode}),
-                                            workdir)
+                                         workdir)
     losses = _losses(workdir)
     # One layer of 2 trains, over frozen random embeddings: slower than the whole tiny BART.
     assert len(losses) == 4 and losses[-1] < 0.95 * losses[0], (mode, losses)
     start = RagModel.from_parts(workdir / "tiny_model_llama" / "question_encoder",
-                                        workdir / "tiny_model_llama" / "generator").params
+                                workdir / "tiny_model_llama" / "generator").params
     params = runs[mode]["state"].params
     flat = lambda tree: {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
                          for path, v in jax.tree_util.tree_leaves_with_path(tree)}

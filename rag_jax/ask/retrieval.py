@@ -150,7 +150,7 @@ def _corpus_index(config, log: Log, progress: bool):
   encoder = TextEncoder.from_pretrained(directory, max_length=config.max_length,
                                         batch_size=config.batch_size).data_parallel()
   index = saved.cached_index(source, encoder, directory, encoder_source=config.encoder, log=log,
-                       progress=progress)
+                             progress=progress)
   log(f"{len(index.passages)} passages of {config.corpus}"
       f"{f' ({config.max_articles} articles)' if config.max_articles else ''}, {index.dim}-d, "
       f"from {index.directory}")
