@@ -1,8 +1,21 @@
 """Shared fixtures: tiny random HF PyTorch models saved with `save_pretrained`; the environment
-of subprocesses that need several (fake CPU) devices."""
+of subprocesses that need several (fake CPU) devices; the suite's JAX settings."""
 
 import importlib.util
 import os
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Every process of the suite (xdist's workers and the subprocesses the tests start, which
+# inherit the environment) shares one persistent XLA compilation cache in the checkout, so
+# that the programs compiled again and again (the tiny train step in each subprocess run, a
+# new RagModel's jits over the same shapes) compile once per run. CPU only: no process of the
+# suite drives an accelerator, and the TPU plugin of the [test] extra (libtpu, for
+# rag_jax.compile's targets) need not start in each. Set before anything imports jax.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".pytest_cache" / "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
