@@ -41,13 +41,12 @@ Settings (N indexed rows, L = round(sqrt(N))):
               (a search-time parameter), so they share a build time. The grid is fine
               around recall 0.95, so FAISS is not compared at a needlessly high recall.
 
-The issue this answers gives a reference measured on this machine with the same protocol
-(GloVe, 400k): FAISS HNSW32 (efConstruction 200) builds in 170.5 s and gives 6,180 QPS at
-recall@10 0.953 and 3,317 QPS at 0.986; ScaNN used directly builds in 20.9 s and gives
-8,944 QPS at 0.944 and 5,542 at 0.983. Its goal: the default backend (scann) gives >= 2x
-FAISS HNSW's QPS at recall@10 >= 0.95 and builds >= 5x faster, in the same run. The ratios
-at the end check that per dataset: for each of scann and faiss_hnsw, the fastest setting
-whose recall@10 is >= 0.95 (no interpolation), its QPS and its build time.
+The issue this answers gave a reference measured with the same protocol on GloVe-400k
+(benchmarks/RESULTS.md, "Figures moved out of code comments"). Its goal: the default
+backend (scann) gives >= 2x FAISS HNSW's QPS at recall@10 >= 0.95 and builds >= 5x faster,
+in the same run. The ratios at the end check that per dataset: for each of scann and
+faiss_hnsw, the fastest setting whose recall@10 is >= 0.95 (no interpolation), its QPS and
+its build time.
 
 `--splits S` then builds the scann default S more times, each on another random split of the
 dataset (seeds 1..S; a new build, so a new tree), and reports the held-out recall@10 that

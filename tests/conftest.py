@@ -131,3 +131,13 @@ def _seed_torch():
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)
+
+
+def pytest_configure(config):
+  """`slow`: the tests that take more than a few seconds each (processes of their own, real
+  weights, whole training runs). `pytest -m "not slow"` is the quick loop while developing;
+  CI and the README's test command run everything. Markers are strict: a misspelt one is an
+  error, not a test that silently runs unmarked."""
+  config.addinivalue_line("markers", "slow: takes more than a few seconds; "
+                          "`-m \"not slow\"` leaves it out")
+  config.option.strict_markers = True

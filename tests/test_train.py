@@ -1,48 +1,28 @@
-"""rag_jax.train end to end on experiments/fever.py:tiny: the loss falls, 1 device = 8 devices
-(data parallel and FSDP), a killed run resumes to the same end, SIGTERM saves and exits 0,
-device = host retrieval, the gradient reaches the query encoder and not the passages, and bad
-input fails in one line."""
+"""rag_jax.train in-process on experiments/fever.py:tiny: the loss falls, device = host
+retrieval, the gradient reaches the query encoder and not the passages, bad input and a NaN
+loss fail in one line, the contexts are the whole strings' tokens, the optimizer's parts. What
+needs processes of its own (8 devices, SIGKILL, SIGTERM, exit codes) is in
+test_train_processes.py."""
 
 import json
 import pathlib
-import signal
-import subprocess
-import sys
-import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from conftest import subprocess_env, task_config, whole_prompts
+from conftest import task_config, whole_prompts
 from rag_jax import contexts
+from rag_jax import errors
 from rag_jax.model import RagModel
 from rag_jax.train import loop
 from rag_jax.train import optimizer
+from rag_jax.train import setup
 from rag_jax.train import step as step_lib
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-CONFIG = str(ROOT / "experiments" / "fever.py") + ":tiny"
 # A short run: every step logged, checkpoints at 3 and 6, one eval at the end.
 SHORT = {"num_train_steps": 6, "log_every_steps": 1, "checkpoint_every_steps": 3,
          "eval_every_steps": 6, "data.max_eval_examples": 8}
-
-
-def _flags(overrides):
-  return [f"--config.{k}={v}" for k, v in overrides.items()]
-
-
-def _train(workdir, overrides=(), devices=1, wait=True):
-  """Runs `python -m rag_jax.train` on the tiny config in a subprocess."""
-  env = subprocess_env(devices)
-  cmd = [sys.executable, "-m", "rag_jax.train", "--config", CONFIG, "--workdir", str(workdir),
-         *_flags({**SHORT, **dict(overrides)})]
-  if not wait:
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-  return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False,
-                        timeout=600)
 
 
 def _losses(workdir):
@@ -52,15 +32,6 @@ def _losses(workdir):
     if "loss" in line:
       by_step[line["step"]] = line["loss"]
   return [by_step[s] for s in sorted(by_step)]
-
-
-def _final_params(workdir):
-  manager = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints")
-  step = manager.latest_step()
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  manager.close()
-  return step, restored["state"]["params"] if isinstance(restored["state"], dict) else (
-      restored["state"].params)
 
 
 def _config(**overrides):
@@ -94,58 +65,6 @@ def test_tiny_run_learns_and_moves_only_the_query_encoder_and_generator(tmp_path
   assert index.manifest["files"]  # checksums verified by load_index: nothing rewrote them
 
 
-def test_one_device_equals_eight_data_parallel_and_fsdp(tmp_path):
-  runs = {"one": ({}, 1), "data": ({"mesh.data": 8}, 8),
-          "fsdp": ({"mesh.data": 2, "mesh.fsdp": 4, "fsdp": True}, 8)}
-  losses = {}
-  for name, (overrides, devices) in runs.items():
-    proc = _train(tmp_path / name, {**overrides, "num_train_steps": 4,
-                                    "checkpoint_every_steps": 4, "eval_every_steps": 4},
-                  devices=devices)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    losses[name] = np.array(_losses(tmp_path / name))
-  assert len(losses["one"]) == 4
-  for name in ("data", "fsdp"):
-    np.testing.assert_allclose(losses[name], losses["one"], rtol=1e-5, err_msg=name)
-
-
-def test_killed_run_resumes_to_the_uninterrupted_end_and_sigterm_saves(tmp_path):
-  whole = _train(tmp_path / "whole")
-  assert whole.returncode == 0, whole.stderr[-3000:]
-  # SIGKILL once the step-3 checkpoint is complete, then run the same command again.
-  killed = tmp_path / "killed"
-  proc = _train(killed, wait=False)
-  deadline = time.time() + 300
-  while not (killed / "checkpoints" / "3").is_dir():
-    assert proc.poll() is None, proc.communicate()[1][-3000:]
-    assert time.time() < deadline
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  again = _train(killed)
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert _losses(killed)[-1] == pytest.approx(_losses(tmp_path / "whole")[-1], rel=1e-6)
-  step_a, params_a = _final_params(tmp_path / "whole")
-  step_b, params_b = _final_params(killed)
-  assert step_a == step_b == 6
-  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
-
-  # SIGTERM: a checkpoint at the step it stopped, exit 0.
-  termed = tmp_path / "termed"
-  proc = _train(termed, {"num_train_steps": 1000, "checkpoint_every_steps": 1000}, wait=False)
-  deadline = time.time() + 300
-  while not (termed / "metrics.jsonl").is_file() or not _losses(termed):
-    assert proc.poll() is None, proc.communicate()[1][-3000:]
-    assert time.time() < deadline
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
-  _, err = proc.communicate(timeout=300)
-  assert proc.returncode == 0, err[-3000:]
-  saved = [int(p.name) for p in (termed / "checkpoints").iterdir() if p.name.isdigit()]
-  assert len(saved) == 1 and 1 <= saved[0] < 1000
-
-
 def test_device_and_host_retrieval_give_the_same_losses(tmp_path):
   device = loop.train_and_evaluate(_config(**{"retrieval.mode": "device"}), tmp_path / "d")
   host = loop.train_and_evaluate(_config(**{"retrieval.mode": "host"}), tmp_path / "h")
@@ -154,40 +73,29 @@ def test_device_and_host_retrieval_give_the_same_losses(tmp_path):
     assert host[key] == device[key], key
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--config.nope=1"], "nope"),
-    (["--config.retrieval.mode=gpu"], "retrieval.mode='gpu'"),
-    (["--config.data.path=/nonexistent/{split}.jsonl"], "/nonexistent/train.jsonl: no such file"),
-    (["--config.retrieval.passages=/nonexistent.tsv"], "/nonexistent.tsv: no such passage file"),
-    (["--config.data.label_words.SUPPORTS=true false"], "each label must be one token"),
-    (["--config.batch_size=100"], "batch_size 100 exceeds the 48 training examples"),
+@pytest.mark.parametrize("overrides, message", [
+    ({"data.path": "/nonexistent/{split}.jsonl"}, "/nonexistent/train.jsonl: no such file"),
+    ({"retrieval.passages": "/nonexistent.tsv"}, "/nonexistent.tsv: no such passage file"),
+    ({"data.label_words.SUPPORTS": "true false"}, "each label must be one token"),
+    ({"batch_size": 100}, "batch_size 100 exceeds the 48 training examples"),
 ])
-def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
-  proc = subprocess.run([sys.executable, "-m", "rag_jax.train", "--config", CONFIG,
-                         "--workdir", str(tmp_path / "w"), *args], env=subprocess_env(1),
-                        cwd=ROOT, capture_output=True, text=True, check=False)
-  lines = proc.stderr.strip().splitlines()
-  assert proc.returncode != 0 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
-
-
-def test_unwritable_workdir_is_one_line(tmp_path):
-  blocker = tmp_path / "file"
-  blocker.write_text("")
-  proc = subprocess.run([sys.executable, "-m", "rag_jax.train", "--config", CONFIG,
-                         "--workdir", str(blocker / "sub")], env=subprocess_env(1), cwd=ROOT,
-                        capture_output=True, text=True, check=False)
-  lines = proc.stderr.strip().splitlines()
-  assert proc.returncode == 1 and len(lines) == 1 and "not writable" in lines[0], proc.stderr
+def test_bad_input_is_a_one_line_error(tmp_path, overrides, message):
+  """What `python -m rag_jax.train` prints as its one line (`errors.first_line`) before it
+  exits 1, as test_train_processes's subprocess cases show for the same path."""
+  with pytest.raises((setup.SetupError, ValueError)) as e:
+    loop.train_and_evaluate(_config(**overrides), tmp_path / "w")
+  assert len(str(e.value).strip().splitlines()) == 1 and message in errors.first_line(e.value)
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
   # A learning rate of 1e30 blows the params up within a few steps.
-  proc = _train(tmp_path / "nan", {"learning_rate": 1e30, "max_grad_norm": 1e30,
-                                   "checkpoint_every_steps": 1, "num_train_steps": 40,
-                                   "warmup_steps": 1})
-  lines = proc.stderr.strip().splitlines()
-  assert proc.returncode == 1 and " is nan at step " in lines[-1], proc.stderr[-3000:]
-  bad = int(lines[-1].split(" at step ")[1].split(";")[0])
+  with pytest.raises(loop.TrainingError) as e:
+    loop.train_and_evaluate(_config(learning_rate=1e30, max_grad_norm=1e30,
+                                    checkpoint_every_steps=1, num_train_steps=40,
+                                    warmup_steps=1), tmp_path / "nan")
+  line = str(e.value)
+  assert len(line.splitlines()) == 1 and " is nan at step " in line, line
+  bad = int(line.split(" at step ")[1].split(";")[0])
   saved = sorted(int(p.name) for p in (tmp_path / "nan" / "checkpoints").iterdir()
                  if p.name.isdigit())
   assert saved and saved[-1] < bad
@@ -224,36 +132,6 @@ def test_contexts_are_hf_tokenization_of_the_whole_string(tmp_path):
              max_length=cfg.max_combined_length, padding="max_length", truncation=True,
              return_tensors="np")
   np.testing.assert_array_equal(ids, want["input_ids"])
-
-
-def test_device_index_search_and_gather_match_numpy_on_eight_devices():
-  code = """
-import numpy as np, jax
-from rag_jax import sharding
-from rag_jax.index import device as device_lib
-rng = np.random.default_rng(0)
-emb = rng.standard_normal((37, 8)).astype(np.float32)
-emb[5] = emb[30]  # a tie: the lower row first
-tok = rng.integers(0, 50, (37, 6)).astype(np.int32)
-lens = rng.integers(1, 6, 37).astype(np.int32)
-q = rng.standard_normal((4, 8)).astype(np.float32)
-q[0] = emb[5]
-for shape in ({"data": 8}, {"data": 2, "fsdp": 2, "model": 2}):
-  mesh = sharding.make_mesh(shape)
-  index = device_lib.DeviceIndex.create(mesh, emb, tok, lens)
-  scores, ids = jax.jit(lambda q, i: i.search(q, 5))(q, index)
-  want = np.argsort(-(q @ emb.T), axis=1, kind="stable")[:, :5]
-  np.testing.assert_array_equal(np.asarray(ids), want)
-  np.testing.assert_allclose(np.asarray(scores), np.take_along_axis(q @ emb.T, want, 1), rtol=1e-5)
-  e, t, l = jax.jit(lambda i, x: i.gather(x))(index, ids)
-  np.testing.assert_array_equal(np.asarray(e), emb[want])
-  np.testing.assert_array_equal(np.asarray(t), tok[want])
-  np.testing.assert_array_equal(np.asarray(l), lens[want])
-print("ok")
-"""
-  proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(8), cwd=ROOT,
-                        capture_output=True, text=True, check=False)
-  assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
 
 
 def test_scanned_layers_train_and_decode(tmp_path):

@@ -1,0 +1,165 @@
+"""rag_jax.train where processes are the point: 1 device = 8 devices (data parallel and
+FSDP), a killed run resumes to the uninterrupted end, SIGTERM saves and exits 0, bad flags and
+an unwritable workdir exit non-zero with one line, the index's search on eight devices."""
+
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import subprocess_env
+from test_train import SHORT, _config, _losses
+from rag_jax.train import loop
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIG = str(ROOT / "experiments" / "fever.py") + ":tiny"
+
+
+def _flags(overrides):
+  return [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+def _train(workdir, overrides=(), devices=1, wait=True):
+  """Runs `python -m rag_jax.train` on the tiny config in a subprocess."""
+  env = subprocess_env(devices)
+  cmd = [sys.executable, "-m", "rag_jax.train", "--config", CONFIG, "--workdir", str(workdir),
+         *_flags({**SHORT, **dict(overrides)})]
+  if not wait:
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+  return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False,
+                        timeout=600)
+
+
+def _final_params(workdir):
+  manager = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints")
+  step = manager.latest_step()
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  manager.close()
+  return step, restored["state"]["params"] if isinstance(restored["state"], dict) else (
+      restored["state"].params)
+
+
+# Trains the tiny config once per (workdir, overrides) of argv[2], in this one process.
+_RUNS = """
+import importlib.util, json, sys
+from rag_jax.train import loop, setup
+spec = importlib.util.spec_from_file_location("fever", sys.argv[1])
+fever = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fever)
+for workdir, overrides in json.loads(sys.argv[2]).items():
+  loop.train_and_evaluate(setup.override(fever.get_config("tiny"), **overrides), workdir)
+"""
+
+
+def test_one_device_equals_eight_data_parallel_and_fsdp(tmp_path):
+  """One device (this process) against eight (one process, data parallel then FSDP)."""
+  short = {**SHORT, "num_train_steps": 4, "checkpoint_every_steps": 4, "eval_every_steps": 4}
+  loop.train_and_evaluate(_config(**short), tmp_path / "one")
+  eight = {str(tmp_path / "data"): {**short, "mesh.data": 8},
+           str(tmp_path / "fsdp"): {**short, "mesh.data": 2, "mesh.fsdp": 4, "fsdp": True}}
+  proc = subprocess.run([sys.executable, "-c", _RUNS, str(ROOT / "experiments" / "fever.py"),
+                         json.dumps(eight)], env=subprocess_env(8), cwd=ROOT,
+                        capture_output=True, text=True, check=False, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  losses = {name: np.array(_losses(tmp_path / name)) for name in ("one", "data", "fsdp")}
+  assert len(losses["one"]) == 4
+  for name in ("data", "fsdp"):
+    np.testing.assert_allclose(losses[name], losses["one"], rtol=1e-5, err_msg=name)
+
+
+def test_killed_run_resumes_to_the_uninterrupted_end_and_sigterm_saves(tmp_path):
+  loop.train_and_evaluate(_config(), tmp_path / "whole")  # the uninterrupted run, in-process
+  # SIGKILL once the step-3 checkpoint is complete, then run the same command again.
+  killed = tmp_path / "killed"
+  proc = _train(killed, wait=False)
+  deadline = time.time() + 300
+  while not (killed / "checkpoints" / "3").is_dir():
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.time() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  again = _train(killed)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert _losses(killed)[-1] == pytest.approx(_losses(tmp_path / "whole")[-1], rel=1e-6)
+  step_a, params_a = _final_params(tmp_path / "whole")
+  step_b, params_b = _final_params(killed)
+  assert step_a == step_b == 6
+  for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
+
+  # SIGTERM: a checkpoint at the step it stopped, exit 0.
+  termed = tmp_path / "termed"
+  proc = _train(termed, {"num_train_steps": 1000, "checkpoint_every_steps": 1000}, wait=False)
+  deadline = time.time() + 300
+  while not (termed / "metrics.jsonl").is_file() or not _losses(termed):
+    assert proc.poll() is None, proc.communicate()[1][-3000:]
+    assert time.time() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  saved = [int(p.name) for p in (termed / "checkpoints").iterdir() if p.name.isdigit()]
+  assert len(saved) == 1 and 1 <= saved[0] < 1000
+
+
+# One flag error and one config error through the command; the other messages of the same
+# path are test_train.py's test_bad_input_is_a_one_line_error, in-process.
+@pytest.mark.parametrize("args, message", [
+    (["--config.nope=1"], "nope"),
+    (["--config.retrieval.mode=gpu"], "retrieval.mode='gpu'"),
+])
+def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
+  proc = subprocess.run([sys.executable, "-m", "rag_jax.train", "--config", CONFIG,
+                         "--workdir", str(tmp_path / "w"), *args], env=subprocess_env(1),
+                        cwd=ROOT, capture_output=True, text=True, check=False)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode != 0 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+
+
+def test_unwritable_workdir_is_one_line(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("")
+  proc = subprocess.run([sys.executable, "-m", "rag_jax.train", "--config", CONFIG,
+                         "--workdir", str(blocker / "sub")], env=subprocess_env(1), cwd=ROOT,
+                        capture_output=True, text=True, check=False)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 1 and len(lines) == 1 and "not writable" in lines[0], proc.stderr
+
+
+def test_device_index_search_and_gather_match_numpy_on_eight_devices():
+  code = """
+import numpy as np, jax
+from rag_jax import sharding
+from rag_jax.index import device as device_lib
+rng = np.random.default_rng(0)
+emb = rng.standard_normal((37, 8)).astype(np.float32)
+emb[5] = emb[30]  # a tie: the lower row first
+tok = rng.integers(0, 50, (37, 6)).astype(np.int32)
+lens = rng.integers(1, 6, 37).astype(np.int32)
+q = rng.standard_normal((4, 8)).astype(np.float32)
+q[0] = emb[5]
+for shape in ({"data": 8}, {"data": 2, "fsdp": 2, "model": 2}):
+  mesh = sharding.make_mesh(shape)
+  index = device_lib.DeviceIndex.create(mesh, emb, tok, lens)
+  scores, ids = jax.jit(lambda q, i: i.search(q, 5))(q, index)
+  want = np.argsort(-(q @ emb.T), axis=1, kind="stable")[:, :5]
+  np.testing.assert_array_equal(np.asarray(ids), want)
+  np.testing.assert_allclose(np.asarray(scores), np.take_along_axis(q @ emb.T, want, 1), rtol=1e-5)
+  e, t, l = jax.jit(lambda i, x: i.gather(x))(index, ids)
+  np.testing.assert_array_equal(np.asarray(e), emb[want])
+  np.testing.assert_array_equal(np.asarray(t), tok[want])
+  np.testing.assert_array_equal(np.asarray(l), lens[want])
+print("ok")
+"""
+  proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(8), cwd=ROOT,
+                        capture_output=True, text=True, check=False)
+  assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
