@@ -16,6 +16,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".pytest_cache" / "xla"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# XLA:CPU's LLVM passes at -O0: compiling the suite's many small programs is most of its
+# time, and unoptimised code runs them about as fast (the few tests on real weights run a
+# little slower). No fast-math at either level; every comparison of the suite holds at both.
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""),
+                                                 "--xla_backend_optimization_level=0"]))
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
@@ -56,7 +61,8 @@ def subprocess_env(devices: Optional[int] = None) -> Dict[str, str]:
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo,
                                                                   os.environ.get("PYTHONPATH")])))
   if devices is not None:
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    env.update(XLA_FLAGS=f"{os.environ['XLA_FLAGS']} "
+                         f"--xla_force_host_platform_device_count={devices}",
                JAX_PLATFORMS="cpu")
   return env
 
@@ -141,3 +147,13 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "slow: takes more than a few seconds; "
                           "`-m \"not slow\"` leaves it out")
   config.option.strict_markers = True
+
+
+def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
+  """The files with the most `slow` tests first (a stable sort, the same on every xdist
+  worker): `--dist loadfile` hands out whole files in this order, and the longest ones started
+  last would leave one worker running alone at the end."""
+  slow = {}
+  for item in items:
+    slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+  items.sort(key=lambda item: -slow[item.path])

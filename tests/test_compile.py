@@ -26,7 +26,10 @@ HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 
 def _run(*args):
   env = dict(subprocess_env(), ALLOW_MULTIPLE_LIBTPU_LOAD="1")
+  # The command as a user runs it: its own platform choice, and XLA's default optimisation
+  # (the suite's -O0 is for its CPU programs, not the TPU compiler under test).
   env.pop("JAX_PLATFORMS", None)
+  env.pop("XLA_FLAGS", None)
   return subprocess.run([sys.executable, "-m", "rag_jax.compile", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300, check=False)
 

@@ -14,6 +14,7 @@ import transformers
 from conftest import randomize_, subprocess_env
 from rag_jax import assets
 from rag_jax.encoder import TextEncoder
+from rag_jax.index import __main__ as index_cli
 from rag_jax.index import backend as backend_lib
 from rag_jax.index import corpus
 from rag_jax.index import embed
@@ -181,7 +182,7 @@ def _cli(*args):
                         capture_output=True, text=True, timeout=600, check=False)
 
 
-def test_cli_build_search_inspect(tmp_path, tiny_encoder_dir):
+def test_cli_build_search_inspect(tmp_path, tiny_encoder_dir, capsys):
   assets.fetch("all-MiniLM-L6-v2")  # the CLI finds it in the cache
   tsv = tmp_path / "psgs.tsv"
   tsv.write_text("id\ttext\ttitle\n"
@@ -203,9 +204,13 @@ def test_cli_build_search_inspect(tmp_path, tiny_encoder_dir):
   assert set(results[0]["hits"][0]) >= {"id", "score", "title", "text"}
   proc = _cli("inspect", "--index", out)
   assert proc.returncode == 0 and "checksums ok" in proc.stdout
-  # Bad input: one line, non-zero.
+  # Bad input: one line, non-zero; the first through the command, the others through its
+  # main in this process (the same code between the arguments and the exit status).
+  proc = _cli("search", "--index", tmp_path / "nope", "--query", "x")
+  errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert proc.returncode != 0 and len(errors) == 1, proc.stderr
+  assert "no such index directory" in errors[0] and "Traceback" not in proc.stderr
   for args, message in (
-      (("search", "--index", tmp_path / "nope", "--query", "x"), "no such index directory"),
       (("build", "--passages", tmp_path / "missing.tsv", "--encoder", tiny_encoder_dir,
         "--out", tmp_path / "idx2"), "missing.tsv: no such file"),
       (("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out", out),
@@ -216,10 +221,14 @@ def test_cli_build_search_inspect(tmp_path, tiny_encoder_dir):
       (("search", "--index", tsv, "--query", "x"), "psgs.tsv: not a directory"),
       (("build", "--passages", tsv, "--encoder", tiny_encoder_dir, "--out", tmp_path / "idx4",
         "--max-length", "0"), "--max-length must be at least 2")):
-    proc = _cli(*args)
-    errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
-    assert proc.returncode != 0 and len(errors) == 1, proc.stderr
-    assert message in errors[0] and "Traceback" not in proc.stderr
+    try:
+      status = index_cli.main([str(a) for a in args])
+    except SystemExit as e:  # argparse's usage errors
+      status = e.code
+    err = capsys.readouterr().err
+    errors = [l for l in err.splitlines() if l.startswith("error: ")]
+    assert status != 0 and len(errors) == 1, err
+    assert message in errors[0] and "Traceback" not in err
   assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "psgs.tsv"]  # nothing partial
 
 
@@ -322,7 +331,6 @@ def test_failed_build_leaves_nothing(tmp_path, tiny_encoder_dir, content, messag
 
 def test_cli_format_flags_and_a_missing_backend_library(tmp_path, tiny_encoder_dir, capsys,
                                                          monkeypatch):
-  from rag_jax.index import __main__ as index_cli
   articles = _articles(tmp_path / "articles.txt", 5)  # JSONL under a suffix that says nothing
   common = ["--encoder", str(tiny_encoder_dir), "--no-progress"]
   assert index_cli.main(["build", "--articles", str(articles), "--out", str(tmp_path / "a"),
@@ -347,7 +355,6 @@ def test_cli_format_flags_and_a_missing_backend_library(tmp_path, tiny_encoder_d
 def test_cli_builds_from_an_asset_corpus(tmp_path, tiny_encoder_dir, capsys, monkeypatch):
   """--articles asset:NAME: the asset's articles as JSONL (written once to the cache), the
   same passages and ids as --articles on that file; --help says how to get it."""
-  from rag_jax.index import __main__ as index_cli
   monkeypatch.setenv("RAG_JAX_CACHE", str(tmp_path / "cache"))
   articles = [json.loads(line) for line in _articles(tmp_path / "a.jsonl", 6).open()]
   monkeypatch.setitem(corpus.ASSET_CORPORA, "wiki-summaries-en", lambda: articles)
@@ -374,7 +381,6 @@ def test_cli_builds_from_an_asset_corpus(tmp_path, tiny_encoder_dir, capsys, mon
 def test_cli_search_questions_and_k(tmp_path, tiny_encoder_dir, capsys):
   """Blank queries are usage errors; k above the index is refused (as ask refuses it); a
   query past the encoder's max_length is truncated with a note."""
-  from rag_jax.index import __main__ as index_cli
   assert index_cli.main(["build", "--articles", str(_articles(tmp_path / "a.jsonl", 3)),
                          "--encoder", str(tiny_encoder_dir), "--out", str(tmp_path / "idx"),
                          "--no-progress", "--backend", "exact"]) == 0
@@ -397,7 +403,6 @@ def test_cli_search_questions_and_k(tmp_path, tiny_encoder_dir, capsys):
 
 
 def test_cli_interrupted_build_is_one_line(tmp_path, tiny_encoder_dir, capsys, monkeypatch):
-  from rag_jax.index import __main__ as index_cli
 
   def interrupted(*args, **kwargs):
     raise KeyboardInterrupt

@@ -153,8 +153,9 @@ def test_local_starts_processes_wired_as_one_job(tmp_path):
     assert s["XLA_FLAGS"] == "--xla_dump_to=/x --xla_force_host_platform_device_count=2"
   assert json.loads(result.stdout) == seen[0]  # process 0 also on the terminal
 
+  no_flags = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   default = _run([LAUNCH / "local.sh", "--log-dir", tmp_path / "d", "3", sys.executable, "-c",
-                  _PRINT_ENV])
+                  _PRINT_ENV], env=no_flags)
   assert default.returncode == 0, default.stderr
   seen = [json.loads((tmp_path / "d" / f"process_{i}.log").read_text()) for i in range(3)]
   assert sorted(s["RAG_JAX_PROCESS_ID"] for s in seen) == ["0", "1", "2"]

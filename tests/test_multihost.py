@@ -1,7 +1,7 @@
 """Multi-host training in miniature: `launch/local.sh` starts 2 processes x 4 CPU devices
-(jax.distributed, gloo), one 8-device mesh with the index split over it; the run logs the
-losses and retrieves the passages of 1 process x 8 devices, and its checkpoint restores in
-1 process, continuing to the losses of an uninterrupted run."""
+(jax.distributed, gloo), one 8-device mesh with the index split over it; the run retrieves
+the passages of 1 process x 8 devices and logs its losses, and its checkpoint restores in
+1 process (`python -m rag_jax.train`), continuing to the losses of an uninterrupted run."""
 
 import json
 import pathlib
@@ -30,7 +30,6 @@ def _run(cmd, devices=None, processes=None, log_dir=None):
   if processes:
     cmd = ["bash", str(ROOT / "launch" / "local.sh"), "--devices-per-process", "4",
            "--log-dir", str(log_dir), str(processes), *cmd]
-    env.pop("XLA_FLAGS", None)
   proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False,
                         timeout=900)
   assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-3000:])
@@ -46,33 +45,36 @@ def _losses(workdir):
   return np.array([by_step[s] for s in sorted(by_step)])
 
 
-# The run's retrieval of the whole eval split (device mode: the index split over the mesh),
-# with the initial params; process 0 prints ids and scores.
-RETRIEVE = """
+# The run (as `python -m rag_jax.train` makes it) first retrieves the whole eval split with its
+# initial params (device mode: the index split over the mesh; process 0 prints the ids and
+# scores), then trains.
+RUN = """
 import json, sys
 import jax, numpy as np
-from rag_jax import distributed
-from rag_jax.train import input_pipeline
-from rag_jax.train import retrieval, step
-from rag_jax.train import setup
-from rag_jax.train.__main__ import _CONFIG  # noqa: registers --config
 from absl import flags
+from rag_jax import distributed
+from rag_jax.train import input_pipeline, loop, retrieval, setup, step
+from rag_jax.train.__main__ import _CONFIG  # noqa: registers --config and --workdir
 distributed.initialize()
 flags.FLAGS(sys.argv)
-run = setup.build(flags.FLAGS.config, setup.prepare_workdir(sys.argv[-1]))
-retriever = retrieval.BatchRetriever.of(run, step.make_steps(run.rag, run.tx, run.step_config))
+config, workdir = flags.FLAGS.config, setup.prepare_workdir(flags.FLAGS.workdir)
+run = setup.build(config, workdir)
+steps = step.make_steps(run.rag, run.tx, run.step_config, run.state_sharding)
+retriever = retrieval.BatchRetriever.of(run, steps)
 rows = np.arange(len(run.eval.examples))
 batch = retriever(run.state.params, input_pipeline.gather(run.eval.arrays, rows), True)
 out = {"ids": distributed.to_host(batch["doc_ids"]).tolist(),
        "embeds": distributed.to_host(batch["doc_embeds"]).sum(-1).tolist()}
 if jax.process_index() == 0:
-  print("RETRIEVED " + json.dumps(out))
+  print("RETRIEVED " + json.dumps(out), flush=True)
+loop.train_and_evaluate(config, workdir, run=run, steps=steps)
 """
 
 
-def _retrieve(workdir, index, devices=None, processes=None, log_dir=None):
-  cmd = [sys.executable, "-c", RETRIEVE, "--config", CONFIG, f"--config.retrieval.index={index}",
-         str(workdir)]
+def _retrieve_and_train(workdir, steps, devices=None, processes=None, log_dir=None,
+                        **overrides):
+  """Runs RUN with the flags of `_cmd`; returns what process 0 retrieved."""
+  cmd = [sys.executable, "-c", RUN, *_cmd(workdir, steps, **overrides)[3:]]
   proc = _run(cmd, devices=devices, processes=processes, log_dir=log_dir)
   line = [l for l in proc.stdout.splitlines() if l.startswith("RETRIEVED ")][-1]
   return json.loads(line[len("RETRIEVED "):])
@@ -80,16 +82,13 @@ def _retrieve(workdir, index, devices=None, processes=None, log_dir=None):
 
 def test_two_processes_equal_one_and_their_checkpoint_restores_in_one(tmp_path):
   one, two = tmp_path / "one", tmp_path / "two"
-  _run(_cmd(one, 6), devices=8)
+  retrieved_one = _retrieve_and_train(one, 6, devices=8)
   # One index for every run (an index embedded on 4 devices differs from one embedded on 8 in
   # the last bits, which reorders the tiny random retriever's near-ties).
   index = {"retrieval.index": str(one / "index")}
-  _run(_cmd(two, 3, **index), processes=2, log_dir=tmp_path / "logs")
+  retrieved_two = _retrieve_and_train(two, 3, processes=2, log_dir=tmp_path / "logs", **index)
   # The same losses, and the same passages retrieved for every eval claim.
   np.testing.assert_allclose(_losses(two), _losses(one)[:3], rtol=1e-5)
-  retrieved_one = _retrieve(tmp_path / "r1", one / "index", devices=8)
-  retrieved_two = _retrieve(tmp_path / "r2", one / "index", processes=2,
-                            log_dir=tmp_path / "rlogs")
   assert retrieved_two["ids"] == retrieved_one["ids"]
   np.testing.assert_allclose(retrieved_two["embeds"], retrieved_one["embeds"], rtol=1e-6)
   # The 2-process checkpoint of step 3, continued by 1 process, ends where `one` ends. (Gloo

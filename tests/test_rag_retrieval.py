@@ -1,4 +1,5 @@
-"""RagModel on a live Retriever: retrieval, doc scores, loss, and a hot-swapped index."""
+"""RagModel on a live Retriever: retrieval, doc scores, loss, and a hot-swapped index; the
+contexts are `RagModel.contextualize`'s, the one path from passages to generator inputs."""
 
 import json
 
@@ -22,6 +23,17 @@ def _tokenizer(path):
   tok = transformers.BertTokenizerFast(str(path / "vocab.txt"))
   tok.save_pretrained(path)
   return tok
+
+
+def _retrieve(model, retriever, questions, k=2):
+  """The retriever's top k and the generator's inputs for them: contexts [B * k, L], doc
+  scores [B, k] (q . d from the index), the frozen d(z) [B, k, D], the hits, who answered."""
+  results = retriever.retrieve(list(questions), k)
+  ids, mask = model.contextualize(questions, [r["hits"] for r in results])
+  return {"context_input_ids": ids, "context_attention_mask": mask,
+          "doc_scores": np.array([[h["score"] for h in r["hits"]] for r in results], np.float32),
+          "doc_embeds": np.stack([r["vectors"] for r in results]).astype(np.float32),
+          "hits": [r["hits"] for r in results], "index": results[0]["index"]}
 
 
 def test_rag_model_retrieves_scores_and_follows_a_swapped_index(tmp_path):
@@ -57,7 +69,7 @@ def test_rag_model_retrieves_scores_and_follows_a_swapped_index(tmp_path):
 
   retriever = Retriever(encoder, indexes[0])
   questions = ["river king", "star ocean paper"]
-  batch = model.retrieve(questions, retriever)
+  batch = _retrieve(model, retriever, questions)
   assert batch["context_input_ids"].shape == (4, 48) and batch["doc_scores"].shape == (2, 2)
   assert all(h["title"].startswith("a") for row in batch["hits"] for h in row)
   # The index's scores are q . d(z) of this model's question encoder.
@@ -74,7 +86,7 @@ def test_rag_model_retrieves_scores_and_follows_a_swapped_index(tmp_path):
   assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads["question_encoder"]))
 
   retriever.swap(indexes[1])  # new knowledge, same model
-  after = model.retrieve(questions, retriever)
+  after = _retrieve(model, retriever, questions)
   assert all(h["title"].startswith("b") for row in after["hits"] for h in row)
   assert after["index"].endswith("b")
   assert not np.array_equal(after["context_input_ids"], batch["context_input_ids"])

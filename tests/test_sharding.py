@@ -155,7 +155,7 @@ _SCRIPT = textwrap.dedent("""
       init = lambda key: module.init(key, *args)
       abstract = jax.eval_shape(init, jax.random.PRNGKey(0))
       apply = jax.jit(module.apply)
-      want = apply(nn.meta.unbox(init(jax.random.PRNGKey(0))), *args)
+      want = apply(jax.jit(lambda key: nn.meta.unbox(init(key)))(jax.random.PRNGKey(0)), *args)
       boxes = dict(jax.tree_util.tree_flatten_with_path(
           abstract, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0])
       for mesh_name, mesh in meshes.items():
