@@ -58,6 +58,7 @@ def _direct(answerer, questions, hits, kind):
 
 
 @pytest.mark.parametrize("kind", ["token", "sequence"])
+@pytest.mark.slow
 def test_answers_equal_the_model_called_directly(answerer, kind):
   """Batches of 2 (the last one padded with a repeated row), prompts padded to the
   bucket: the same answers, priors and posteriors as one unpadded call."""
@@ -79,6 +80,7 @@ def test_answers_equal_the_model_called_directly(answerer, kind):
     np.testing.assert_allclose(sum(p["posterior"] for p in r["passages"]), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_closed_book_is_the_generator_alone(answerer):
   answerer.kind = "token"
   got = answerer.answer(QUESTIONS, None)
@@ -91,6 +93,7 @@ def test_closed_book_is_the_generator_alone(answerer):
     assert r["answer"] == tok.decode(seqs[b, 1:], skip_special_tokens=True).strip()
 
 
+@pytest.mark.slow
 def test_temperature_sweep_equals_the_rag_loss(answerer):
   """Each temperature's figure is the RAG loss of the gold answers (start token + answer,
   no EOS) with the scores divided by it, per answer token, averaged over questions."""
@@ -134,6 +137,7 @@ def test_bad_settings_are_refused_before_loading():
   assert answering.check_config(config).kind == "token"
 
 
+@pytest.mark.slow
 def test_the_default_job_answers_from_its_passages(tmp_path):
   """`python -m rag_jax.ask` as a user runs it (any directory), on real weights: MiniLM over
   a few embedded articles, SmolLM2-135M-Instruct answering; --json and --heatmap."""

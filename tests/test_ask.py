@@ -49,6 +49,7 @@ def _config(wiki, **overrides):
   return config
 
 
+@pytest.mark.slow
 def test_ask_and_index_build_find_the_same_passages(wiki40, capsys):
   """`ask` over the embedded corpus and `index build --articles asset:...` + `index search`:
   the same passages (ids) with the same scores; the first run embeds with a progress bar."""
@@ -144,6 +145,7 @@ def test_retrieve_from_a_saved_index(tmp_path):
     ask_retrieval.retrieve(config, log=logs.append)
 
 
+@pytest.mark.slow
 def test_a_saved_index_checks_its_question_encoder(tmp_path):
   config = wiki_config.get_config("small")
   source = tmp_path / "articles.jsonl"

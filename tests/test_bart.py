@@ -107,6 +107,7 @@ def test_cached_decoding_equals_teacher_forcing(tmp_path, rng, chunks):
   assert max_abs(cached, full) < 1e-4
 
 
+@pytest.mark.slow
 def test_decoder_rows_sharing_encoder_states_equal_their_own_copies(tmp_path, rng):
   # 2 examples x 3 sources (G) each, each source decoded by 2 copies (C): decoder row
   # ((b * C + c) * G + g) attends to source (b * G + g), through one cache entry per source,
@@ -135,6 +136,7 @@ def test_decoder_rows_sharing_encoder_states_equal_their_own_copies(tmp_path, rn
     decoding.reorder_rows(shared, jnp.arange(batch * copies))
 
 
+@pytest.mark.slow
 def test_bfloat16_close_to_float32(tmp_path, rng):
   _save(tmp_path, seed=6, scale=0.05)
   src, src_mask, dec_in, dec_mask = _batch(rng)
@@ -163,6 +165,7 @@ def test_dropout_is_active_when_training(tmp_path, rng):
 
 
 @pytest.mark.parametrize("policy", ["dots", "full"])
+@pytest.mark.slow
 def test_remat_changes_no_numbers(tmp_path, rng, policy):
   _save(tmp_path, seed=8)
   module, params = weights.load_bart(tmp_path)

@@ -98,6 +98,7 @@ def test_sentence_transformers_layout_mean_pooling(tmp_path, rng):
   np.testing.assert_allclose(np.linalg.norm(pooled, axis=-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bfloat16_close_to_float32(tmp_path, rng):
   randomize_(transformers.DPRQuestionEncoder(transformers.DPRConfig(**TINY, projection_dim=16)),
              scale=0.05).save_pretrained(tmp_path)
@@ -122,6 +123,7 @@ def test_pooling_override_and_pytorch_bin(tmp_path, rng):
   assert max_abs(pooled, ref[:, 0].numpy()) < 1e-4
 
 
+@pytest.mark.slow
 def test_remat_full_changes_no_numbers(tmp_path, rng):
   randomize_(transformers.BertModel(transformers.BertConfig(**TINY))).save_pretrained(tmp_path)
   module, params = weights.load_bert(tmp_path)

@@ -36,6 +36,7 @@ def _run(*args):
 
 @pytest.mark.skipif(not HAS_LIBTPU, reason="needs libtpu (pip install 'jax[tpu]', the test "
                     "extra)")
+@pytest.mark.slow
 def test_tiny_step_compiles_for_a_tpu_topology_without_a_tpu():
   proc = _run("--config", "experiments/fever.py:tiny", "--topology", "v5e:2x2",
               "--passages", "1000", "--json")

@@ -133,6 +133,7 @@ def test_beam_search_finds_the_best_path_greedy_misses():
 # score_rows 1: the scoring pass goes one candidate per example at a time.
 @pytest.mark.parametrize("score_rows", [decoding.THOROUGH_SCORE_ROWS, 1])
 @pytest.mark.parametrize("num_beams, n_docs, num_return", [(2, 3, 1), (3, 2, 2), (4, 5, 3)])
+@pytest.mark.slow
 def test_rag_sequence_thorough_matches_hf_generate(tmp_path, rng, monkeypatch, num_beams,
                                                    n_docs, num_return, score_rows):
   monkeypatch.setattr(decoding, "THOROUGH_SCORE_ROWS", score_rows)
@@ -218,6 +219,7 @@ def test_fast_decoding_end_to_end(tmp_path, rng):
                np.all(s[len(trimmed):] == PAD) for s in seqs[example])
 
 
+@pytest.mark.slow
 def test_doc_posteriors_and_heatmap(tmp_path, rng):
   from rag_jax.ask import heatmaps
   _save_rag(tmp_path / "m", "token", 4, seed=50)

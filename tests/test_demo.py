@@ -2,6 +2,7 @@
 tasks, and the hot-swap share on hand-made records."""
 
 import json
+import pytest
 
 from conftest import task_config
 from rag_jax.data.wiki import swap as wiki_swap
@@ -42,6 +43,7 @@ def test_gold_articles_are_the_gold_titles_or_a_clues_answer():
   assert demo.gold_articles("jeopardy", clues) == [("Oslo",)]
 
 
+@pytest.mark.slow
 def test_tiny_demo_trains_both_models_and_measures_every_table(tmp_path, capsys):
   """nq.py:wiki with a tiny DPR + Llama in place of MiniLM + SmolLM2: the real derived tasks,
   indexes and hot swap, a few steps."""

@@ -19,6 +19,7 @@ import device  # pylint: disable=g-import-not-at-top,wrong-import-position
 CPU = {"device": "cpu", "backend": "cpu", "nominal_tflops": None, "nominal_tb_s": None}
 
 
+@pytest.mark.slow
 def test_hand_flop_count_matches_xla_count_of_the_step():
   # Big enough that matmuls dominate; XLA also counts elementwise work, so it is a bit above.
   dpr = dict(vocab_size=500, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -38,6 +39,7 @@ def test_hand_flop_count_matches_xla_count_of_the_step():
   assert 1.0 <= ratio < 1.15, ratio
 
 
+@pytest.mark.slow
 def test_train_part_runs_every_batch_and_learns():
   rows = list(device.train(jax, jnp, device.QUICK, CPU, steps=2))
   assert [r["batch"] for r in rows] == list(device.QUICK["batches"])

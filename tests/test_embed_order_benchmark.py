@@ -4,10 +4,12 @@ import json
 import pathlib
 import subprocess
 import sys
+import pytest
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "embed_order.py"
 
 
+@pytest.mark.slow
 def test_embed_order_benchmark(tmp_path):
   words = "river mountain king queen war peace music science ".split()
   articles = tmp_path / "a.jsonl"

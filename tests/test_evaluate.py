@@ -74,6 +74,7 @@ def evaluated(tmp_path_factory, trained):
       progress=False)) for task in TASKS}
 
 
+@pytest.mark.slow
 def test_every_task_writes_the_three_files_with_its_metric_names(evaluated):
   for task, (workdir, scores) in evaluated.items():
     assert sorted(p.name for p in workdir.iterdir() if p.is_file()) == [
@@ -90,6 +91,7 @@ def test_every_task_writes_the_three_files_with_its_metric_names(evaluated):
   assert evaluated["wq"][0] / "predictions.jsonl"  # the NQ checkpoint fit WQ's model
 
 
+@pytest.mark.slow
 def test_metrics_json_is_rag_jax_metrics_of_predictions_jsonl(evaluated):
   passages = list(corpus.read_passages(tiny.PASSAGES))
   for task, (workdir, _) in evaluated.items():
@@ -125,6 +127,7 @@ def test_metrics_json_is_rag_jax_metrics_of_predictions_jsonl(evaluated):
         assert sum(p[field] for p in r["passages"]) == pytest.approx(1, abs=1e-5), (task, field)
 
 
+@pytest.mark.slow
 def test_eval_k_is_not_the_training_k(evaluated):
   for task, (workdir, _) in evaluated.items():
     records, summary = read(workdir)
@@ -170,6 +173,7 @@ def test_bm25_mode_retrieves_bm25s_passages_with_its_scores_as_priors(tmp_path):
                              want / want.sum(axis=1, keepdims=True), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_frozen_query_encoder_is_bit_identical_while_the_generator_moves(trained):
   workdir, out = trained
   from rag_jax.model import RagModel  # pylint: disable=import-outside-toplevel
@@ -184,6 +188,7 @@ def test_frozen_query_encoder_is_bit_identical_while_the_generator_moves(trained
   assert max(moved) > 1e-4
 
 
+@pytest.mark.slow
 def test_init_from_the_train_checkpoint_reproduces_its_final_eval(trained, tmp_path):
   workdir, out = trained
   scores = predict.evaluate_config(config("nq"), tmp_path, init=str(workdir), progress=False)
@@ -213,6 +218,7 @@ def _as_hf_rag(tiny_model: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
   return out
 
 
+@pytest.mark.slow
 def test_init_from_an_hf_rag_checkpoint_is_the_model_it_holds(evaluated, tmp_path):
   workdir, scores = evaluated["nq"]  # the config's own tiny model, no init
   rag = _as_hf_rag(workdir / "tiny_model", tmp_path / "rag")
@@ -222,6 +228,7 @@ def test_init_from_an_hf_rag_checkpoint_is_the_model_it_holds(evaluated, tmp_pat
   assert read(tmp_path / "eval")[0] == read(workdir)[0]
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_nonzero(tmp_path):
   cases = {"--split=train2": "unknown split 'train2'",
            f"--init={tmp_path / 'nothing'}": "no such checkpoint"}

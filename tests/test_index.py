@@ -182,6 +182,7 @@ def _cli(*args):
                         capture_output=True, text=True, timeout=600, check=False)
 
 
+@pytest.mark.slow
 def test_cli_build_search_inspect(tmp_path, tiny_encoder_dir, capsys):
   assets.fetch("all-MiniLM-L6-v2")  # the CLI finds it in the cache
   tsv = tmp_path / "psgs.tsv"
@@ -477,6 +478,7 @@ def test_hot_swap_answers_follow_the_new_index(tmp_path):
   assert answer["index"].endswith("new") and answer["hits"][0]["title"] == "Lunar base"
 
 
+@pytest.mark.slow
 def test_data_parallel_and_multi_process_embedding_match_one_device(tmp_path, tiny_encoder_dir):
   store = _store(tmp_path, n=25)
   encoder = TextEncoder.from_pretrained(tiny_encoder_dir, batch_size=8)

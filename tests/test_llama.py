@@ -78,6 +78,7 @@ def test_logits_match_hf(tmp_path, rng, overrides):
   assert max_abs(np.asarray(logits)[valid], ref[valid]) < 1e-4
 
 
+@pytest.mark.slow
 def test_bfloat16_close_to_float32(tmp_path, rng):
   _save(tmp_path)
   ids, mask = _batch(rng)
@@ -373,6 +374,7 @@ def _greedy(module, params, ids, mask, new_tokens, step):
   return np.stack(out, axis=1), prompt_logits
 
 
+@pytest.mark.slow
 def test_smollm2_greedy_matches_transformers(smollm2_dir):
   gguf_path = pathlib.Path(smollm2_dir) / "SmolLM2-135M-Instruct.Q4_1.gguf"
   module, params, tokenizer = weights.load_llama(smollm2_dir)

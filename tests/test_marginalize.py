@@ -34,6 +34,7 @@ def _np_probs(logits, targets, doc_scores):
 
 
 @pytest.mark.parametrize("missing", [False, True])
+@pytest.mark.slow
 def test_kernels_against_numpy(rng, missing):
   logits, targets, doc_scores, mask = _setup(rng, missing)
   p, p_target, p_doc = _np_probs(logits, targets, doc_scores)

@@ -50,6 +50,7 @@ def test_minilm_matches_sentence_transformers(minilm_dir):
   assert np.argmax(sims) == 0 and sims[0] > 0.5
 
 
+@pytest.mark.slow
 def test_micro_batches_give_the_same_vectors(minilm_dir):
   texts = [f"{s} ({i})" for i in range(5) for s in SENTENCES]  # several batches of 16
   encoder = TextEncoder.from_pretrained(minilm_dir, batch_size=16)

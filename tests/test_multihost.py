@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import subprocess_env
 
@@ -80,6 +81,7 @@ def _retrieve_and_train(workdir, steps, devices=None, processes=None, log_dir=No
   return json.loads(line[len("RETRIEVED "):])
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_and_their_checkpoint_restores_in_one(tmp_path):
   one, two = tmp_path / "one", tmp_path / "two"
   retrieved_one = _retrieve_and_train(one, 6, devices=8)

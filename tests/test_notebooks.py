@@ -64,6 +64,7 @@ def test_stored_without_outputs():
     assert "google.colab" in nb.cells[0].source and "REPO_URL" in nb.cells[0].source
 
 
+@pytest.mark.slow
 def test_quickstart_answers_from_the_embedded_wikipedia(kernel_env):
   nb = run("quickstart.ipynb", kernel_env)
   out = printed(nb)
@@ -74,6 +75,7 @@ def test_quickstart_answers_from_the_embedded_wikipedia(kernel_env):
   assert len(pngs(nb)) == 1  # the heatmap, inline
 
 
+@pytest.mark.slow
 def test_finetune_loss_falls(kernel_env, tmp_path):
   nb = run("finetune.ipynb", {**kernel_env, "RAG_JAX_NB_WORKDIR": str(tmp_path)})
   lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -84,6 +86,7 @@ def test_finetune_loss_falls(kernel_env, tmp_path):
   assert len(pngs(nb)) == 1  # the loss curve
 
 
+@pytest.mark.slow
 def test_hot_swap_answer_follows_the_new_index(kernel_env):
   nb = run("hot_swap.ipynb", kernel_env)
   before, after = answers(nb)

@@ -127,6 +127,7 @@ def test_marginalized_logits_match_hf_do_marginalize(tmp_path, rng):
 
 
 @pytest.mark.parametrize("kind", ["token", "sequence"])
+@pytest.mark.slow
 def test_gradients_match_torch_autograd(tmp_path, rng, kind):
   n_docs = 3
   hf = _save_rag(tmp_path, kind, n_docs, seed=3)
@@ -185,6 +186,7 @@ def test_gradients_match_torch_autograd(tmp_path, rng, kind):
     assert max_abs(g, flat_ref[path]) < 1e-4 * scale, path
 
 
+@pytest.mark.slow
 def test_missing_documents_stay_finite(tmp_path, rng):
   _save_rag(tmp_path, "token", 3, seed=4)
   model = RagModel.from_pretrained(tmp_path)

@@ -191,6 +191,7 @@ def _labels(model, rng, lengths=(6, 4)):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_loss_matches_brute_force(rng, kind):
   model = _model(kind)
   ctx, mask, doc_scores = _contexts(kind, rng)
@@ -230,6 +231,7 @@ def test_rag_token_greedy_matches_brute_force(rng, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_rag_token_beam_matches_brute_force(rng, kind):
   model = _model(kind, seed=3)
   ctx, mask, doc_scores = _contexts(kind, rng)
@@ -278,6 +280,7 @@ def _thorough_reference(model, ctx, mask, doc_scores, num_beams, num_return):
 
 
 @pytest.mark.parametrize("kind, padded", [("bart", True), ("llama", True), ("llama", False)])
+@pytest.mark.slow
 def test_rag_sequence_thorough_matches_brute_force(rng, kind, padded):
   """Padded contexts too: the per-document beam search reads them under their mask (where HF's
   BART reads the padding; test_decoding.py has HF's unpadded case)."""
@@ -322,6 +325,7 @@ def test_rag_sequence_fast_matches_brute_force(rng, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_doc_posteriors_match_brute_force(rng, kind):
   model = _model(kind, seed=7)
   ctx, mask, doc_scores = _contexts(kind, rng)
@@ -360,6 +364,7 @@ class _CopiedContexts:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_beams_sharing_their_contexts_equal_beams_with_copies(rng, kind):
   """One copy of each document's encoder keys/values (BART) or prompt KV cache (Llama),
   shared by its beams, gives the beams of a copy per beam."""

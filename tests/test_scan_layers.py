@@ -58,6 +58,7 @@ def _assert_trees_close(a, b, tol=TOL):
 # remat "full" on one config of each model: the checkpointed scan body computes the same.
 @pytest.mark.parametrize("pooling,remat", [
     ("cls-projection", "none"), ("pooler", "none"), ("mean-normalize", "full")])
+@pytest.mark.slow
 def test_bert_scanned_matches_unscanned(rng, pooling, remat):
   config = BertConfig(**BERT_TINY, **BERT_POOLINGS[pooling])
   module, scanned = _pair(BertEncoder, config, remat)
@@ -81,6 +82,7 @@ def test_bert_scanned_matches_unscanned(rng, pooling, remat):
 
 @pytest.mark.parametrize("tie,remat", [(True, "none"), (False, "full")],
                          ids=["tied", "untied-remat"])
+@pytest.mark.slow
 def test_bart_scanned_matches_unscanned(rng, tie, remat):
   config = BartConfig(**BART_TINY, tie_word_embeddings=tie)
   module, scanned = _pair(Bart, config, remat)

@@ -234,6 +234,7 @@ def eight():
   return out
 
 
+@pytest.mark.slow
 def test_make_mesh_on_eight_devices(eight):
   assert eight["mesh_shapes"] == {"2x4": [2, 4, 1], "2x2x2": [2, 2, 2]}
   assert eight["default_mesh"] == [8, 1, 1]
@@ -242,6 +243,7 @@ def test_make_mesh_on_eight_devices(eight):
 @pytest.mark.parametrize("model", ["bert", "bart"])
 @pytest.mark.parametrize("mesh", ["2x4", "2x2x2"])
 @pytest.mark.parametrize("fsdp", [False, True])
+@pytest.mark.slow
 def test_sharded_params_give_the_one_device_outputs(eight, model, mesh, fsdp):
   got = eight["models"][f"{model}/{mesh}/{fsdp}"]
   assert got["same_structure"]
@@ -261,6 +263,7 @@ def test_sharded_params_give_the_one_device_outputs(eight, model, mesh, fsdp):
       assert shard == (size // sizes[want] if want else size), (path, dim, p)
 
 
+@pytest.mark.slow
 def test_fsdp_splits_every_big_kernel(eight):
   params = eight["models"]["bert/2x4/True"]["params"]
   kernels = {k: p for k, p in params.items() if re.search(r"'(kernel|embedding)'", k)}
@@ -271,6 +274,7 @@ def test_fsdp_splits_every_big_kernel(eight):
   assert any("word_embeddings" in k for k in kernels) and any("projection" in k for k in kernels)
 
 
+@pytest.mark.slow
 def test_index_over_all_mesh_axes_equals_one_device(eight):
   result = eight["search"]
   one_scores, one_ids = (np.array(a) for a in result["one"])
@@ -286,6 +290,7 @@ def test_index_over_all_mesh_axes_equals_one_device(eight):
   assert result["rebuilt_shards"] == 8  # params() -> JSON -> the same split
 
 
+@pytest.mark.slow
 def test_encoder_data_parallel_over_a_mesh(eight):
   got = eight["encoder"]
   assert got["default"]["mesh"] == [8, 1, 1] and got["2x4"]["mesh"] == [2, 4, 1]

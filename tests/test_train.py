@@ -38,6 +38,7 @@ def _config(**overrides):
   return task_config("fever", **{**SHORT, **overrides})
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_and_moves_only_the_query_encoder_and_generator(tmp_path):
   workdir = tmp_path / "run"
   out = loop.train_and_evaluate(_config(num_train_steps=24, log_every_steps=6,
@@ -65,6 +66,29 @@ def test_tiny_run_learns_and_moves_only_the_query_encoder_and_generator(tmp_path
   assert index.manifest["files"]  # checksums verified by load_index: nothing rewrote them
 
 
+@pytest.mark.slow
+def test_batch_shapes_are_those_of_tokenize_examples_rows(tmp_path):
+  """rag_jax.compile lowers the step from `input_pipeline.batch_shapes`: the shapes and dtypes
+  of a batch gathered from `tokenize_examples`' arrays."""
+  from rag_jax.data import Example  # pylint: disable=import-outside-toplevel
+  from rag_jax.train import input_pipeline  # pylint: disable=import-outside-toplevel
+  from rag_jax.weights import tiny  # pylint: disable=import-outside-toplevel
+  directory = tiny.write(tmp_path / "m", "alpha beta gamma king queen".split())
+  model = RagModel.from_parts(directory / "question_encoder", directory / "generator",
+                              max_combined_length=12)
+  fmt = model.context_format()
+  examples = [Example(str(i), q, ("king",)) for i, q in enumerate(["alpha", "beta gamma", "q"])]
+  arrays = input_pipeline.tokenize_examples(
+      examples, question_tokenizer=model.question_tokenizer,
+      generator_tokenizer=model.generator_tokenizer, rag_config=model.config, fmt=fmt,
+      target_format=input_pipeline.TargetFormat.of(model.generator_tokenizer, model.rag.gen),
+      max_question_length=8, max_target_length=5, target=lambda e: e.targets[0])
+  batch = input_pipeline.gather(arrays, np.array([0, 2]))
+  want = input_pipeline.batch_shapes(2, fmt, max_question_length=8, max_target_length=5)
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
+      k: (shape, np.dtype(dtype)) for k, (shape, dtype) in want.items()}
+
+
 def test_device_and_host_retrieval_give_the_same_losses(tmp_path):
   device = loop.train_and_evaluate(_config(**{"retrieval.mode": "device"}), tmp_path / "d")
   host = loop.train_and_evaluate(_config(**{"retrieval.mode": "host"}), tmp_path / "h")
@@ -87,6 +111,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, overrides, message):
   assert len(str(e.value).strip().splitlines()) == 1 and message in errors.first_line(e.value)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
   # A learning rate of 1e30 blows the params up within a few steps.
   with pytest.raises(loop.TrainingError) as e:
@@ -106,6 +131,7 @@ def _unpad(ids, mask):
   return [list(np.asarray(r)[np.asarray(m) == 1]) for r, m in zip(ids, mask)]
 
 
+@pytest.mark.slow
 def test_contexts_are_hf_tokenization_of_the_whole_string(tmp_path):
   """The one path from passages to contexts (tokenized parts joined: RagModel.contextualize,
   as the step and evaluation join them) gives the tokens of HF's RagRetriever, which
@@ -134,6 +160,7 @@ def test_contexts_are_hf_tokenization_of_the_whole_string(tmp_path):
   np.testing.assert_array_equal(ids, want["input_ids"])
 
 
+@pytest.mark.slow
 def test_scanned_layers_train_and_decode(tmp_path):
   out = loop.train_and_evaluate(_config(**{"model.scan_layers": True, "model.remat": "dots"}),
                                 tmp_path / "scan")
@@ -149,6 +176,7 @@ def test_scanned_layers_train_and_decode(tmp_path):
 # A decoder-only generator (a tiny Llama with a chat template, tokenized as SmolLM2 is).
 
 
+@pytest.mark.slow
 def test_decoder_only_contexts_and_labels_are_the_prompts_and_answers(tmp_path):
   """The step's joined contexts (tokenize_examples' question tokens joined with the passages')
   are the tokens of each whole chat prompt, RAG and closed book, and so are
@@ -205,6 +233,7 @@ def test_decoder_only_contexts_and_labels_are_the_prompts_and_answers(tmp_path):
   assert _unpad(ids, mask) == _unpad(*model.contextualize([e.source for e in examples], None))
 
 
+@pytest.mark.slow
 def test_smollm2_contexts_joined_in_the_step_are_its_tokens_of_each_whole_prompt(tmp_path):
   """BPE boundaries: SmolLM2's own tokenizer, its chat template and the `:wiki` separators;
   real articles (unicode, digits, brackets), one long enough to be truncated."""
@@ -233,6 +262,7 @@ def test_smollm2_contexts_joined_in_the_step_are_its_tokens_of_each_whole_prompt
   assert _unpad(ids, mask) == _unpad(*want)
 
 
+@pytest.mark.slow
 def test_tiny_llama_learns_training_only_its_top_layer_and_closed_book_no_retriever(tmp_path):
   llama = {"model.tiny_generator": "llama", "model.train_generator_layers": 1,
            "num_train_steps": 24, "log_every_steps": 6, "checkpoint_every_steps": 24,

@@ -59,6 +59,7 @@ for workdir, overrides in json.loads(sys.argv[2]).items():
 """
 
 
+@pytest.mark.slow
 def test_one_device_equals_eight_data_parallel_and_fsdp(tmp_path):
   """One device (this process) against eight (one process, data parallel then FSDP): the
   losses. (Decoding on eight devices, and on two processes, is test_multihost's.)"""
@@ -76,6 +77,7 @@ def test_one_device_equals_eight_data_parallel_and_fsdp(tmp_path):
     np.testing.assert_allclose(losses[name], losses["one"], rtol=1e-5, err_msg=name)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_uninterrupted_end_and_sigterm_saves(tmp_path):
   loop.train_and_evaluate(_config(), tmp_path / "whole")  # the uninterrupted run, in-process
   # SIGKILL once the step-3 checkpoint is complete, then run the same command again.
@@ -118,6 +120,7 @@ def test_killed_run_resumes_to_the_uninterrupted_end_and_sigterm_saves(tmp_path)
     (["--config.nope=1"], "nope"),
     (["--config.retrieval.mode=gpu"], "retrieval.mode='gpu'"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
   proc = subprocess.run([sys.executable, "-m", "rag_jax.train", "--config", CONFIG,
                          "--workdir", str(tmp_path / "w"), *args], env=subprocess_env(1),

@@ -234,6 +234,7 @@ def test_the_cache_directory_is_named_by_what_the_files_depend_on(root, tmp_path
   assert cache.resolve("/data/nq") == "/data/nq"
 
 
+@pytest.mark.slow
 def test_two_builds_are_the_same_bytes(root, tmp_path):
   """The second build is the command line's, in a process with another hash seed: an order
   taken from a set or dict of strings would differ between the two."""
