@@ -4,6 +4,11 @@ of subprocesses that need several (fake CPU) devices; the suite's JAX settings."
 import importlib.util
 import os
 import pathlib
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import pytest
+import torch  # none of these imports jax: the settings below come first for it
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Every process of the suite (xdist's workers and the subprocesses the tests start, which
@@ -19,13 +24,17 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # XLA:CPU's LLVM passes at -O0: compiling the suite's many small programs is most of its
 # time, and unoptimised code runs them about as fast (the few tests on real weights run a
 # little slower). No fast-math at either level; every comparison of the suite holds at both.
-os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""),
-                                                 "--xla_backend_optimization_level=0"]))
-from typing import Callable, Dict, Optional, Sequence, Tuple
+_UNOPTIMISED = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), _UNOPTIMISED]))
 
-import numpy as np
-import pytest
-import torch
+
+def optimised_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+  """`env` (default: this process's) with XLA's default optimisation back, for the
+  processes that run real weights (SmolLM2, MiniLM over many passages), where unoptimised
+  code costs more time than its compiles save."""
+  env = dict(os.environ if env is None else env)
+  env["XLA_FLAGS"] = " ".join(env.get("XLA_FLAGS", "").replace(_UNOPTIMISED, "").split())
+  return env
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
@@ -149,11 +158,19 @@ def pytest_configure(config):
   config.option.strict_markers = True
 
 
+# The longest files, longest first, as the last full run measured them (benchmarks/RESULTS.md,
+# the suite's durations): started first, they leave no worker alone at the end.
+LONGEST_FIRST = ("test_train.py", "test_train_processes.py", "test_notebooks.py",
+                 "test_answering.py", "test_rag_generators.py", "test_multihost.py",
+                 "test_scan_layers.py", "test_rag.py", "test_llama.py", "test_demo.py")
+
+
 def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
-  """The files with the most `slow` tests first (a stable sort, the same on every xdist
-  worker): `--dist loadfile` hands out whole files in this order, and the longest ones started
-  last would leave one worker running alone at the end."""
+  """LONGEST_FIRST's files first, then the files with the most `slow` tests (a stable sort, the
+  same on every xdist worker): `--dist loadfile` hands out whole files in this order."""
   slow = {}
   for item in items:
     slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
-  items.sort(key=lambda item: -slow[item.path])
+  rank = lambda path: (LONGEST_FIRST.index(path.name) if path.name in LONGEST_FIRST
+                       else len(LONGEST_FIRST))
+  items.sort(key=lambda item: (rank(item.path), -slow[item.path]))

@@ -6,6 +6,7 @@ import pathlib
 import sys
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import ann  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -20,6 +21,7 @@ def _run(monkeypatch, capsys, *flags):
   return capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_ann_benchmark_json(monkeypatch, capsys):
   lines = [json.loads(line) for line in _run(monkeypatch, capsys, "--json").splitlines()]
   rows = [r for r in lines if "backend" in r and "qps" in r]
@@ -38,6 +40,7 @@ def test_ann_benchmark_json(monkeypatch, capsys):
   assert all(s["leaves_to_search"] >= 1 for s in splits["per_split"])
 
 
+@pytest.mark.slow
 def test_ann_benchmark_table(monkeypatch, capsys):
   out = _run(monkeypatch, capsys)
   assert "tiny: fastest setting with recall@10 >= 0.95" in out

@@ -3,8 +3,6 @@ unpadded inputs (batching and prompt padding change nothing), the temperature sw
 the RAG loss, and the default job end to end on real weights (SmolLM2 over MiniLM's passages)."""
 
 import json
-import os
-import pathlib
 import subprocess
 import sys
 
@@ -14,7 +12,7 @@ import numpy as np
 import pytest
 import transformers
 
-from conftest import randomize_
+from conftest import optimised_env, randomize_
 from rag_jax import assets
 from rag_jax.ask import answering
 from rag_jax.configs import wiki as wiki_config
@@ -145,7 +143,7 @@ def test_the_default_job_answers_from_its_passages(tmp_path):
               if a["title"] in ("War and Peace", "Jupiter", "Mona Lisa", "Brazil", "Cologne")]
   corpus = tmp_path / "articles.jsonl"
   corpus.write_text("".join(json.dumps(a) + "\n" for a in articles))
-  env = dict(os.environ, RAG_JAX_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(optimised_env(), RAG_JAX_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="3")
   # The assets come from the real cache (a fresh one would fetch them again).
   minilm, smollm2 = assets.fetch("all-MiniLM-L6-v2"), assets.fetch("smollm2-135m-instruct")
   proc = subprocess.run(

@@ -87,6 +87,7 @@ def test_ask_and_index_build_find_the_same_passages(wiki40, capsys):
   assert [h["id"] for h in again[0]["hits"]] == [h["id"] for h in results[0]["hits"]]
 
 
+@pytest.mark.slow
 def test_a_long_question_is_truncated_with_a_note(wiki40):
   config = _config(wiki40, questions=["Tell me about rivers. " * 2500, "What is 1?"])
   logs = []
@@ -117,6 +118,7 @@ def test_k_above_the_corpus_is_refused_before_embedding(tmp_path, minilm, monkey
   assert not (tmp_path / "indexes").exists()
 
 
+@pytest.mark.slow
 def test_retrieve_from_a_saved_index(tmp_path):
   """The same questions over a saved index of the same articles: the same top hit."""
   config = wiki_config.get_config("small")

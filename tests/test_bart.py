@@ -64,6 +64,7 @@ def test_shift_tokens_right_matches_hf():
   np.testing.assert_array_equal(shift_tokens_right(labels, 1, 2), ref.numpy())
 
 
+@pytest.mark.slow
 def test_encoder_matches_hf_and_bartmodel_layout(tmp_path, rng):
   hf = randomize_(transformers.BartModel(transformers.BartConfig(**TINY)), seed=4)
   hf.save_pretrained(tmp_path)
@@ -96,6 +97,7 @@ def _incremental(module, params, src, src_mask, dec_in, chunks, max_length):
 
 
 @pytest.mark.parametrize("chunks", [[1] * 8, [3, 1, 4]], ids=["one-by-one", "prefill"])
+@pytest.mark.slow
 def test_cached_decoding_equals_teacher_forcing(tmp_path, rng, chunks):
   _save(tmp_path, seed=5)
   module, params = weights.load_bart(tmp_path)

@@ -56,6 +56,7 @@ def test_ask_bad_input(args, status, message):
   assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_an_unknown_config_field_is_named_by_every_entry_point():
   """The same flag parsing (cli.run) for rag_jax.train, with a nested config."""
   code, errors, stderr = _run("--config", "experiments/fever.py:tiny", "--workdir", "/nonexistent",

@@ -48,6 +48,7 @@ def test_train_part_runs_every_batch_and_learns():
 
 
 @pytest.mark.parametrize("gpu_layout", [False, True])
+@pytest.mark.slow
 def test_search_part_agrees_with_a_full_top_k(monkeypatch, gpu_layout):
   from rag_jax.index import ondevice  # pylint: disable=import-outside-toplevel
   monkeypatch.setattr(ondevice, "GPU_LAYOUT", gpu_layout)
@@ -59,6 +60,7 @@ def test_search_part_agrees_with_a_full_top_k(monkeypatch, gpu_layout):
   assert all(r["same_ids_as_full_top_k"] and r["max_score_diff"] == 0.0 for r in checked)
 
 
+@pytest.mark.slow
 def test_main_writes_its_lines_to_out(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(sys, "argv", ["device.py", "--quick", "--parts", "ceilings",
                                     "--prng", "rbg", "--out", str(tmp_path)])

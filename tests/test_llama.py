@@ -92,6 +92,7 @@ def test_bfloat16_close_to_float32(tmp_path, rng):
 
 
 @pytest.mark.parametrize("overrides", [{}, {"num_key_value_heads": 1}], ids=["gqa", "mqa"])
+@pytest.mark.slow
 def test_cached_decoding_equals_teacher_forcing(tmp_path, rng, overrides):
   """A padded prompt prefilled, then one token per step == one pass over the whole sequence."""
   _save(tmp_path, **overrides)
@@ -120,6 +121,7 @@ def test_cached_decoding_equals_teacher_forcing(tmp_path, rng, overrides):
 
 
 @pytest.mark.parametrize("copies, group", [(1, 1), (3, 2)])
+@pytest.mark.slow
 def test_prefill_shared_by_copies_equals_teacher_forcing(tmp_path, rng, copies, group):
   """Prompts prefilled once for C continuations each (LlamaCache.prefix, shared, not copied),
   then new tokens, several and one at a time == teacher forcing of a copy of each prompt."""

@@ -74,6 +74,7 @@ def test_one_document_is_plain_likelihood(rng):
     np.testing.assert_allclose(fn(lp, doc_scores[:, :1], mask), plain, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_gradients_finite_with_missing_and_empty_rows(rng):
   logits, targets, doc_scores, mask = _setup(rng, missing=True)
   doc_scores[1, :] = -np.inf  # a padding row: no documents

@@ -35,6 +35,7 @@ def test_fetch_is_cached_and_complete(minilm_dir, monkeypatch):
     assert (minilm_dir / name).is_file()
 
 
+@pytest.mark.slow
 def test_minilm_matches_sentence_transformers(minilm_dir):
   ref = sentence_transformers.SentenceTransformer(str(minilm_dir), device="cpu").encode(
       SENTENCES, batch_size=4)

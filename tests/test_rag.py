@@ -112,6 +112,7 @@ def test_sequence_counts_the_document_prior_where_hf_drops_it(tmp_path, rng):
   assert np.all(np.abs(hf_loss[1:] - ours[1:]) > 1e-2)
 
 
+@pytest.mark.slow
 def test_marginalized_logits_match_hf_do_marginalize(tmp_path, rng):
   hf = _save_rag(tmp_path, "token", 4, seed=2)
   model = RagModel.from_pretrained(tmp_path)
@@ -210,6 +211,7 @@ def test_missing_documents_stay_finite(tmp_path, rng):
   np.testing.assert_allclose(single, seq, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_soft_retrieval_gradient_reaches_doc_scores(tmp_path, rng):
   _save_rag(tmp_path, "token", 3, seed=5)
   model = RagModel.from_pretrained(tmp_path)

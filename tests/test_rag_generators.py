@@ -218,6 +218,7 @@ def test_soft_retrieval_needs_an_encoder(rng):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_rag_token_greedy_matches_brute_force(rng, kind):
   model = _model(kind, seed=2)
   ctx, mask, doc_scores = _contexts(kind, rng)
@@ -243,6 +244,7 @@ def test_rag_token_beam_matches_brute_force(rng, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.slow
 def test_per_document_beams_match_brute_force(rng, kind):
   """RAG-Sequence's beam search under each document, with the contexts' mask."""
   model = _model(kind, seed=4)

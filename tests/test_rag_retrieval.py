@@ -6,6 +6,7 @@ import json
 import jax
 import numpy as np
 import transformers
+import pytest
 
 from conftest import randomize_
 from rag_jax.index import saved
@@ -36,6 +37,7 @@ def _retrieve(model, retriever, questions, k=2):
           "hits": [r["hits"] for r in results], "index": results[0]["index"]}
 
 
+@pytest.mark.slow
 def test_rag_model_retrieves_scores_and_follows_a_swapped_index(tmp_path):
   q_config = transformers.DPRConfig(vocab_size=25, hidden_size=16, num_hidden_layers=2,
                                     num_attention_heads=2, intermediate_size=32,

@@ -53,6 +53,7 @@ def _report(tmp_path_factory):
     return scale.run(args, work), work
 
 
+@pytest.mark.slow
 def test_exact_is_brute_force_and_scann_recall_is_against_it(report):
   report, work = report
   for num, dim in ((2000, 48), (6000, 48), (2000, 768)):

@@ -185,6 +185,7 @@ def test_scanned_dropout_runs_and_differs_per_layer(rng):
   np.testing.assert_array_equal(train(0), train(0))
 
 
+@pytest.mark.slow
 def test_bart_cached_decoding_needs_unscanned(rng):
   module = Bart(BartConfig(**BART_TINY), scan_layers=True)
   src, src_mask, dec_in = _bart_inputs(rng)
@@ -215,6 +216,7 @@ def _program_size(module, batch: int = 2, length: int = 16) -> int:
   return len(jax.jit(jax.value_and_grad(loss)).lower(abstract, ids).as_text())
 
 
+@pytest.mark.slow
 def test_scanned_program_does_not_grow_with_depth():
   config = lambda n: BertConfig(**{**BERT_TINY, "num_hidden_layers": n})
   unrolled = _program_size(BertEncoder(config(12)))

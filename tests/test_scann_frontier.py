@@ -48,6 +48,7 @@ def _run(monkeypatch, capsys, *flags):
   return capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_scann_frontier_json(monkeypatch, capsys):
   lines = [json.loads(line)
            for line in _run(monkeypatch, capsys, "--target", "0.9", "--json").splitlines()]

@@ -89,6 +89,7 @@ def test_batch_shapes_are_those_of_tokenize_examples_rows(tmp_path):
       k: (shape, np.dtype(dtype)) for k, (shape, dtype) in want.items()}
 
 
+@pytest.mark.slow
 def test_device_and_host_retrieval_give_the_same_losses(tmp_path):
   device = loop.train_and_evaluate(_config(**{"retrieval.mode": "device"}), tmp_path / "d")
   host = loop.train_and_evaluate(_config(**{"retrieval.mode": "host"}), tmp_path / "h")

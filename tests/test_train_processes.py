@@ -129,6 +129,7 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
   assert proc.returncode != 0 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_unwritable_workdir_is_one_line(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("")

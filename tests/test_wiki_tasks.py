@@ -58,6 +58,7 @@ def _titles(root, split):
   return titles | {e.source for e in _jeopardy(root, split)}
 
 
+@pytest.mark.slow
 def test_every_file_reads_with_its_kind(root):
   passages = _passages(root / "passages.tsv")
   assert len(passages) > 9000
@@ -97,6 +98,7 @@ def test_qa_answers_are_in_the_gold_passages_and_not_in_the_questions(root):
       assert e.source.endswith("?")
 
 
+@pytest.mark.slow
 def test_fever_claims_say_what_their_labels_say(root, texts):
   passage_text = " ".join(p["text"] for p in _passages(root / "passages.tsv").values())
   kept = {p["title"] for p in _passages(root / "passages.tsv").values()}
