@@ -13,7 +13,7 @@ from rag_jax.weights import gguf_file
 from rag_jax.weights import state as state_lib
 from rag_jax.weights.errors import WeightsError
 from rag_jax.weights.hub import read_json, resolve
-from rag_jax.weights.tokenizer import load_tokenizer
+from rag_jax.weights.tokenizer import load_tokenizer_if_present
 
 
 def llama_names(path: Tuple[str, ...]) -> Tuple[str, ...]:
@@ -79,6 +79,4 @@ def load_llama(path_or_name, *, dtype=jnp.float32
                                         source=source)
   if gguf_path is not None:
     return module, params, state.tokenizer()
-  has_tokenizer = any((directory / n).is_file() for n in (
-      "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json"))
-  return module, params, load_tokenizer(directory) if has_tokenizer else None
+  return module, params, load_tokenizer_if_present(directory)

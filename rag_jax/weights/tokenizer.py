@@ -7,7 +7,8 @@ from rag_jax.weights.errors import WeightsError
 from rag_jax.weights.hub import resolve
 
 # The files whose presence says a directory has a tokenizer of its own.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.txt",
+                   "vocab.json")
 
 
 def load_tokenizer(path_or_name):
