@@ -12,7 +12,7 @@ median of --repeats calls.
 
   hf_greedy         transformers LlamaForCausalLM.generate, greedy, the 16 prompts left-padded
                     in one batch;
-  rag_jax_greedy    RagModel.generate over the same padded prompts, one document each with
+  rag_jax_greedy    RagModel.generate over the same prompts (right-padded), one document each with
                     score 0 (RAG-Token over one document is the generator's own greedy search);
   rag_jax_rag_token RagModel.generate(kind="token"), 16 questions x 5 passages, greedy.
 
@@ -62,8 +62,8 @@ def _measure(name: str, questions: int, repeats: int) -> dict:
     hf = transformers.LlamaForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
     # Our prompts end where the answer's first token, a newline, is fed: HF gets it as the
-    # last prompt token instead, after prompts moved to the right (HF's generate pads on the
-    # left; ours are padded on the right).
+    # last prompt token instead. Ours are right-padded; HF's generate takes them left-padded,
+    # so each row is rolled to the right.
     shift = ids.shape[1] - mask.sum(axis=1)
     ids = np.stack([np.roll(row, s) for row, s in zip(ids, shift)])
     mask = np.stack([np.roll(row, s) for row, s in zip(mask, shift)])

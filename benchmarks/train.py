@@ -7,11 +7,12 @@
 Both sides run `experiments/fever.py:tiny`'s data and index with random dpr-base and
 bart-base weights (`rag_jax.weights.tiny` writes them; speed does not depend on their values):
 
-- step: the `Run`'s own jitted step (the library's `train_step`) called back to back on one
-  batch already gathered, retrieved and placed: nothing but the step; timed before and after
-  the loop (steps/2 each), the mean kept, so that a drift of the machine's speed hits both;
-- loop: `loop.train_and_evaluate` on the same `Run` (the same compiled step) for `steps`
-  more: grain's batches, the per-step gather and placement, retrieval (in the step for
+- step: the run's jitted step (`step.make_steps(...).train`, the library's `train_step`)
+  called back to back on one batch already gathered, retrieved and placed: nothing but the
+  step; timed before and after the loop (steps/2 each), the mean kept, so that a drift of
+  the machine's speed hits both;
+- loop: `loop.train_and_evaluate` on the same `Run` and `Steps` (the same compiled step) for
+  `steps` more: grain's batches, the per-step gather and placement, retrieval (in the step for
   `device`, on the host for `host`), the loss checks, metrics.jsonl, TensorBoard, the
   progress bar, with its evals off. Its time per step is the wall clock between its first and
   last log lines after `warmup` steps;

@@ -136,7 +136,7 @@ def job_config(argv, config_holder, workdir_holder, example: str, example_workdi
 
 def use_cpu_cores() -> None:
   """One XLA CPU device per core, so that data-parallel work (`TextEncoder.data_parallel`)
-  runs a shard on each: MiniLM encodes faster so than with one device driving every core
+  runs a shard on each: MiniLM encodes faster than with one device driving every core
   (computations on one device still use every core; benchmarks/RESULTS.md).
 
   For entry points, before JAX's first operation; afterwards it changes nothing. A count the

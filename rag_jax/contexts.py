@@ -8,7 +8,8 @@ tokenizes `prefix + title / text // question` whole (the docstring of `ContextFo
 the two are the same tokens).
 
 Shapes: B = questions, Z = docs per question, P = a passage's tokens (`content_length`),
-Q = the question's tokens, L = context length, M = passages.
+Q = the question's tokens, C = content tokens (`ContextFormat.content_length`), L = context
+length, M = passages.
 """
 
 import dataclasses
@@ -177,7 +178,7 @@ def passage_part(title: str, text: str, config: rag_lib.RagConfig,
 def question_part(question: str, config: rag_lib.RagConfig,
                   fmt: ContextFormat) -> str:
   if not fmt.keep_question:
-    return " " + question
+    return (" " + question).replace("  ", " ")  # as format_context's whole string
   return (config.doc_sep + question).replace("  ", " ")
 
 
@@ -191,7 +192,7 @@ def tokenize_passages(passages, tokenizer, config: rag_lib.RagConfig,
   Returns:
     tokens [M, P] int32 and lengths [M] int32.
   """
-  parts = []
+  parts = [(np.zeros((0, fmt.content_length), np.int32), np.zeros((0,), np.int32))]
   for start in range(0, len(passages), chunk):
     rows = [passages[i] for i in range(start, min(start + chunk, len(passages)))]
     texts = [passage_part(p["title"], p["text"], config, fmt) for p in rows]

@@ -281,7 +281,8 @@ class RagModel:
     HF's RagRetriever tokenizing `title / text // question` whole (for a decoder-only
     generator, through `prompt_format`, the prompt): BART's truncated to max_combined_length,
     the question cut first, as HF; a prompt over max_combined_length loses the end of its
-    passage text, never the question.
+    passage text, never the question (only a question that alone is too long loses its
+    end).
 
     Args:
       questions: B question strings.

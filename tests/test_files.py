@@ -1,4 +1,4 @@
-"""rag_jax.index.files: atomic writes leave the old file or the whole new one."""
+"""rag_jax.files: atomic writes leave the old file or the whole new one."""
 
 import json
 import os

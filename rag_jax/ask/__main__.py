@@ -14,10 +14,11 @@ rag_jax.index build`), or one built from the config's corpus on first use and ca
 Bad questions are refused in one line: none, an empty or a blank one (exit 2), k above the
 number of passages (exit 1). A question longer than the encoder's max_length is truncated to
 it, with a note on stderr; a prompt longer than `max_prompt_length` loses the end of its
-passage (and a question that alone is longer, its start). `--dev FILE` scores retrieval and
-answers on questions whose answer is known, and `--temperatures` adds the sweep that chose
-the doc prior's temperature. The work is in `retrieval`, `questions` and `answering`
-beside this module, importable and tested; `main` only parses flags and prints.
+passage (and a question that alone is longer, its end; the chat prompt around it stays).
+`--dev FILE` scores retrieval and answers on questions whose answer is known, and
+`--temperatures` adds the sweep that chose the doc prior's temperature. The work is in
+`retrieval`, `questions` and `answering` beside this module, importable and tested; `main`
+only parses flags and prints.
 """
 
 import json

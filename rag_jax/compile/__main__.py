@@ -4,8 +4,8 @@
         --mesh data=8,model=2 --config.retrieval.dtype=bfloat16
     python -m rag_jax.compile --config experiments/fever.py --topology gpu:8xH100 --json
 
-Compiles `train_step.train_step` exactly as `rag_jax.train` runs it (the config's model,
-optimizer, k, lengths and batch size; `device` retrieval over an index of `--passages` rows
+Compiles `rag_jax.train.step.train_step` (through `step.make_steps`) exactly as
+`rag_jax.train` runs it (the config's model, optimizer, k, lengths and batch size; `device` retrieval over an index of `--passages` rows
 on the mesh, with its pre-tokenized passages) for the target's devices, from shapes alone:
 no weights, no data, no accelerator. It reports the compiled program's memory per device
 (`compiled.memory_analysis()`), the device's memory and whether the step fits, and exits 0

@@ -2,7 +2,8 @@
 with the current query encoder (or BM25), decode with the task's test-time settings
 (`setup.decode_settings`), score with `rag_jax.evaluate.metrics`, and watch the retriever.
 
-    evaluator = Evaluator(predict_fn, split, config, passages, settings=..., split="dev")
+    evaluator = Evaluator(predict_fn, examples, arrays, config, passages, settings=...,
+                          split="dev")
     scores = evaluator.run(params, out_dir)   # {"exact_match": ..., "entropy": ..., ...}
 
 A predict function decodes batches of the split's token arrays with the given params:
@@ -56,7 +57,7 @@ class Evaluator:
     config: the task config: `metrics`, `eval_batch_size`, `retrieval.mode`, `task`, `paper`.
     passages: the index's passages, by row.
     settings: how the predictions decode (`setup.decode_settings`), for the report.
-    split: "dev" or "test"; data_split: the data's name for it.
+    split: "dev" or "test"; data_split: the data's name for it (default: `split`).
   """
   predict_fn: PredictFn
   examples: List[Any]
@@ -66,6 +67,9 @@ class Evaluator:
   settings: Dict[str, Any]
   split: str = "dev"
   data_split: str = ""
+
+  def __post_init__(self):
+    self.data_split = self.data_split or self.split
 
   def run(self, params, out_dir=None, *, model_from: str = "",
           progress: bool = True) -> Dict[str, float]:

@@ -1,2 +1,3 @@
 """Training: `python -m rag_jax.train` (__main__: flags), the loop (loop), the step, its state
-and optimizer (step, optimizer), the run's setup (setup), the input pipeline and the :wiki demos."""
+and optimizer (step, optimizer), the run's setup (setup), a batch's retrieval (retrieval), the
+input pipeline and the :wiki demos (demo)."""

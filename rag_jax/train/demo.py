@@ -95,7 +95,7 @@ def run(config, workdir) -> Dict[str, Any]:
     out = loop.train_and_evaluate(c, directory)
     if out["ended"] != "finished":
       raise loop.TrainingError(f"the {name} run was {out['ended']} at step {out['step']}; "
-                                  "run the demo again to resume it")
+                               "run the demo again to resume it")
     losses[name] = loop.last_logged(directory, "loss")
   test = {"data.max_eval_examples": d.max_test_examples}
   scores = {

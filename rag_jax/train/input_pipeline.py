@@ -50,7 +50,7 @@ def tokenize_examples(examples: List[Example], *, question_tokenizer, generator_
                       target: Callable[[Example], str], closed_book: bool = False
                       ) -> Dict[str, np.ndarray]:
   """The arrays a batch is gathered from; with `closed_book` the question tokens are the
-  whole context (`rag.closed_book_context`, as `RagModel.contextualize` makes it), to be
+  whole context (`contexts.closed_book_context`, as `RagModel.contextualize` makes it), to be
   joined with no passage.
 
   Returns:

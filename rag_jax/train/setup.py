@@ -162,7 +162,8 @@ class Split:
 @dataclasses.dataclass
 class Run:
   """Everything a training run works from: plain values, built once by `build`. The jitted
-  functions are `step.make_steps(run)`'s, the retrieval of a batch `retrieval.BatchRetriever`'s."""
+  functions are `step.make_steps(run.rag, run.tx, run.step_config, run.state_sharding)`'s,
+  the retrieval of a batch `retrieval.BatchRetriever.of(run, steps)`'s."""
   config: Any
   mesh: jax.sharding.Mesh
   rag: rag_lib.Rag
