@@ -23,10 +23,10 @@ from conftest import subprocess_env
 from conftest import task_config as config
 from rag_jax.data import tiny
 from rag_jax.evaluate import metrics
-from rag_jax.evaluate import predict
 from rag_jax.index import bm25
 from rag_jax.index import corpus
 from rag_jax.train import loop
+from rag_jax.train import predict
 from rag_jax.train import setup
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

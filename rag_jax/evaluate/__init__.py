@@ -1,2 +1,3 @@
-"""Evaluation: `python -m rag_jax.evaluate` (__main__: flags), evaluation from predict functions
-(evaluation) and the paper's metrics (metrics)."""
+"""Evaluation: `python -m rag_jax.evaluate` (__main__: flags), the `Evaluator` of predict
+functions (evaluation) and the paper's metrics (metrics). A training run's predict function is
+`rag_jax.train.predict`'s."""

@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from rag_jax import cli
 from rag_jax import errors
-from rag_jax.evaluate import predict
+from rag_jax.train import predict
 from rag_jax.train import setup
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -9,7 +9,7 @@ with the current query encoder (or BM25), decode with the task's test-time setti
 A predict function decodes batches of the split's token arrays with the given params:
 `predict_fn(params)(arrays) -> {"texts": [B] strings, "doc_ids": [B, Z], "priors": [B, Z],
 "posteriors": [B, Z]}` (a model of the params is made once per evaluation);
-`rag_jax.evaluate.predict` makes it from a training run's setup, and `evaluate_config` builds
+`rag_jax.train.predict` makes it from a training run's setup, and `evaluate_config` builds
 a config's run and evaluates it.
 
 `out_dir` gets three files (process 0, each written atomically):
@@ -32,7 +32,7 @@ import dataclasses
 import json
 import pathlib
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import jax
 import numpy as np
@@ -40,7 +40,6 @@ import tqdm
 
 from rag_jax import files
 from rag_jax.evaluate import metrics as metrics_lib
-from rag_jax.train import input_pipeline
 
 FILES = ("predictions.jsonl", "metrics.json", "report.md")
 # predict_fn(params)(arrays) -> {"texts", "doc_ids", "priors", "posteriors"} of one batch.
@@ -99,8 +98,8 @@ class Evaluator:
     bar = tqdm.tqdm(total=n, desc=f"eval {self.split}", unit="example", leave=False,
                     dynamic_ncols=True, file=sys.stderr,
                     disable=not progress or jax.process_index() != 0)
-    for start, rows in zip(range(0, n, size), input_pipeline.iterate_eval(n, size)):
-      out = decode(input_pipeline.gather(self.arrays, rows))
+    for start, rows in zip(range(0, n, size), iterate_eval(n, size)):
+      out = decode({k: v[rows] for k, v in self.arrays.items()})
       texts += out["texts"]
       ids.append(out["doc_ids"])
       priors.append(out["priors"])
@@ -122,6 +121,13 @@ class Evaluator:
                        for r, p, q in zip(ids[i], priors[i], posteriors[i])
                        if r >= 0 and not closed_book]})
     return records
+
+
+def iterate_eval(num: int, batch_size: int) -> Iterator[np.ndarray]:
+  """Eval rows in order, the last batch padded by repeating row 0 (its results dropped)."""
+  for start in range(0, num, batch_size):
+    rows = np.arange(start, min(start + batch_size, num))
+    yield np.concatenate([rows, np.zeros(batch_size - len(rows), rows.dtype)])
 
 
 def score(config, records: List[Dict[str, Any]], k: int, passages) -> Dict[str, float]:

@@ -30,10 +30,11 @@ import numpy as np
 from rag_jax import distributed
 from rag_jax import files
 from rag_jax.data.wiki import swap as wiki_swap
+from rag_jax.evaluate import evaluation
 from rag_jax.evaluate import metrics
-from rag_jax.evaluate import predict
 from rag_jax.train import input_pipeline
 from rag_jax.train import loop
+from rag_jax.train import predict
 from rag_jax.train import retrieval as retrieval_lib
 from rag_jax.train import setup
 from rag_jax.train import step as step_lib
@@ -44,7 +45,7 @@ def retrieved_titles(run: setup.Run, retriever: retrieval_lib.BatchRetriever, pa
   """The titles of the top `k` passages of each of `run.eval`'s examples, retrieved with the
   query encoder of `params` (the search evaluation does; no decoding)."""
   n, titles = len(run.eval.examples), []
-  for rows in input_pipeline.iterate_eval(n, run.config.eval_batch_size):
+  for rows in evaluation.iterate_eval(n, run.config.eval_batch_size):
     batch = retriever(params, input_pipeline.gather(run.eval.arrays, rows), replicated=True,
                       k=k)
     for row in distributed.to_host(batch["doc_ids"]):

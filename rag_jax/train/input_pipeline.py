@@ -10,7 +10,7 @@ tokens, P = a passage's generator tokens (`ContextFormat.content_length`), T = t
 """
 
 import dataclasses
-from typing import Callable, Dict, Iterator, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import grain
 import jax
@@ -112,10 +112,3 @@ def host_rows(rows: np.ndarray) -> np.ndarray:
 
 def gather(arrays: Dict[str, np.ndarray], rows: np.ndarray) -> Dict[str, np.ndarray]:
   return {k: v[rows] for k, v in arrays.items()}
-
-
-def iterate_eval(num: int, batch_size: int) -> Iterator[np.ndarray]:
-  """Eval rows in order, the last batch padded by repeating row 0 (its results dropped)."""
-  for start in range(0, num, batch_size):
-    rows = np.arange(start, min(start + batch_size, num))
-    yield np.concatenate([rows, np.zeros(batch_size - len(rows), rows.dtype)])

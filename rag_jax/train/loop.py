@@ -26,8 +26,8 @@ import tqdm
 
 from rag_jax import checkpoint as checkpoint_lib
 from rag_jax import sharding
-from rag_jax.evaluate import predict
 from rag_jax.train import input_pipeline
+from rag_jax.train import predict
 from rag_jax.train import retrieval
 from rag_jax.train import setup
 from rag_jax.train import step as step_lib

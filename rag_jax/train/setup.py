@@ -3,7 +3,7 @@
 `build(config, workdir)` checks the config, loads (or writes, for `model.tiny`) the
 checkpoints, starts from `config.init` if it names one, reads the task's data, loads or
 builds the index, tokenizes everything once and places the state on the mesh. The result, a
-`Run` of plain values, is what `loop.train_and_evaluate`, `evaluate.predict` and
+`Run` of plain values, is what `loop.train_and_evaluate`, `predict` and
 `rag_jax.compile` work from; the jitted functions are `step.make_steps`'. The pieces that
 `rag_jax.compile` shares (`training_rag`, `make_step_config`, `state_shardings`) take shapes
 as well as loaded weights.
