@@ -21,19 +21,22 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / ".pytest_cache" / "xla"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-# XLA:CPU's LLVM passes at -O0: compiling the suite's many small programs is most of its
-# time, and unoptimised code runs them about as fast (the few tests on real weights run a
-# little slower). No fast-math at either level; every comparison of the suite holds at both.
-_UNOPTIMISED = "--xla_backend_optimization_level=0"
-os.environ["XLA_FLAGS"] = " ".join(filter(None, [os.environ.get("XLA_FLAGS", ""), _UNOPTIMISED]))
+# XLA:CPU set to compile fast: its LLVM passes at -O0, and its older loop emitters for fusions
+# (the MLIR fusion emitters take about twice as long on small programs). Compiling the
+# suite's many small programs is most of its time, and the code made this way runs them
+# about as fast (the few tests on real weights run a little slower). No fast-math either
+# way; every comparison of the suite holds with and without these flags.
+_FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+os.environ["XLA_FLAGS"] = " ".join([*os.environ.get("XLA_FLAGS", "").split(), *_FAST_COMPILE])
 
 
 def optimised_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-  """`env` (default: this process's) with XLA's default optimisation back, for the
+  """`env` (default: this process's) with XLA's default compilation back, for the
   processes that run real weights (SmolLM2, MiniLM over many passages), where unoptimised
   code costs more time than its compiles save."""
   env = dict(os.environ if env is None else env)
-  env["XLA_FLAGS"] = " ".join(env.get("XLA_FLAGS", "").replace(_UNOPTIMISED, "").split())
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if f not in _FAST_COMPILE)
   return env
 
 
@@ -156,13 +159,19 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "slow: takes more than a few seconds; "
                           "`-m \"not slow\"` leaves it out")
   config.option.strict_markers = True
+  # xdist's `--dist loadfile` would reorder the files by their number of tests, not in
+  # pytest_collection_modifyitems' order (`--no-loadscope-reorder`, set here so that the
+  # README's command needs no flag for it).
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
 
 
 # The longest files, longest first, as the last full run measured them (benchmarks/RESULTS.md,
 # the suite's durations): started first, they leave no worker alone at the end.
-LONGEST_FIRST = ("test_train.py", "test_train_processes.py", "test_notebooks.py",
-                 "test_answering.py", "test_rag_generators.py", "test_multihost.py",
-                 "test_scan_layers.py", "test_rag.py", "test_llama.py", "test_demo.py")
+LONGEST_FIRST = ("test_train.py", "test_train_processes.py", "test_rag_generators.py",
+                 "test_answering.py", "test_rag.py", "test_notebooks.py", "test_multihost.py",
+                 "test_llama.py", "test_decoding.py", "test_scan_layers.py", "test_bart.py",
+                 "test_device_benchmark.py", "test_evaluate.py", "test_sharding.py")
 
 
 def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument

@@ -93,3 +93,17 @@ def test_use_cpu_cores_leaves_a_started_jax_alone():
   before = jax.devices()
   cli.use_cpu_cores()
   assert jax.devices() == before
+
+
+def test_no_tpu_backend_is_tried_without_a_tpu_chip():
+  """libtpu (the [test] extra) logs an error at every JAX start where no TPU is; rag_jax keeps
+  JAX from trying it (rag_jax._skip_absent_tpu). A topology compile still finds libtpu."""
+  environ = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  code = ("import sys, rag_jax, jax; print(jax.devices()[0].platform); "
+          "print('started', file=sys.stderr, flush=True); "
+          "from jax.experimental import topologies; "
+          "print(len(topologies.get_topology_desc('v5e:2x2', 'tpu').devices))")
+  proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        env=environ, timeout=120, check=True)
+  assert proc.stdout.split() == ["cpu", "4"], proc.stdout
+  assert "TPU_WORKER_HOSTNAMES" not in proc.stderr.split("started")[0], proc.stderr
