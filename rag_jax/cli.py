@@ -16,6 +16,7 @@ from absl import flags
 from absl import logging as absl_logging
 import jax
 
+from rag_jax import assets
 from rag_jax import distributed
 from rag_jax import errors
 
@@ -98,6 +99,20 @@ def _flag_argument(argv: Sequence[str], name: str) -> Optional[str]:
   return None
 
 
+def without_flag(argv: Sequence[str], name: str) -> List[str]:
+  """argv (less the program name) without `--name VALUE` / `--name=VALUE`: the arguments to
+  print in a command to run next (the same config and overrides, another --name)."""
+  out, skip = [], False
+  for arg in argv[1:]:
+    if skip:
+      skip = False
+    elif re.fullmatch(f"--?{re.escape(name)}", arg):
+      skip = True
+    elif not arg.startswith((f"--{name}=", f"-{name}=")):
+      out.append(arg)
+  return out
+
+
 def config(holder, example: str):
   """The value of a config_flags flag, or a one-line error if it is missing or unloadable."""
   value = holder.value
@@ -153,8 +168,18 @@ def use_cpu_cores() -> None:
     pass
 
 
+def use_compilation_cache() -> None:
+  """JAX's persistent compilation cache under $RAG_JAX_CACHE/xla (default
+  ~/.cache/rag_jax/xla), so that a second run of a command compiles nothing it compiled
+  before (ask's first answer comes that much sooner). A cache directory the user chose
+  (JAX_COMPILATION_CACHE_DIR) is kept."""
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", str(assets.cache_dir() / "xla"))
+
+
 def run(main: Callable, default_config: Optional[str] = None) -> None:
-  """absl.app.run with one-line flag errors, one CPU device per core (`use_cpu_cores`).
+  """absl.app.run with one-line flag errors, one CPU device per core (`use_cpu_cores`) and
+  the persistent compilation cache (`use_compilation_cache`).
 
   absl logs at INFO, which would print JAX's "Unable to initialize backend 'tpu'" at every
   start on a machine without one; JAX's backend setup logs only its warnings here.
@@ -169,5 +194,6 @@ def run(main: Callable, default_config: Optional[str] = None) -> None:
   if default_config and _flag_argument(sys.argv, "config") is None:
     sys.argv[1:1] = [f"--config={default_config}"]  # config_flags reads sys.argv itself
   use_cpu_cores()
+  use_compilation_cache()
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   app.run(main, flags_parser=_parse_flags)

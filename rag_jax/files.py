@@ -1,10 +1,12 @@
-"""Atomic file writes for indexes and caches: written beside the target, fsync'ed, renamed.
+"""Atomic file writes for indexes and caches: written beside the target, fsync'ed, renamed;
+and the lock that keeps a directory to one writer.
 
 A reader sees the old file or the whole new one, never a part; an interrupted write leaves
 at most a `.{name}.{random}.tmp` file, which nothing reads.
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import pathlib
@@ -75,3 +77,48 @@ def sync_directory(directory: pathlib.Path) -> None:
     pass
   finally:
     os.close(fd)
+
+
+LOCK_NAME = ".rag_jax.lock"
+
+
+class InUseError(OSError):
+  """The directory is locked by another process; the message names it."""
+
+
+@contextlib.contextmanager
+def locked(directory: pathlib.Path, name: str = LOCK_NAME,
+           wait: bool = False) -> Iterator[pathlib.Path]:
+  """Holds an advisory lock on `directory` (an existing folder) while the block runs.
+
+  `fcntl.flock` on `directory/name`, which holds the holder's pid. The kernel releases it
+  when the holder's process ends, however it ends: a SIGKILL leaves at most the file, which
+  the next holder takes over. A second writer raises `InUseError` at once, naming the holder;
+  with `wait`, it waits for the lock instead (a cache that one process builds while the
+  others wait to read it). The holder removes the file as it lets go, so a taker checks that
+  the file it locked is still the one at `path`.
+  """
+  path = pathlib.Path(directory) / name
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+      holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+      os.close(fd)
+      raise InUseError(f"{directory} is in use by process {holder or '(unknown)'}, which holds "
+                       f"its lock ({path}): wait for it to end, or use another directory"
+                       ) from None
+    try:
+      if os.stat(path).st_ino == os.fstat(fd).st_ino:
+        break
+    except FileNotFoundError:
+      pass
+    os.close(fd)  # the holder before removed it as we waited: lock the one there now
+  try:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    yield path
+  finally:
+    path.unlink(missing_ok=True)
+    os.close(fd)  # releases the lock

@@ -165,15 +165,19 @@ def test_the_default_job_answers_from_its_passages(tmp_path):
     assert max(r["passages"], key=lambda p: p["posterior"])["title"] == title
   assert (tmp_path / "map-1.png").is_file() and (tmp_path / "map-2.png").is_file()
   assert "building the index" in proc.stderr and "generator" in proc.stderr
-  # The generator alone, on the same question: no passages, another answer; the index is
-  # not built again (nor read: closed book retrieves nothing).
+  # The generator alone, on the same question, each line of standard input answered as it
+  # comes (--interactive; a blank line is skipped with a note): no passages, another answer;
+  # the index is not built again (nor read: closed book retrieves nothing).
   proc = subprocess.run(
       [sys.executable, "-m", "rag_jax.ask", f"--config.corpus={corpus}",
        f"--config.encoder={minilm}", f"--config.generator={smollm2}",
-       "--config.max_new_tokens=20", "--json", "--closed-book",
-       "--question", "Who wrote the novel War and Peace?"],
+       "--config.max_new_tokens=20", "--json", "--closed-book", "--interactive"],
+      input="Who wrote the novel War and Peace?\n\nWho painted the Mona Lisa?\n",
       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr
-  closed = json.loads(proc.stdout)
-  assert closed["passages"] == [] and closed["answer"] and closed["answer"] != tolstoy["answer"]
-  assert "building the index" not in proc.stderr
+  closed = [json.loads(line) for line in proc.stdout.splitlines()]
+  assert [r["question"] for r in closed] == ["Who wrote the novel War and Peace?",
+                                             "Who painted the Mona Lisa?"]
+  assert closed[0]["passages"] == [] and closed[0]["answer"]
+  assert closed[0]["answer"] != tolstoy["answer"]
+  assert "a blank line" in proc.stderr and "building the index" not in proc.stderr

@@ -2,10 +2,12 @@
 route (a saved index) for the embedded corpus and for `index build`, with the same passages;
 bad questions and k refused; the `:small` sample; the dev set."""
 
+import io
 import json
 import math
 import pathlib
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -219,3 +221,11 @@ def test_dev_scores_and_a_bad_dev_file(tmp_path):
   bad.write_text('{"question": "q", "title": "t"}\n{"question": "q"}\n')
   with pytest.raises(ValueError, match="dev.jsonl: line 2: expected"):
     ask_questions.read_dev(bad)
+
+
+def test_questions_file_dash_reads_standard_input(monkeypatch):
+  monkeypatch.setattr(sys, "stdin", io.StringIO("Who painted it?\n\n  Where is it?  \n"))
+  assert ask_questions.read_questions("-") == ["Who painted it?", "Where is it?"]
+  monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+  with pytest.raises(ValueError, match="^standard input: no questions$"):
+    ask_questions.read_questions("-")

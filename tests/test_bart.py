@@ -181,7 +181,8 @@ def test_remat_changes_no_numbers(tmp_path, rng, policy):
   value, grads = jax.jit(jax.value_and_grad(loss(module.clone(remat=policy))))(params)
   np.testing.assert_allclose(value, ref_value, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
-    assert max_abs(a, b) < 1e-5 * max(1.0, float(np.abs(b).max()))  # float32 reassociation
+    # float32 reassociation: remat changes how XLA fuses the layers, hence the order of sums
+    assert max_abs(a, b) < 2e-5 * max(1.0, float(np.abs(b).max()))
 
 
 def test_too_long_inputs_are_refused(tmp_path, rng):

@@ -39,7 +39,7 @@ def _run(*args, module="rag_jax.ask"):
     (["--config", "rag_jax/configs/wiki.py", "--config.k=20000"], 1,
      "k=20000 exceeds the index's 12324 passages"),
     (["--config", "rag_jax/configs/wiki.py", "--question", "Who?", "--dev", "x.jsonl"],
-     2, "--question, --questions-file and --dev do not go together"),
+     2, "--question, --questions-file, --dev and --interactive do not go together"),
     (["--config", "rag_jax/configs/wiki.py", "--config.xyz=1"], 2,
      "unknown config field 'xyz' in rag_jax/configs/wiki.py (known: batch_size, corpus, "
      "doc_sep, doc_temperature, encoder, generator, include_titles, index, k, kind, "

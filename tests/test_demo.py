@@ -57,9 +57,10 @@ def test_tiny_demo_trains_both_models_and_measures_every_table(tmp_path, capsys)
   assert json.loads((tmp_path / "demo.json").read_text()) == json.loads(json.dumps(figures))
   for model in ("rag", "closed_book"):
     assert figures["scores"][model]["examples"] == 8
-    assert (tmp_path / model / "test" / "predictions.jsonl").is_file()
+    # evaluate's directory: eval/<split>_<step> of the step it evaluated
+    assert (tmp_path / model / "test" / "eval" / "test_4" / "predictions.jsonl").is_file()
   # The demo's search with the trained encoder finds what evaluate's found, passage by passage.
-  rag_test = _records(tmp_path / "rag" / "test")
+  rag_test = _records(tmp_path / "rag" / "test" / "eval" / "test_4")
   assert figures["retrieved_titles"]["learned"] == [[p["title"] for p in r["passages"]]
                                                     for r in rag_test]
   assert figures["recall_at_k"]["learned"] == figures["scores"]["rag"]["recall_at_k"]
@@ -70,11 +71,12 @@ def test_tiny_demo_trains_both_models_and_measures_every_table(tmp_path, capsys)
   old = {e.source: list(e.targets) for e in setup.read_examples(config, "test")}
   assert figures["hot_swap"]["examples"] == 6
   for when in ("before", "after"):
-    records = _records(tmp_path / "rag" / f"swap_{when}")
+    records = _records(tmp_path / "rag" / f"swap_{when}" / "eval" / "test_4")
     assert [r["gold"] for r in records] == [list(e.targets) for e in swapped]
     assert all(r["passages"] for r in records)
     assert figures["hot_swap"][when] == demo.follows(records, old, fever=False)
-  assert not any(r["passages"] for r in _records(tmp_path / "closed_book" / "test"))
+  assert not any(r["passages"] for r in _records(tmp_path / "closed_book" / "test" / "eval" /
+                                                  "test_4"))
   assert "recall_at_k" not in figures["scores"]["closed_book"]
   printed = capsys.readouterr().err
   assert "| RAG |" in printed and 0 < figures["wall_seconds"] < 3600

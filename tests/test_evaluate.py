@@ -69,9 +69,13 @@ def evaluated(tmp_path_factory, trained):
   index = {"retrieval.index": str(trained[0] / "index")}
   overrides = {"tqa": index, "wq": index, "ct": index, "jeopardy": index,
                "msmarco": {"rag.kind": "sequence", **index}}
-  return {task: (root / task, predict.evaluate_config(
-      config(task, **overrides.get(task, {})), root / task, init=init.get(task),
-      progress=False)) for task in TASKS}
+  out = {}
+  for task in TASKS:
+    task_config = config(task, **overrides.get(task, {}))
+    scores = predict.evaluate_config(task_config, root / task, init=init.get(task),
+                                     progress=False)
+    out[task] = (predict.eval_directory(task_config, root / task, init=init.get(task)), scores)
+  return out
 
 
 @pytest.mark.slow
@@ -88,7 +92,10 @@ def test_every_task_writes_the_three_files_with_its_metric_names(evaluated):
     assert all(f"| {name} |" in report for name in NAMES[task]), task
     decoding = {"msmarco": "fast", "jeopardy": "beam"}.get(task, "greedy")
     assert summary["decoding"] == decoding, task
-  assert evaluated["wq"][0] / "predictions.jsonl"  # the NQ checkpoint fit WQ's model
+  # Under WORKDIR/eval/<split>_<step>: WQ from the NQ run's step 2 (its checkpoint fit WQ's
+  # model), the rest from the config's model as it starts.
+  assert {task: d.name for task, (d, _) in evaluated.items()} == {
+      task: "dev_2" if task == "wq" else "dev_0" for task in TASKS}
 
 
 @pytest.mark.slow
@@ -164,7 +171,7 @@ def test_bm25_returns_what_bm25s_returns():
 
 def test_bm25_mode_retrieves_bm25s_passages_with_its_scores_as_priors(tmp_path):
   predict.evaluate_config(config("ct", **{"retrieval.mode": "bm25"}), tmp_path, progress=False)
-  records, _ = read(tmp_path)
+  records, _ = read(tmp_path / "eval" / "dev_0")
   passages = list(corpus.read_passages(tiny.PASSAGES))
   scores, ids = bm25.BM25Search(passages).search([r["question"] for r in records], 4)
   np.testing.assert_array_equal([[p["row"] for p in r["passages"]] for r in records], ids)
@@ -195,7 +202,7 @@ def test_init_from_the_train_checkpoint_reproduces_its_final_eval(trained, tmp_p
   assert {f"eval/{k}": v for k, v in scores.items()} == {
       k: v for k, v in out.items() if k.startswith("eval/")}
   train_records, _ = read(workdir / "eval" / "step_2")
-  records, summary = read(tmp_path)
+  records, summary = read(tmp_path / "eval" / "dev_2")
   assert records == train_records and summary["model"] == str(workdir)
 
 
@@ -220,12 +227,13 @@ def _as_hf_rag(tiny_model: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
 
 @pytest.mark.slow
 def test_init_from_an_hf_rag_checkpoint_is_the_model_it_holds(evaluated, tmp_path):
-  workdir, scores = evaluated["nq"]  # the config's own tiny model, no init
+  eval_dir, scores = evaluated["nq"]  # the config's own tiny model, no init
+  workdir = eval_dir.parents[1]
   rag = _as_hf_rag(workdir / "tiny_model", tmp_path / "rag")
   got = predict.evaluate_config(config("nq", **{"retrieval.index": str(workdir / "index")}),
-                                tmp_path / "eval", init=str(rag), progress=False)
+                                tmp_path / "out", init=str(rag), progress=False)
   assert got == scores
-  assert read(tmp_path / "eval")[0] == read(workdir)[0]
+  assert read(tmp_path / "out" / "eval" / "dev_rag")[0] == read(eval_dir)[0]
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""rag_jax.files: atomic writes leave the old file or the whole new one."""
+"""rag_jax.files: atomic writes leave the old file or the whole new one; a locked directory
+has one holder."""
 
 import json
 import os
@@ -33,3 +34,16 @@ def test_files_get_the_umask_mode(tmp_path):
   finally:
     os.umask(old)
   assert (tmp_path / "v.npy").stat().st_mode & 0o777 == 0o640
+
+
+def test_locked_keeps_a_directory_to_one_holder(tmp_path):
+  with files.locked(tmp_path) as path:
+    assert path.read_text() == f"{os.getpid()}\n"
+    with pytest.raises(files.InUseError, match=f"is in use by process {os.getpid()}, which"):
+      with files.locked(tmp_path):
+        pass
+  assert not path.exists()  # let go, removed
+  path.write_text("12345\n")  # what a killed holder leaves: taken over
+  with files.locked(tmp_path):
+    assert path.read_text() == f"{os.getpid()}\n"
+  assert not path.exists()

@@ -350,7 +350,7 @@ def test_a_checkpoint_of_another_optimizer_layout_is_a_clear_error(tmp_path):
   manager.save(1, state(()))
   manager.wait()
   assert manager.restore_latest(state(())) is not None
-  with pytest.raises(ValueError, match="checkpoints: the checkpoint of step 1 holds .* another "
-                                       "model or optimizer"):
+  with pytest.raises(checkpoint.CheckpointError,
+                     match="checkpoints: the checkpoint of step 1 holds .* another model or optimizer"):
     manager.restore_latest(state(("generator/embed",)))
   manager.close()

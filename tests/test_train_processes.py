@@ -17,6 +17,7 @@ import pytest
 from conftest import subprocess_env
 from test_train import SHORT, _config, _losses
 from rag_jax.train import loop
+from rag_jax.train import setup
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = str(ROOT / "experiments" / "fever.py") + ":tiny"
@@ -114,19 +115,22 @@ def test_killed_run_resumes_to_the_uninterrupted_end_and_sigterm_saves(tmp_path)
   assert len(saved) == 1 and 1 <= saved[0] < 1000
 
 
-# One flag error and one config error through the command; the other messages of the same
-# path are test_train.py's test_bad_input_is_a_one_line_error, in-process.
+# One flag error and two config errors through the command: exit 2, and no workdir made. The
+# other messages of the same path are test_train.py's test_bad_input_is_a_one_line_error,
+# in-process.
 @pytest.mark.parametrize("args, message", [
     (["--config.nope=1"], "nope"),
     (["--config.retrieval.mode=gpu"], "retrieval.mode='gpu'"),
+    (["--config.num_train_steps=-5"], "num_train_steps=-5: expected a positive integer"),
 ])
 @pytest.mark.slow
-def test_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
   proc = subprocess.run([sys.executable, "-m", "rag_jax.train", "--config", CONFIG,
                          "--workdir", str(tmp_path / "w"), *args], env=subprocess_env(1),
                         cwd=ROOT, capture_output=True, text=True, check=False)
   lines = proc.stderr.strip().splitlines()
-  assert proc.returncode != 0 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+  assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
+  assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.slow
@@ -138,6 +142,8 @@ def test_unwritable_workdir_is_one_line(tmp_path):
                         capture_output=True, text=True, check=False)
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode == 1 and len(lines) == 1 and "not writable" in lines[0], proc.stderr
+  with pytest.raises(setup.SetupError, match=f"workdir {blocker} is a file, not a folder"):
+    setup.prepare_workdir(blocker)
 
 
 def test_device_index_search_and_gather_match_numpy_on_eight_devices():

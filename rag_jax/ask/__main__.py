@@ -24,7 +24,7 @@ only parses flags and prints.
 import json
 import pathlib
 import sys
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Iterator, List
 
 from absl import flags
 from ml_collections import config_flags
@@ -46,7 +46,10 @@ _CONFIG = config_flags.DEFINE_config_file(
 _QUESTION = flags.DEFINE_multi_string("question", None, "A question (repeatable); overrides "
                                       "the config's questions.")
 _QUESTIONS_FILE = flags.DEFINE_string("questions-file", None, "A file of questions, one a "
-                                      "line (blank lines skipped).")
+                                      "line (blank lines skipped); - reads standard input.")
+_INTERACTIVE = flags.DEFINE_bool("interactive", False, "Answer each line of standard input as "
+                                 "it is typed (or piped), loading and compiling once; an "
+                                 "empty input (Ctrl-D) ends.")
 _K = flags.DEFINE_integer("k", None, "Passages per question (default: the config's k).")
 _KIND = flags.DEFINE_enum("kind", None, list(answering.KINDS), "RAG-Token or RAG-Sequence "
                           "(default: the config's kind).")
@@ -71,8 +74,12 @@ def main(argv):
   if len(argv) > 1:
     cli.fail(f"unexpected arguments: {' '.join(argv[1:])}", status=2)
   config = cli.config(_CONFIG, str(DEFAULT_CONFIG))
-  if sum(map(bool, (_QUESTION.value, _QUESTIONS_FILE.value, _DEV.value))) > 1:
-    cli.fail("--question, --questions-file and --dev do not go together", status=2)
+  if sum(map(bool, (_QUESTION.value, _QUESTIONS_FILE.value, _DEV.value,
+                    _INTERACTIVE.value))) > 1:
+    cli.fail("--question, --questions-file, --dev and --interactive do not go together",
+             status=2)
+  if _INTERACTIVE.value and _HEATMAP.value:
+    cli.fail("--heatmap needs the questions up front, not --interactive", status=2)
   if _TEMPERATURES.value and not _DEV.value:
     cli.fail("--temperatures needs --dev", status=2)
   generate = str(config.get("generator", "none")).lower() != "none"
@@ -94,24 +101,37 @@ def main(argv):
     config.k = _K.value
   stderr = lambda message: print(message, file=sys.stderr)
   try:
-    questions = retriever_lib.check_questions(config.questions)
+    questions = [] if _INTERACTIVE.value else retriever_lib.check_questions(config.questions)
     if generate:  # the decoding settings, checked before anything loads
       answering.check_config(config)
     if _CLOSED_BOOK.value:
-      encoder = TextEncoder.from_pretrained(weights.resolve(config.encoder))
-      hits = None
+      encoder, retriever = TextEncoder.from_pretrained(weights.resolve(config.encoder)), None
     else:
       retriever = retrieval.open_retriever(config, log=stderr, progress=True)
       encoder = retriever.encoder
-      hits = [r["hits"] for r in retriever.retrieve(questions, config.k, log=stderr)]
-    if generate:
-      answerer = answering.Answerer.from_config(config, encoder, log=stderr)
-      results = answerer.answer(questions, hits)
+    answerer = answering.Answerer.from_config(config, encoder, log=stderr) if generate else None
+
+    def answer(batch):
+      """(hits, results) of some questions."""
+      hits = None if retriever is None else [
+          r["hits"] for r in retriever.retrieve(batch, config.k, log=stderr)]
+      if answerer is not None:
+        return hits, answerer.answer(batch, hits)
+      return hits, [{"question": q, "answer": None, "passages": h} for q, h in zip(batch, hits)]
+
+    if dev or _HEATMAP.value:  # scored or drawn together, at the end
+      hits, results = answer(questions)
       sweep = (answerer.temperature_sweep(questions, hits, [d.get("answer") or d["title"]
                                                             for d in dev], temperatures)
                if temperatures else None)
-    else:
-      results = [{"question": q, "answer": None, "passages": h} for q, h in zip(questions, hits)]
+    else:  # each batch printed as it is answered
+      batches = (_typed_questions(stderr) if _INTERACTIVE.value else
+                 (questions[i:i + config.questions_per_batch]
+                  for i in range(0, len(questions), config.questions_per_batch)))
+      for batch in batches:
+        for r in answer(batch)[1]:
+          _print(r)
+      return
   except retriever_lib.QuestionError as e:
     cli.fail(str(e), status=2)
   # WeightsError and IndexError_ are ValueErrors; ImportError: a backend's library is missing.
@@ -124,13 +144,32 @@ def main(argv):
       stderr(f"wrote {path}")
   if dev:
     _print_dev(config, dev, hits, results if generate else None, sweep if generate else None)
-  elif _JSON.value:
-    for r in results:
-      print(json.dumps({"question": r["question"], "answer": r["answer"],
-                        "passages": r["passages"] or []}, ensure_ascii=False))
   else:
     for r in results:
-      _print_result(r)
+      _print(r)
+
+
+def _typed_questions(log: Log) -> Iterator[List[str]]:
+  """Each non-blank line of standard input, as a batch of one, as it comes; a prompt on
+  stderr when it is a terminal."""
+  while True:
+    if sys.stdin.isatty():
+      print("question> ", end="", file=sys.stderr, flush=True)
+    line = sys.stdin.readline()
+    if not line:
+      return
+    if line.strip():
+      yield [line.strip()]
+    else:
+      log("(a blank line: type a question, or Ctrl-D to end)")
+
+
+def _print(r: Dict[str, Any]) -> None:
+  if _JSON.value:
+    print(json.dumps({"question": r["question"], "answer": r["answer"],
+                      "passages": r["passages"] or []}, ensure_ascii=False), flush=True)
+  else:
+    _print_result(r)
 
 
 def _print_result(r: Dict[str, Any]) -> None:
@@ -141,6 +180,7 @@ def _print_result(r: Dict[str, Any]) -> None:
     weight = f" p={hit['prior']:.2f} post={hit['posterior']:.2f}" if "prior" in hit else ""
     print(f"  {rank}. [{hit['score']:.3f}{weight}] {hit['title']}: "
           f"{cli.shorten(hit['text'], 100)}")
+  sys.stdout.flush()
 
 
 def _print_dev(config, dev, hits, results, sweep) -> None:

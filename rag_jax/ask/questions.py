@@ -2,6 +2,7 @@
 answer is known, with the scores of retrieval and answers on it."""
 
 import json
+import sys
 from typing import Any, Dict, List, Sequence
 
 
@@ -43,11 +44,14 @@ def dev_scores(results: Sequence[Dict[str, Any]], dev: Sequence[Dict[str, str]]
 
 
 def read_questions(path) -> List[str]:
-  """The questions of a file, one a line; blank lines are skipped."""
-  with open(path, encoding="utf-8") as f:
-    questions = [line.strip() for line in f if line.strip()]
+  """The questions of a file ("-": standard input), one a line; blank lines are skipped."""
+  if str(path) == "-":
+    questions = [line.strip() for line in sys.stdin if line.strip()]
+  else:
+    with open(path, encoding="utf-8") as f:
+      questions = [line.strip() for line in f if line.strip()]
   if not questions:
-    raise ValueError(f"{path}: no questions")
+    raise ValueError(f"{'standard input' if str(path) == '-' else path}: no questions")
   return questions
 
 

@@ -151,6 +151,9 @@ def config(task: str, arg: str, *, data: Dict[str, Any], tiny_data: Dict[str, An
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
+  # A latest checkpoint that does not restore (a file truncated since, say) is moved aside to
+  # checkpoints/STEP.damaged and the one before it restored; false: a one-line error instead.
+  c.restore_fallback = True
 
   # Evaluation (rag_jax.evaluate.evaluation; the same for training's periodic eval and rag_jax.evaluate).
   c.eval_batch_size = 8

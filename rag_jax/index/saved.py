@@ -17,8 +17,6 @@ checksum that does not match, or an encoder of another dimension or identity is 
 `IndexError_` naming the file, never a wrong answer.
 """
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -30,6 +28,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from rag_jax import assets
+from rag_jax import faults
 from rag_jax import files
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import backend as backend_lib
@@ -173,6 +172,7 @@ def build_index(passages, encoder: TextEncoder, encoder_dir, out_dir, *, backend
   }
   store.close()
   files.write_json(work / MANIFEST, manifest)
+  faults.reach("index_rename")
   if out_dir.exists():  # overwrite: move the old one aside first, so a crash loses neither
     # (A crash between the two renames leaves `out_dir.old` and no `out_dir`; the rerun
     # resumes the finished partial, and the old index stays where it is, for the user.)
@@ -310,20 +310,10 @@ def cached_index(source: pathlib.Path, encoder: TextEncoder, encoder_dir: pathli
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
   out = assets.cache_dir() / "indexes" / f"{source.stem}-{digest}"
   out.parent.mkdir(parents=True, exist_ok=True)
-  with _locked(out.with_name(f".{out.name}.lock")):
+  with files.locked(out.parent, f".{out.name}.lock", wait=True):
     if not (out / MANIFEST).is_file():
       log(f"building the index of {source} in {out} (once; later runs load it)")
       build_index(source, encoder, encoder_dir, out, backend="exact", dtype="float32",
                         corpus_format=fmt, progress=progress, encoder_source=encoder_source,
                         log=log)
   return load_index(out, encoder=encoder, encoder_dir=encoder_dir)
-
-
-@contextlib.contextmanager
-def _locked(path: pathlib.Path):
-  with open(path, "a", encoding="utf-8") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)

@@ -7,17 +7,24 @@ frozen) from a config; the loop is `rag_jax.train.loop.train_and_evaluate`.
 
 A `:wiki` config runs the demo on the embedded Wikipedia (rag_jax.train.demo): RAG and a closed-book
 generator trained, their test scores, retrieval before and after, and the hot swap.
-A workdir with checkpoints resumes by itself; SIGTERM saves and exits 0.
+A workdir with checkpoints resumes by itself; SIGTERM saves and exits 0, Ctrl-C saves and
+exits 130 (a second Ctrl-C exits at once). Exit status 2: a bad flag or config value, found
+before anything is written; 1: a failure while running (a workdir another run holds, a
+checkpoint that does not restore with restore_fallback off, a NaN loss).
 """
 
 import json
+import shlex
+import sys
 
 from absl import flags
 import jax
 from ml_collections import config_flags
 
+from rag_jax import checkpoint
 from rag_jax import cli
 from rag_jax import errors
+from rag_jax.evaluate import evaluation
 from rag_jax.train import demo
 from rag_jax.train import loop
 from rag_jax.train import setup
@@ -36,14 +43,34 @@ def main(argv):
       out = demo.run(config, _WORKDIR.value)
     else:
       out = loop.train_and_evaluate(config, _WORKDIR.value)
-  except (loop.TrainingError, setup.SetupError, OSError, ValueError) as e:
+  except setup.ConfigError as e:
+    cli.fail(errors.first_line(e), status=2)
+  except (loop.TrainingError, setup.SetupError, checkpoint.CheckpointError, OSError,
+          ValueError) as e:
     cli.fail(errors.first_line(e))
   except KeyboardInterrupt:
     cli.fail("interrupted", status=130)
-  if jax.process_index() == 0:
-    # The final figures (the demo's, less the titles each query retrieved: demo.json has them).
-    summary = {k: v for k, v in out.items() if k not in ("state", "retrieved_titles")}
-    print(json.dumps(summary))
+  if jax.process_index() != 0:
+    return
+  # The final figures (the demo's, less the titles each query retrieved: demo.json has them).
+  summary = {k: v for k, v in out.items() if k not in ("state", "retrieved_titles")}
+  print(json.dumps(summary))
+  if "demo" in config:
+    return
+  workdir = _WORKDIR.value
+  if config.model.get("tiny"):
+    print(f"note: {evaluation.TINY_NOTE}", file=sys.stderr)
+  if out["ended"] == "finished":
+    args = " ".join(map(shlex.quote, cli.without_flag(sys.argv, "workdir")))
+    print(f"wrote {workdir}: checkpoints/, metrics.jsonl, tensorboard/"
+          f"{', eval/' if config.eval_every_steps else ''}; to evaluate it on the test split:\n"
+          f"  python -m rag_jax.evaluate {args} --workdir {shlex.quote(workdir)} --split test",
+          file=sys.stderr)
+  else:
+    print(f"{out['ended']} at step {out['step']}: saved {out['checkpoint']}; the same command "
+          "goes on from there", file=sys.stderr)
+  if out["ended"] == "interrupted":
+    sys.exit(130)
 
 
 if __name__ == "__main__":

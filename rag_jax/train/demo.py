@@ -130,11 +130,11 @@ def run(config, workdir) -> Dict[str, Any]:
   swap = {}
   for name, passages in (("before", config.retrieval.passages),
                          ("after", "wiki-tasks:passages_swapped.tsv")):
-    out = rag_dir / f"swap_{name}"
-    scored = predict.evaluate_config(
-        setup.override(config, **swapped, **{"retrieval.passages": passages}), out, "test",
-        init=str(rag_dir))
-    swap[name] = follows(_records(out), old_golds, fever) if main else float("nan")
+    out, swap_config = rag_dir / f"swap_{name}", setup.override(
+        config, **swapped, **{"retrieval.passages": passages})
+    scored = predict.evaluate_config(swap_config, out, "test", init=str(rag_dir))
+    records = _records(predict.eval_directory(swap_config, out, "test", init=str(rag_dir)))
+    swap[name] = follows(records, old_golds, fever) if main else float("nan")
   swap["examples"] = int(scored["examples"])
 
   figures = {"task": config.task, "metric": config.metrics[0], "test_examples":

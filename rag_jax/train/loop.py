@@ -2,16 +2,22 @@
 query encoder and generator jointly, document encoder and index frozen, retrieval in the loop
 with the current query encoder.
 
-A run in a workdir that holds checkpoints resumes from the latest by itself (params,
-optimizer state, RNG and step, which is also the data position). SIGTERM (a preemption notice)
-saves a checkpoint and exits 0. A NaN or infinite loss (or gradient norm) stops the run with
-a one-line error; no checkpoint is written after it, so the last one is good. The workdir
-gets `metrics.jsonl` (one JSON object per line: train lines `step`, `loss` (the mean since
-the last line), `grad_norm`, `steps_per_s`; eval lines `step` and `eval/...`), TensorBoard
-event files, `eval/step_N/` (each eval's predictions.jsonl, metrics.json and report.md, as
-`python -m rag_jax.evaluate` writes them: the same code) and `checkpoints/`.
+One run writes a workdir at a time: the loop holds its lock (`files.locked`), and a second
+run on it fails at once. A run in a workdir that holds checkpoints resumes from the latest
+by itself (params, optimizer state, RNG and step, which is also the data position), saying
+so; a latest checkpoint that does not restore is moved aside and the one before it used
+(`restore_fallback`). SIGTERM (a preemption notice) and the first Ctrl-C (SIGINT) save a
+checkpoint at the end of the current step and stop the run (`ended`: "preempted",
+"interrupted"); a second Ctrl-C interrupts at once. A NaN or infinite loss (or gradient norm)
+stops the run with a one-line error; no checkpoint is written after it, so the last one is
+good. The workdir gets `metrics.jsonl` (one JSON object per line: train lines `step`,
+`loss` (the mean since the last line), `grad_norm`, `steps_per_s`; eval lines `step` and
+`eval/...`), TensorBoard event files, `eval/step_N/` (each eval's predictions.jsonl,
+metrics.json and report.md, as `python -m rag_jax.evaluate` writes them: the same code) and
+`checkpoints/`.
 """
 
+import contextlib
 import json
 import pathlib
 import signal
@@ -25,6 +31,8 @@ import tensorboardX
 import tqdm
 
 from rag_jax import checkpoint as checkpoint_lib
+from rag_jax import faults
+from rag_jax import files
 from rag_jax import sharding
 from rag_jax.train import input_pipeline
 from rag_jax.train import predict
@@ -71,18 +79,25 @@ def last_logged(workdir, name: str) -> Optional[float]:
   return values[-1] if values else None
 
 
-class _Preemption:
-  """Remembers a SIGTERM; the loop saves and stops at the next step boundary."""
+class _StopSignals:
+  """SIGTERM (a preemption notice) and the first SIGINT (Ctrl-C) ask the loop to save and
+  stop at the next step boundary; after the first SIGINT, a second one interrupts at once
+  (Python's KeyboardInterrupt)."""
+
+  ENDED = {signal.SIGTERM: "preempted", signal.SIGINT: "interrupted"}
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.received: Optional[int] = None
+    self._previous = {s: signal.signal(s, self._handle) for s in self.ENDED}
 
   def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    self.requested = True
+    self.received = self.received or signum
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, signal.default_int_handler)
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)
 
 
 def _check_finite(losses, norms, step: int, last_saved: Optional[int]) -> Tuple[float, float]:
@@ -108,10 +123,27 @@ def progress_bar(start: int, total: int):
 def train_and_evaluate(config, workdir, run: Optional[setup.Run] = None,
                        steps: Optional[step_lib.Steps] = None) -> Dict[str, Any]:
   """Trains (resuming from `workdir` if it holds checkpoints), evaluating every
-  `eval_every_steps` (0: never). Returns the last train and eval metrics, why the run ended and the
-  final state. `run`, `steps`: a `setup.build(config, workdir)` and its `step.make_steps` made
-  already (a benchmark times the step before and after the loop)."""
+  `eval_every_steps` (0: never). Returns the last train and eval metrics, why the run ended
+  ("finished", "preempted", "interrupted"), the step, where its checkpoint is and the final
+  state. `run`, `steps`: a `setup.build(config, workdir)` and its `step.make_steps` made
+  already (a benchmark times the step before and after the loop).
+
+  The config is checked before the workdir is made; the workdir's lock is taken before
+  anything is written into it (by process 0, which writes the files every process shares).
+  """
+  setup.check_config(config)
   workdir = setup.prepare_workdir(workdir)
+  lock = files.locked(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    return _train(config, workdir, run, steps)
+
+
+def _train(config, workdir: pathlib.Path, run: Optional[setup.Run],
+           steps: Optional[step_lib.Steps]) -> Dict[str, Any]:
+  manager = checkpoint_lib.Manager(workdir / "checkpoints", keep=config.keep_checkpoints,
+                                   writer=True)
+  for partial in manager.removed_partial:
+    setup.log(f"removed {partial}: a checkpoint a stopped run had not finished writing")
   run = run or setup.build(config, workdir)
   steps = steps or step_lib.make_steps(run.rag, run.tx, run.step_config, run.state_sharding)
   retriever = retrieval.BatchRetriever.of(run, steps)
@@ -120,13 +152,19 @@ def train_and_evaluate(config, workdir, run: Optional[setup.Run] = None,
   state, mesh = run.state, run.mesh
   batches = input_pipeline.train_batches(len(run.train_examples), config.batch_size,
                                          config.seed)
-  manager = checkpoint_lib.Manager(workdir / "checkpoints", keep=config.keep_checkpoints)
-  restored = manager.restore_latest(state)
+  restored = manager.restore_latest(state, fallback=config.restore_fallback, log=setup.log)
   if restored is not None:
     state = restored
   start = int(jax.device_get(state.step))
+  if restored is not None and start < config.num_train_steps:
+    setup.log(f"resuming from step {start} of {config.num_train_steps} "
+              f"({manager.step_directory(start)})")
+  elif restored is not None:
+    setup.log(f"{workdir} is already at step {start} of {config.num_train_steps}: nothing to "
+              f"train (--config.num_train_steps={start + config.checkpoint_every_steps} "
+              "would go on)")
   writer = MetricsWriter(workdir)
-  preemption = _Preemption()
+  stop = _StopSignals()
   progress = progress_bar(start, config.num_train_steps)
   last_saved = manager.latest_step()
   pending, norms, last = [], [], {}
@@ -142,11 +180,14 @@ def train_and_evaluate(config, workdir, run: Optional[setup.Run] = None,
       with sharding.axis_rules(mesh, rules):
         state, metrics = steps.train(state, batch, index)
       step += 1
+      faults.reach("train_step")
       pending.append(metrics["loss"])
       norms.append(metrics["grad_norm"])
       progress.update(1)
-      save = step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
-      if step % config.log_every_steps == 0 or save or preemption.requested:
+      stopping = stop.received is not None
+      save = (step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
+              or stopping)
+      if step % config.log_every_steps == 0 or save:
         loss, grad_norm = _check_finite(pending, norms, step, last_saved)
         now = time.perf_counter()
         last = {"loss": loss, "grad_norm": grad_norm,
@@ -160,19 +201,22 @@ def train_and_evaluate(config, workdir, run: Optional[setup.Run] = None,
                                model_from=f"training step {step}")
         last.update({f"eval/{k}": v for k, v in scores.items()})
         writer.write(step, {f"eval/{k}": v for k, v in scores.items()})
-      if save or preemption.requested:
+      if save:
         manager.save(step, state)
+        faults.reach("checkpoint_write")
         last_saved = step
       if evaluating(step):
         tick = time.perf_counter()  # steps/s counts the training loop, not the eval
-      if preemption.requested:
-        ended = "preempted"
+      if stopping:
+        ended = _StopSignals.ENDED[stop.received]
         break
     manager.wait()
   finally:
-    preemption.restore()
+    stop.restore()
     progress.close()
     writer.close()
     manager.close()
   del mesh
-  return {"ended": ended, "step": int(jax.device_get(state.step)), **last, "state": state}
+  step = int(jax.device_get(state.step))
+  saved = str(manager.step_directory(last_saved)) if last_saved is not None else None
+  return {"ended": ended, "step": step, "checkpoint": saved, **last, "state": state}

@@ -6,14 +6,17 @@ contexts, generate, then score the answer under each passage for its posterior. 
 periodic eval and `python -m rag_jax.evaluate` both evaluate through `evaluator(...)`.
 """
 
+import contextlib
 import functools
 import pathlib
+import re
 from typing import Any, Dict, Optional
 
 import jax
 import numpy as np
 
 from rag_jax import distributed
+from rag_jax import files
 from rag_jax import rag as rag_lib
 from rag_jax.evaluate import evaluation
 from rag_jax.train import retrieval as retrieval_lib
@@ -82,14 +85,36 @@ def model_source(config, workdir, init: Optional[str] = None) -> str:
   return init or setup.checkpoints_in(pathlib.Path(workdir)) or config.init
 
 
+def eval_directory(config, workdir, split: str = "dev", init: Optional[str] = None
+                   ) -> pathlib.Path:
+  """Where `evaluate_config` writes: WORKDIR/eval/<split>_<step> for a training checkpoint
+  (its latest step, as training's own evaluations go to eval/step_<step>), <split>_<name> for
+  an HF RAG checkpoint, <split>_0 for the config's model as it starts."""
+  kind, path = setup.resolve_init(model_source(config, workdir, init))
+  if kind == "checkpoint":
+    tag = str(max(int(p.name) for p in pathlib.Path(path).iterdir() if p.name.isdigit()))
+  elif kind == "rag":
+    tag = re.sub(r"[^\w.-]+", "-", pathlib.Path(path).name if pathlib.Path(path).exists()
+                 else path).strip("-")
+  else:
+    tag = "0"
+  return pathlib.Path(workdir) / "eval" / f"{split}_{tag}"
+
+
 def evaluate_config(config, workdir, split: str = "dev", init: Optional[str] = None,
                     progress: bool = True) -> Dict[str, float]:
-  """Builds `config`'s run on `split` from `model_source` and evaluates it into `workdir`;
-  returns the scores."""
+  """Builds `config`'s run on `split` from `model_source` and evaluates it into
+  `eval_directory` (said on stderr), holding the workdir's lock; returns the scores."""
+  setup.check_config(config)
   workdir = setup.prepare_workdir(workdir)
-  config = config.copy_and_resolve_references()
-  config.init = model_source(config, workdir, init)
-  run = setup.build(config, workdir, split=split, train=False)
-  steps = step_lib.make_steps(run.rag, run.tx, run.step_config, run.state_sharding)
-  return evaluator(run, steps, retrieval_lib.BatchRetriever.of(run, steps)).run(
-      run.state.params, workdir, progress=progress, model_from=config.init)
+  lock = files.locked(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    out_dir = eval_directory(config, workdir, split, init)
+    config = config.copy_and_resolve_references()
+    config.init = model_source(config, workdir, init)
+    run = setup.build(config, workdir, split=split, train=False)
+    steps = step_lib.make_steps(run.rag, run.tx, run.step_config, run.state_sharding)
+    scores = evaluator(run, steps, retrieval_lib.BatchRetriever.of(run, steps)).run(
+        run.state.params, out_dir, progress=progress, model_from=config.init)
+  setup.log(f"wrote {out_dir}: predictions.jsonl, metrics.json, report.md")
+  return scores

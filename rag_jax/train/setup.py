@@ -62,9 +62,16 @@ class SetupError(ValueError):
   """A config or input that cannot make a run; the message says why in one line."""
 
 
+class ConfigError(SetupError):
+  """A config value that cannot be run, found before anything is written: the entry points
+  exit 2 on it, as on a bad flag."""
+
+
 def prepare_workdir(workdir) -> pathlib.Path:
   """Creates the workdir and checks that it is writable, failing in one line if not."""
   path = pathlib.Path(workdir)
+  if path.exists() and not path.is_dir():
+    raise SetupError(f"workdir {path} is a file, not a folder")
   try:
     path.mkdir(parents=True, exist_ok=True)
     probe = path / f".write-test-{os.getpid()}"
@@ -92,8 +99,9 @@ def override(config, **fields):
   return config
 
 
-def check_config(config) -> None:
-  """Values the rest would trip over later, as one-line errors now."""
+def check_config(config) -> jax.sharding.Mesh:
+  """Values the rest would trip over later, as one-line errors (ConfigError) now; returns the
+  config's mesh over this job's devices."""
   choices = {"retrieval.mode": ("device", "host", "bm25", "none"),
              "rag.kind": ("token", "sequence"), "model.tiny_generator": tiny.GENERATOR_KINDS,
              "model.dtype": tuple(DTYPES), "retrieval.dtype": tuple(DTYPES),
@@ -101,7 +109,7 @@ def check_config(config) -> None:
   for name, allowed in choices.items():
     value = _field(config, name)
     if value not in allowed:
-      raise SetupError(f"config {name}={value!r}: expected one of {list(allowed)}")
+      raise ConfigError(f"config {name}={value!r}: expected one of {list(allowed)}")
   positive = ("batch_size", "num_train_steps", "log_every_steps",
               "checkpoint_every_steps", "keep_checkpoints", "eval_batch_size",
               "retrieval.k", "rag.max_combined_length", "rag.max_question_length",
@@ -109,21 +117,32 @@ def check_config(config) -> None:
   for name in positive:
     value = _field(config, name)
     if not isinstance(value, int) or value < 1:
-      raise SetupError(f"config {name}={value!r}: expected a positive integer")
+      raise ConfigError(f"config {name}={value!r}: expected a positive integer")
   if config.retrieval.doc_temperature <= 0:
-    raise SetupError(f"config retrieval.doc_temperature={config.retrieval.doc_temperature}: "
+    raise ConfigError(f"config retrieval.doc_temperature={config.retrieval.doc_temperature}: "
                      "expected > 0")
   if not isinstance(config.eval_every_steps, int) or config.eval_every_steps < 0:
-    raise SetupError(f"config eval_every_steps={config.eval_every_steps!r}: expected a "
+    raise ConfigError(f"config eval_every_steps={config.eval_every_steps!r}: expected a "
                      "non-negative integer (0: no periodic eval)")
   if config.rag.max_target_length < 2:
-    raise SetupError("config rag.max_target_length must be at least 2 (start and end tokens)")
+    raise ConfigError("config rag.max_target_length must be at least 2 (start and end tokens)")
   if config.rag.max_combined_length < 4:
-    raise SetupError("config rag.max_combined_length must be at least 4")
+    raise ConfigError("config rag.max_combined_length must be at least 4")
   unknown = [m for m in config.metrics if m not in METRICS]
   if unknown or not config.metrics:
-    raise SetupError(f"config metrics={list(config.metrics)}: expected names from {list(METRICS)}")
+    raise ConfigError(f"config metrics={list(config.metrics)}: expected names from {list(METRICS)}")
   decode_settings(config)
+  try:
+    mesh = sharding.make_mesh(dict(config.mesh))
+  except ValueError as e:
+    raise ConfigError(f"config mesh={dict(config.mesh)}: {errors.first_line(e)}") from None
+  if config.batch_size % sharding.data_size(mesh) or config.batch_size % jax.process_count():
+    raise ConfigError(f"config batch_size={config.batch_size} does not split over the "
+                      f"{sharding.data_size(mesh)} data shards of the mesh")
+  if config.eval_batch_size % sharding.data_size(mesh):
+    raise ConfigError(f"config eval_batch_size={config.eval_batch_size} does not split over "
+                      f"the {sharding.data_size(mesh)} data shards of the mesh")
+  return mesh
 
 
 def decode_settings(config) -> Dict[str, Any]:
@@ -139,14 +158,14 @@ def decode_settings(config) -> Dict[str, Any]:
   k = 1 if config.retrieval.mode == "none" else config.eval_k or paper.k
   decoding = config.eval_decoding or paper.decoding
   if not isinstance(k, int) or k < 1:
-    raise SetupError(f"config eval_k={config.eval_k!r}: expected a positive integer (0: the "
+    raise ConfigError(f"config eval_k={config.eval_k!r}: expected a positive integer (0: the "
                      f"paper's, eval_paper.{kind}.k)")
   if decoding not in DECODINGS[kind]:
-    raise SetupError(f"config eval_decoding={decoding!r}: rag.kind={kind!r} decodes with one "
+    raise ConfigError(f"config eval_decoding={decoding!r}: rag.kind={kind!r} decodes with one "
                      f"of {list(DECODINGS[kind])}")
   beams = config.eval_num_beams
   if not isinstance(beams, int) or beams < 1 or (decoding == "greedy" and beams != 1):
-    raise SetupError(f"config eval_num_beams={beams!r}: expected a positive integer (1 for "
+    raise ConfigError(f"config eval_num_beams={beams!r}: expected a positive integer (1 for "
                      "greedy decoding)")
   return {"kind": kind, "k": k, "decoding": decoding, "num_beams": beams,
           "max_length": config.eval_max_length}
@@ -335,7 +354,7 @@ def _index(config, workdir: pathlib.Path, doc_encoder_dir: str):
     encoder_dir = weights.resolve(r.doc_encoder or doc_encoder_dir)
     return saved.cached_index(passages, TextEncoder.from_pretrained(encoder_dir), encoder_dir,
                               encoder_source=r.doc_encoder or str(encoder_dir),
-                              log=_log, progress=jax.process_index() == 0)
+                              log=log, progress=jax.process_index() == 0)
   out = workdir / "index"
   if not (out / saved.MANIFEST).is_file():
     # Every process builds its own and renames it into place, the first rename winning: a
@@ -363,7 +382,8 @@ def _passages(config) -> pathlib.Path:
   return pathlib.Path(passages)
 
 
-def _log(message: str) -> None:
+def log(message: str) -> None:
+  """A line on stderr, from process 0."""
   if jax.process_index() == 0:
     print(message, file=sys.stderr)
 
@@ -445,14 +465,7 @@ def build(config, workdir: pathlib.Path, *, split: str = "dev", train: bool = Tr
     train: read and tokenize the training split and make the optimizer (evaluation alone
       needs neither).
   """
-  check_config(config)
-  mesh = sharding.make_mesh(dict(config.mesh))
-  if config.batch_size % sharding.data_size(mesh) or config.batch_size % jax.process_count():
-    raise SetupError(f"config batch_size={config.batch_size} does not split over the "
-                     f"{sharding.data_size(mesh)} data shards of the mesh")
-  if config.eval_batch_size % sharding.data_size(mesh):
-    raise SetupError(f"config eval_batch_size={config.eval_batch_size} does not split over the "
-                     f"{sharding.data_size(mesh)} data shards of the mesh")
+  mesh = check_config(config)
   init_kind, init_path = resolve_init(config.init)
   train_examples = read_examples(config, "train") if train else []
   eval_examples = read_examples(config, split)
