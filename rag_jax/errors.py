@@ -1,10 +1,16 @@
-"""One line of an exception's message, for the one-line errors every entry point prints.
+"""One line of an exception's message, for the one-line errors every entry point prints, and
+`UsageError`, the errors they exit 2 on.
 
-A leaf: imports nothing of rag_jax, so that any module may use it. Two choices, named for what
-they keep, because the libraries we wrap put the useful line in different places.
+A leaf: imports nothing of rag_jax, so that any module may use it. Two choices of line, named
+for what they keep, because the libraries we wrap put the useful line in different places.
 """
 
 import re
+
+
+class UsageError(ValueError):
+  """A flag or config value that cannot be run, found before the work starts: every entry
+  point exits 2 on it, as on argparse's and absl's own usage errors."""
 
 _ANSI_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -391,9 +391,9 @@ def test_cli_search_questions_and_k(tmp_path, tiny_encoder_dir, capsys):
   for args, status, message in (
       (["--query", " "], 2, "error: question 1 is blank"),
       (["--query", "alpha", "--query", ""], 2, "error: question 2 is empty"),
-      (["--query", "alpha", "-k", str(count + 1)], 1,
+      (["--query", "alpha", "-k", str(count + 1)], 2,
        f"error: k={count + 1} exceeds the index's {count} passages"),
-      (["--query", "alpha", "-k", "0"], 1, "error: k must be positive, got 0")):
+      (["--query", "alpha", "-k", "0"], 2, "error: k must be positive, got 0")):
     assert index_cli.main(search + args) == status
     assert capsys.readouterr().err.splitlines() == [message]
   assert index_cli.main(search + ["--query", "river " * 500, "-k", str(count)]) == 0

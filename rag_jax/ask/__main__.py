@@ -11,8 +11,8 @@ The passages come from a saved index, `--config.index=DIR` (built by `python -m
 rag_jax.index build`), or one built from the config's corpus on first use and cached
 (rag_jax.ask.retrieval).
 
-Bad questions are refused in one line: none, an empty or a blank one (exit 2), k above the
-number of passages (exit 1). A question longer than the encoder's max_length is truncated to
+Bad questions are refused in one line, exit 2: none, an empty or a blank one, k above the
+number of passages. A question longer than the encoder's max_length is truncated to
 it, with a note on stderr; a prompt longer than `max_prompt_length` loses the end of its
 passage (and a question that alone is longer, its end; the chat prompt around it stays).
 `--dev FILE` scores retrieval and answers on questions whose answer is known, and
@@ -132,7 +132,7 @@ def main(argv):
         for r in answer(batch)[1]:
           _print(r)
       return
-  except retriever_lib.QuestionError as e:
+  except (retriever_lib.QuestionError, errors.UsageError) as e:
     cli.fail(str(e), status=2)
   # WeightsError and IndexError_ are ValueErrors; ImportError: a backend's library is missing.
   except (ValueError, OSError, ImportError, assets.AssetError) as e:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rag_jax import errors
 from rag_jax import marginalize
 from rag_jax import prompts
 from rag_jax import rag as rag_lib
@@ -57,9 +58,9 @@ class Answerer:
     if self.kind not in KINDS:
       raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
     if not self.doc_temperature > 0:
-      raise ValueError(f"doc_temperature must be positive, got {self.doc_temperature}")
+      raise errors.UsageError(f"doc_temperature must be positive, got {self.doc_temperature}")
     if self.max_new_tokens < 1 or self.questions_per_batch < 1:
-      raise ValueError("max_new_tokens and questions_per_batch must be positive")
+      raise errors.UsageError("max_new_tokens and questions_per_batch must be positive")
 
   @classmethod
   def from_config(cls, config, question_encoder: TextEncoder, log=print) -> "Answerer":

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Dict, List, Sequence
 
 from rag_jax import assets
+from rag_jax import errors
 from rag_jax import files
 from rag_jax import weights
 from rag_jax.encoder import TextEncoder
@@ -111,9 +112,9 @@ def open_retriever(config, log: Log = print, progress: bool = False
       any weights load or anything is embedded.
   """
   if config.k < 1:
-    raise ValueError(f"k must be positive, got {config.k}")
+    raise errors.UsageError(f"k must be positive, got {config.k}")
   if config.max_length < 2:  # TextEncoder checks it too, but only once its weights are loaded
-    raise ValueError(f"max_length must be at least 2, got {config.max_length}")
+    raise errors.UsageError(f"max_length must be at least 2, got {config.max_length}")
   if config.get("index"):
     index, encoder = _open_index(config, log)
   else:

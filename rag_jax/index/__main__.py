@@ -4,7 +4,7 @@
            [--backend scann|exact|approx|faiss_hnsw] [--recall-target R] [--batch-size N]
            [--dtype float16] [--shard-size N] [--skip-malformed] [--overwrite]
   search   --index DIR --query TEXT [--query TEXT ...] [-k N] [--json] [--encoder PATH]
-  inspect  --index DIR
+  inspect  DIR (or --index DIR)
 
 PATH may be a checkpoint directory, a hub name or `asset:NAME` (rag_jax.assets). The index
 remembers its encoder; `search --encoder` overrides it (and must fit it). Bad input ends with
@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
   s.add_argument("--json", action="store_true", help="one JSON object per query")
   s.add_argument("--encoder", help="query encoder (default: the index's)")
   i = sub.add_parser("inspect", help="print the manifest and verify checksums")
-  i.add_argument("--index", required=True)
+  i.add_argument("directory", nargs="?", metavar="DIR", help="the index (or --index DIR)")
+  i.add_argument("--index")
   return parser
 
 
@@ -78,15 +79,15 @@ def _encoder(spec, **kwargs):
 
 def build(args) -> None:
   if args.batch_size <= 0 or args.shard_size <= 0:
-    raise saved.IndexError_("--batch-size and --shard-size must be positive")
+    raise errors.UsageError("--batch-size and --shard-size must be positive")
   if args.max_length is not None and args.max_length < 2:
-    raise saved.IndexError_(f"--max-length must be at least 2, got {args.max_length}")
+    raise errors.UsageError(f"--max-length must be at least 2, got {args.max_length}")
   backend_params = {}
   if args.recall_target is not None:
     if args.backend not in ("approx", "scann"):
-      raise saved.IndexError_(f"--recall-target applies to approx and scann, not {args.backend}")
+      raise errors.UsageError(f"--recall-target applies to approx and scann, not {args.backend}")
     if not 0.0 < args.recall_target <= 1.0:
-      raise saved.IndexError_(f"--recall-target must be in (0, 1], got {args.recall_target}")
+      raise errors.UsageError(f"--recall-target must be in (0, 1], got {args.recall_target}")
     backend_params["recall_target"] = args.recall_target
   corpus_format = "tsv" if args.passages else "jsonl"
   source = corpus.resolve_source(args.passages or args.articles, corpus_format)
@@ -129,6 +130,9 @@ def search(args) -> None:
 
 
 def inspect(args) -> None:
+  if bool(args.directory) == bool(args.index):
+    raise errors.UsageError("inspect takes one index: DIR or --index DIR")
+  args.index = args.index or args.directory
   manifest = saved.read_manifest(args.index)
   print(json.dumps({k: v for k, v in manifest.items() if k != "files"}, indent=1))
   saved.verify_files(args.index, manifest, checksums=True)
@@ -140,7 +144,7 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   try:
     {"build": build, "search": search, "inspect": inspect}[args.command](args)
-  except retriever_lib.QuestionError as e:  # what was asked, not what happened: usage
+  except (retriever_lib.QuestionError, errors.UsageError) as e:  # what was asked: usage
     print(f"error: {e}", file=sys.stderr)
     return 2
   # Index/Corpus/Weights errors included; ImportError: a backend's library is missing.

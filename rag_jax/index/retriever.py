@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from rag_jax import errors
 from rag_jax.encoder import TextEncoder
 from rag_jax.index import saved
 
@@ -45,9 +46,9 @@ def check_k(k: int, count: int) -> None:
   """k passages can be retrieved from an index of `count`: k above it is refused rather than
   quietly cut to the whole index (ValueError, one line)."""
   if k < 1:
-    raise ValueError(f"k must be positive, got {k}")
+    raise errors.UsageError(f"k must be positive, got {k}")
   if k > count:
-    raise ValueError(f"k={k} exceeds the index's {count} passages")
+    raise errors.UsageError(f"k={k} exceeds the index's {count} passages")
 
 
 def truncation_notes(encoder: TextEncoder, questions: Sequence[str]) -> List[str]:

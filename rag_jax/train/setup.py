@@ -62,7 +62,7 @@ class SetupError(ValueError):
   """A config or input that cannot make a run; the message says why in one line."""
 
 
-class ConfigError(SetupError):
+class ConfigError(SetupError, errors.UsageError):
   """A config value that cannot be run, found before anything is written: the entry points
   exit 2 on it, as on a bad flag."""
 
