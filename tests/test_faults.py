@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from conftest import subprocess_env
-from test_train import SHORT, _config, _losses
-from test_train_processes import CONFIG, ROOT, _final_params, _flags
+from test_train import _config, _losses
+from test_train_processes import _final_params, _train
 from rag_jax import checkpoint
 from rag_jax import files
 from rag_jax.data import tiny
@@ -29,18 +29,6 @@ from rag_jax.index import saved
 from rag_jax.train import loop
 
 pytestmark = pytest.mark.slow
-
-
-def _train(workdir, overrides=(), fault=None, wait=True):
-  """`python -m rag_jax.train` on the tiny config, RAG_JAX_FAULT=fault."""
-  env = dict(subprocess_env(1), **({"RAG_JAX_FAULT": fault} if fault else {}))
-  cmd = [sys.executable, "-m", "rag_jax.train", "--config", CONFIG, "--workdir", str(workdir),
-         *_flags({**SHORT, **dict(overrides)})]
-  if not wait:
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-  return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False,
-                        timeout=600)
 
 
 def _errors(stderr):

@@ -26,9 +26,10 @@ def _flags(overrides):
   return [f"--config.{k}={v}" for k, v in overrides.items()]
 
 
-def _train(workdir, overrides=(), devices=1, wait=True):
-  """Runs `python -m rag_jax.train` on the tiny config in a subprocess."""
-  env = subprocess_env(devices)
+def _train(workdir, overrides=(), devices=1, wait=True, fault=None):
+  """Runs `python -m rag_jax.train` on the tiny config in a subprocess; RAG_JAX_FAULT=fault
+  (rag_jax.faults) if given."""
+  env = dict(subprocess_env(devices), **({"RAG_JAX_FAULT": fault} if fault else {}))
   cmd = [sys.executable, "-m", "rag_jax.train", "--config", CONFIG, "--workdir", str(workdir),
          *_flags({**SHORT, **dict(overrides)})]
   if not wait:
