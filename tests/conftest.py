@@ -168,10 +168,10 @@ def pytest_configure(config):
 
 # The longest files, longest first, as the last full run measured them (benchmarks/RESULTS.md,
 # the suite's durations): started first, they leave no worker alone at the end.
-LONGEST_FIRST = ("test_train.py", "test_train_processes.py", "test_rag_generators.py",
-                 "test_answering.py", "test_rag.py", "test_notebooks.py", "test_multihost.py",
-                 "test_llama.py", "test_decoding.py", "test_scan_layers.py", "test_bart.py",
-                 "test_device_benchmark.py", "test_evaluate.py", "test_sharding.py")
+LONGEST_FIRST = ("test_faults.py", "test_notebooks.py", "test_answering.py", "test_train.py",
+                 "test_multihost.py", "test_train_processes.py", "test_decoding.py",
+                 "test_rag_generators.py", "test_rag.py", "test_llama.py", "test_scan_layers.py",
+                 "test_ask.py", "test_cli.py", "test_compile.py", "test_index.py")
 
 
 def pytest_collection_modifyitems(config, items):  # pylint: disable=unused-argument
