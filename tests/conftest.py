@@ -24,20 +24,11 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # XLA:CPU set to compile fast: its LLVM passes at -O0, and its older loop emitters for fusions
 # (the MLIR fusion emitters take about twice as long on small programs). Compiling the
 # suite's many small programs is most of its time, and the code made this way runs them
-# about as fast (the few tests on real weights run a little slower). No fast-math either
-# way; every comparison of the suite holds with and without these flags.
+# about as fast; the processes on real weights (SmolLM2 answering a question or two) spend
+# less in all with these flags too. No fast-math either way; every comparison of the suite
+# holds with and without these flags.
 _FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = " ".join([*os.environ.get("XLA_FLAGS", "").split(), *_FAST_COMPILE])
-
-
-def optimised_env(env: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-  """`env` (default: this process's) with XLA's LLVM optimisation back, for the processes
-  that run real weights (SmolLM2, MiniLM over many passages), where unoptimised code costs
-  more time than its compiles save. The loop emitters stay: they compile faster there too."""
-  env = dict(os.environ if env is None else env)
-  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                              if f != _FAST_COMPILE[0])
-  return env
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:

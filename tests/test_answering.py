@@ -3,6 +3,7 @@ unpadded inputs (batching and prompt padding change nothing), the temperature sw
 the RAG loss, and the default job end to end on real weights (SmolLM2 over MiniLM's passages)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import transformers
 
-from conftest import optimised_env, randomize_
+from conftest import randomize_
 from rag_jax import assets
 from rag_jax.ask import answering
 from rag_jax.configs import wiki as wiki_config
@@ -143,7 +144,7 @@ def test_the_default_job_answers_from_its_passages(tmp_path):
               if a["title"] in ("War and Peace", "Jupiter", "Mona Lisa", "Brazil", "Cologne")]
   corpus = tmp_path / "articles.jsonl"
   corpus.write_text("".join(json.dumps(a) + "\n" for a in articles))
-  env = dict(optimised_env(), RAG_JAX_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(os.environ, RAG_JAX_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="3")
   # The assets come from the real cache (a fresh one would fetch them again).
   minilm, smollm2 = assets.fetch("all-MiniLM-L6-v2"), assets.fetch("smollm2-135m-instruct")
   proc = subprocess.run(
@@ -181,3 +182,10 @@ def test_the_default_job_answers_from_its_passages(tmp_path):
   assert closed[0]["passages"] == [] and closed[0]["answer"]
   assert closed[0]["answer"] != tolstoy["answer"]
   assert "a blank line" in proc.stderr and "building the index" not in proc.stderr
+
+
+def test_a_batch_is_padded_to_a_power_of_two_at_most_questions_per_batch():
+  assert [answering.Answerer(None, questions_per_batch=8).batch_rows(n)
+          for n in range(1, 9)] == [1, 2, 4, 4, 8, 8, 8, 8]
+  assert [answering.Answerer(None, questions_per_batch=6).batch_rows(n)
+          for n in range(1, 7)] == [1, 2, 4, 4, 6, 6]

@@ -16,7 +16,6 @@ import nbclient
 import nbformat
 import pytest
 
-from conftest import optimised_env
 from rag_jax import assets
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
@@ -30,8 +29,7 @@ def kernel_env(tmp_path_factory):
   for name in ("all-MiniLM-L6-v2", "smollm2-135m-instruct", "wiki-summaries-en"):
     (cache / name).symlink_to(assets.fetch(name))
   return {**TINY, "RAG_JAX_CACHE": str(cache),
-          "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax-cache")),
-          "XLA_FLAGS": optimised_env()["XLA_FLAGS"]}  # the notebooks run SmolLM2
+          "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax-cache"))}
 
 
 def run(name: str, env) -> nbformat.NotebookNode:

@@ -11,9 +11,10 @@ step, RAG-Sequence decodes each passage's answer and keeps the one of the highes
 likelihood (thorough decoding). The doc prior p(z|x) is a softmax of the retrieval scores
 divided by the config's `doc_temperature` (`temperature_sweep` is how it was chosen).
 
-Questions are decoded `questions_per_batch` at a time, every batch padded to the same shape
-(rows repeated, prompts right-padded to a multiple of `PROMPT_BUCKET` tokens), so a stream of
-questions compiles a few programs, not one per batch.
+Questions are decoded `questions_per_batch` at a time, each batch padded to a few shapes (its
+questions to the next power of two, the last one's rows repeated; prompts right-padded to a
+multiple of `PROMPT_BUCKET` tokens), so a stream of questions compiles a few programs, not one
+per batch, and a question typed alone costs one question's compute, not a full batch's.
 """
 
 import dataclasses
@@ -98,9 +99,14 @@ class Answerer:
                                     hits[start:start + self.questions_per_batch]))
     return out
 
+  def batch_rows(self, n: int) -> int:
+    """The questions a batch of n is padded to: the next power of two, at most
+    questions_per_batch."""
+    return min(1 << (n - 1).bit_length(), self.questions_per_batch)
+
   def _inputs(self, questions, hits):
     """Padded generator inputs of one batch: ids, mask [N * Z, S] and doc scores [N, Z] / T,
-    N = questions_per_batch (the batch's last rows repeated)."""
+    N = `batch_rows(len(questions))` (the batch's last rows repeated)."""
     m = self.model
     ids, mask = m.contextualize(questions, None if hits is None else [list(h) for h in hits])
     if hits is None:
@@ -113,7 +119,7 @@ class Answerer:
     if not m.rag.gen.has_encoder:  # prompts as long as the longest; BART's are max_length
       ids = np.pad(ids, ((0, 0), (0, width - ids.shape[1])), constant_values=m.rag.gen.pad_token_id)
       mask = np.pad(mask, ((0, 0), (0, width - mask.shape[1])))
-    extra = self.questions_per_batch - len(questions)
+    extra = self.batch_rows(len(questions)) - len(questions)
     if extra:
       ids = np.concatenate([ids, np.tile(ids[-z:], (extra, 1))])
       mask = np.concatenate([mask, np.tile(mask[-z:], (extra, 1))])
@@ -168,7 +174,7 @@ class Answerer:
       rows = [[m.rag.gen.start_token_id] +
               m.generator_tokenizer(" ".join(a.split()), add_special_tokens=False)["input_ids"]
               for a in answers[start:start + len(qs)]]
-      labels = np.full((self.questions_per_batch, max(map(len, rows))), m.rag.gen.pad_token_id,
+      labels = np.full((self.batch_rows(len(qs)), max(map(len, rows))), m.rag.gen.pad_token_id,
                        np.int32)
       for i, r in enumerate(rows):
         labels[i, :len(r)] = r
