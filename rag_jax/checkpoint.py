@@ -10,6 +10,7 @@ and the newest one that restores is used instead.
 """
 
 import pathlib
+import sys
 from typing import Callable, List, Optional
 
 import jax
@@ -19,6 +20,27 @@ import orbax.checkpoint as ocp
 from rag_jax import errors
 
 _PARTIAL = "*.orbax-checkpoint-tmp*"  # orbax's name for a step being written
+
+
+def _quiet_abandoned_reads() -> None:
+  """Drops the "Event loop is closed" reports of the reads a failed restore left behind.
+
+  When one array of a checkpoint fails to read, orbax's restore raises and closes its event
+  loop while tensorstore's other reads are still running; each of those, finishing on a
+  tensorstore thread, reports the closed loop through `sys.unraisablehook`, a traceback per
+  array on stderr, after the one line that said what is wrong. Other reports go through.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "quiets_abandoned_reads", False):
+    return
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.quiets_abandoned_reads = True
+  sys.unraisablehook = hook
 
 
 class CheckpointError(RuntimeError):
@@ -75,6 +97,7 @@ class Manager:
       except Exception as e:  # pylint: disable=broad-except
         # orbax and tensorstore raise what the damage makes (OUT_OF_RANGE, NOT_FOUND,
         # ValueError, ...): any failure to read a checkpoint whose layout is right.
+        _quiet_abandoned_reads()
         where, why = self.step_directory(step), errors.first_line(e)
         if not fallback:
           raise CheckpointError(

@@ -2,9 +2,13 @@
 of subprocesses that need several (fake CPU) devices; the suite's JAX settings."""
 
 import importlib.util
+import json
 import os
 import pathlib
-from typing import Callable, Dict, Optional, Sequence, Tuple
+import subprocess
+import sys
+import tempfile
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pytest
@@ -29,6 +33,71 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # holds with and without these flags.
 _FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = " ".join([*os.environ.get("XLA_FLAGS", "").split(), *_FAST_COMPILE])
+
+
+# The driver of `run_commands`: runs the entry point's top-level imports once, then per case
+# forks a child that runs the entry point as `python -m` would (runpy, run_name="__main__";
+# its flags are defined there, as in a fresh process), its stdout and stderr in files. JAX
+# has started no backend and no thread before a fork.
+_COMMANDS = r"""
+import ast, importlib.util, json, os, runpy, signal, sys, traceback
+module, cases, envs, out = sys.argv[1], *map(json.loads, sys.argv[2:4]), sys.argv[4]
+spec = importlib.util.find_spec(module + ".__main__") or importlib.util.find_spec(module)
+tree = ast.parse(open(spec.origin).read())
+imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+exec(compile(ast.Module(imports, type_ignores=[]), spec.origin, "exec"), {})
+for i, args in enumerate(cases):
+  sys.stdout.flush(); sys.stderr.flush()
+  pid = os.fork()
+  if pid == 0:
+    code = 1
+    try:
+      for name, fd in (("out", 1), ("err", 2)):
+        os.dup2(os.open(f"{out}/{i}.{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+      signal.alarm(300)
+      os.environ.update(envs[i])
+      sys.argv = [module, *args]
+      runpy.run_module(module, run_name="__main__", alter_sys=True)
+      code = 0
+    except SystemExit as e:
+      code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+      if not isinstance(e.code, (int, type(None))):
+        print(e.code, file=sys.stderr)
+    except BaseException:  # as the interpreter would: the traceback, status 1
+      traceback.print_exc()
+    finally:
+      sys.stdout.flush(); sys.stderr.flush()
+      os._exit(code)
+  _, status = os.waitpid(pid, 0)
+  with open(f"{out}/{i}.code", "w") as f:
+    f.write(str(os.waitstatus_to_exitcode(status)))
+"""
+
+
+def run_commands(module: str, cases: Sequence[Sequence[str]], env: Optional[Dict[str, str]]
+                 = None, cwd=ROOT, case_env: Optional[Sequence[Dict[str, str]]] = None
+                 ) -> List[subprocess.CompletedProcess]:
+  """`python -m MODULE *args` for each case, one after another, as `subprocess.run` would
+  give them (returncode, stdout, stderr). Each case runs in a process of its own, forked
+  from one interpreter that ran the entry point's imports once, so that a test of many
+  cases does not pay the start-up (most of a bad-input case's time) for each.
+
+  Args:
+    module: the entry point, e.g. "rag_jax.ask".
+    cases: the argument lists.
+    env: the environment (default: `subprocess_env()`).
+    cwd: the working directory.
+    case_env: per case, variables added to `env` for that case alone.
+  """
+  case_env = case_env or [{}] * len(cases)
+  with tempfile.TemporaryDirectory() as out:
+    subprocess.run([sys.executable, "-c", _COMMANDS, module, json.dumps([list(c) for c in cases]),
+                    json.dumps(list(case_env)), out],
+                   env=subprocess_env() if env is None else env, cwd=cwd, check=True,
+                   timeout=900)
+    read = lambda i, name: (pathlib.Path(out) / f"{i}.{name}").read_text()
+    return [subprocess.CompletedProcess([module, *case], int(read(i, "code")), read(i, "out"),
+                                        read(i, "err")) for i, case in enumerate(cases)]
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:

@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from conftest import run_commands, subprocess_env
+
 
 def _run(*args, module="rag_jax.ask"):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -15,7 +17,7 @@ def _run(*args, module="rag_jax.ask"):
   return proc.returncode, errors, proc.stderr
 
 
-@pytest.mark.parametrize("args, status, message", [
+ASK_BAD = [
     (["--config.xyz=1"], 2, "unknown config field 'xyz' in "),  # the default config's
     (["--temperatures", "0.1"], 2, "--temperatures needs --dev"),
     (["--kind", "soft"], 2, "flag --kind=soft: value should be one of <token|sequence>"),
@@ -48,12 +50,24 @@ def _run(*args, module="rag_jax.ask"):
     (["--config=rag_jax/configs/wiki.py:small", "--config.k.x=1"], 2,
      "unknown config field 'k.x' in rag_jax/configs/wiki.py:small ('k' holds int 5, "
      "no fields)"),
-])
-def test_ask_bad_input(args, status, message):
-  code, errors, stderr = _run(*args)
-  assert code == status, stderr
-  assert len(errors) == 1 and message in errors[0], stderr
-  assert "Traceback" not in stderr
+]
+
+
+@pytest.fixture(scope="module")
+def ask_bad_runs():
+  """Every case of ASK_BAD through `python -m rag_jax.ask`, each its own process."""
+  env = dict(subprocess_env(), TF_CPP_MIN_LOG_LEVEL="3")
+  runs = run_commands("rag_jax.ask", [args for args, _, _ in ASK_BAD], env=env)
+  return {tuple(args): run for (args, _, _), run in zip(ASK_BAD, runs)}
+
+
+@pytest.mark.parametrize("args, status, message", ASK_BAD)
+def test_ask_bad_input(ask_bad_runs, args, status, message):
+  proc = ask_bad_runs[tuple(args)]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+  assert proc.returncode == status, proc.stderr
+  assert len(errors) == 1 and message in errors[0], proc.stderr
+  assert "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import subprocess_env
+from conftest import run_commands, subprocess_env
 from experiments import fever
 from rag_jax import sharding
 from rag_jax.compile import __main__ as compile_main
@@ -24,13 +24,17 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 
 
-def _run(*args):
+def _env():
   env = dict(subprocess_env(), ALLOW_MULTIPLE_LIBTPU_LOAD="1")
   # The command as a user runs it: its own platform choice, and XLA's default optimisation
   # (the suite's -O0 is for its CPU programs, not the TPU compiler under test).
   env.pop("JAX_PLATFORMS", None)
   env.pop("XLA_FLAGS", None)
-  return subprocess.run([sys.executable, "-m", "rag_jax.compile", *args], cwd=ROOT, env=env,
+  return env
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, "-m", "rag_jax.compile", *args], cwd=ROOT, env=_env(),
                         capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -60,7 +64,7 @@ def test_tiny_step_compiles_for_a_tpu_topology_without_a_tpu():
   assert stored - 2e-3 <= memory["argument"] <= 4 * stored + 2e-3
 
 
-@pytest.mark.parametrize("args, message", [
+BAD = [
     (("--topology", "v5e:bogus"), "error: --topology v5e:bogus: "),
     (("--topology", "nonsense"), "error: --topology nonsense: "),
     (("--topology", "gpu:8xK80"), "error: --topology gpu:8xK80: unknown GPU 'K80'"),
@@ -68,9 +72,20 @@ def test_tiny_step_compiles_for_a_tpu_topology_without_a_tpu():
     (("--topology", "gpu:8xH100", "--mesh", "dp=8"), "error: --mesh dp=8: unknown axis 'dp'"),
     (("--topology", "gpu:8xH100", "--config.model.generator=acme/unknown-lm"),
      "error: unknown generator architecture 'acme/unknown-lm'"),
-])
-def test_bad_input_is_one_line_with_status_2(args, message):
-  proc = _run("--config", "experiments/fever.py", *args)
+]
+
+
+@pytest.fixture(scope="module")
+def bad_runs():
+  """Every case of BAD through `python -m rag_jax.compile`, each its own process."""
+  runs = run_commands("rag_jax.compile", [("--config", "experiments/fever.py", *args)
+                                          for args, _ in BAD], env=_env())
+  return {args: run for (args, _), run in zip(BAD, runs)}
+
+
+@pytest.mark.parametrize("args, message", BAD)
+def test_bad_input_is_one_line_with_status_2(bad_runs, args, message):
+  proc = bad_runs[args]
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
   assert lines[0].startswith(message), lines[0]

@@ -12,14 +12,12 @@ compile once), after one short training run that several tests read.
 import json
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import subprocess_env
+from conftest import run_commands, subprocess_env
 from conftest import task_config as config
 from rag_jax.data import tiny
 from rag_jax.evaluate import metrics
@@ -240,12 +238,9 @@ def test_init_from_an_hf_rag_checkpoint_is_the_model_it_holds(evaluated, tmp_pat
 def test_bad_input_is_one_line_and_nonzero(tmp_path):
   cases = {"--split=train2": "unknown split 'train2'",
            f"--init={tmp_path / 'nothing'}": "no such checkpoint"}
-  procs = {arg: subprocess.Popen(
-      [sys.executable, "-m", "rag_jax.evaluate", "--config",
-       str(ROOT / "experiments" / "nq.py") + ":tiny", "--workdir", str(tmp_path / "w"), arg],
-      env=subprocess_env(1), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for arg in cases}
-  for arg, proc in procs.items():
-    _, err = proc.communicate(timeout=300)
-    lines = err.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and cases[arg] in lines[0], (arg, err)
+  runs = run_commands("rag_jax.evaluate", [
+      ("--config", str(ROOT / "experiments" / "nq.py") + ":tiny", "--workdir",
+       str(tmp_path / "w"), arg) for arg in cases], env=subprocess_env(1))
+  for (arg, message), proc in zip(cases.items(), runs):
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (arg, proc.stderr)

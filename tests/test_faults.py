@@ -11,17 +11,15 @@ import json
 import pathlib
 import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import subprocess_env
+from conftest import run_commands, subprocess_env
 from test_train import _config, _losses
-from test_train_processes import _final_params, _train
+from test_train_processes import _final_params, _train, _train_runs
 from rag_jax import checkpoint
 from rag_jax import files
 from rag_jax.data import tiny
@@ -101,12 +99,12 @@ def test_ctrl_c_saves_exits_130_and_the_rerun_ends_as_the_uninterrupted_run(tmp_
   assert proc.returncode == 130, proc.stderr[-3000:]
   assert (tmp_path / "checkpoints" / "4").is_dir()
   assert f"interrupted at step 4: saved {tmp_path / 'checkpoints' / '4'}" in proc.stderr
-  again = _train(tmp_path)
+  # The same command, then once more on the finished workdir (which changes nothing).
+  again, done = _train_runs(tmp_path, [None, None])
   assert again.returncode == 0, again.stderr[-3000:]
   assert "resuming from step 4 of 6" in again.stderr
   _assert_same_end(tmp_path, whole)
-  # Run again, finished: one line says so and what would go on.
-  done = _train(tmp_path)
+  # The finished workdir: one line says so and what would go on.
   assert done.returncode == 0
   assert (f"{tmp_path} is already at step 6 of 6: nothing to train "
           "(--config.num_train_steps=9 would go on)") in done.stderr
@@ -146,36 +144,34 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(tmp_path, whole, caps
 
 @pytest.mark.parametrize("fault", ["train_step@4", "checkpoint_write@2", "eval_write"])
 def test_a_run_killed_at_a_point_is_finished_by_the_same_command(tmp_path, whole, fault):
-  killed = _train(tmp_path, fault=fault)
+  killed, again = _train_runs(tmp_path, [fault, None])
   assert killed.returncode == -9, killed.stderr[-3000:]
-  again = _train(tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
   _assert_same_end(tmp_path, whole)
   assert not _leftovers(tmp_path)
   _assert_lock_free(tmp_path)
 
 
-def _build(encoder, out, fault=None):
-  """`python -m rag_jax.index build` of the tiny passages, shards of 16, RAG_JAX_FAULT=fault."""
-  env = dict(subprocess_env(1), **({"RAG_JAX_FAULT": fault} if fault else {}))
-  return subprocess.run([sys.executable, "-m", "rag_jax.index", "build", "--passages",
-                         str(tiny.PASSAGES), "--encoder", str(encoder), "--out", str(out),
-                         "--backend", "exact", "--shard-size", "16", "--batch-size", "4",
-                         "--no-progress"], env=env, capture_output=True, text=True,
-                        timeout=600, check=False)
+def _builds(encoder, runs):
+  """`python -m rag_jax.index build` of the tiny passages, shards of 16, once per (out, fault)
+  of `runs` (RAG_JAX_FAULT=fault; None: unset), each a process of its own."""
+  return run_commands("rag_jax.index", [
+      ("build", "--passages", str(tiny.PASSAGES), "--encoder", str(encoder), "--out", str(out),
+       "--backend", "exact", "--shard-size", "16", "--batch-size", "4", "--no-progress")
+      for out, _ in runs], env=subprocess_env(1),
+                      case_env=[{"RAG_JAX_FAULT": fault} if fault else {} for _, fault in runs])
 
 
 @pytest.mark.parametrize("fault", ["index_embed@6", "index_rename"])
 def test_an_index_build_killed_at_a_point_is_finished_by_the_same_command(tmp_path, whole,
                                                                           fault):
   encoder = whole / "tiny_model" / "question_encoder"  # the tiny run's document encoder
-  reference = tmp_path / "reference"
-  assert _build(encoder, reference).returncode == 0
-  out = tmp_path / "idx"
-  killed = _build(encoder, out, fault)
+  reference, out = tmp_path / "reference", tmp_path / "idx"
+  built, killed = _builds(encoder, [(reference, None), (out, fault)])
+  assert built.returncode == 0, built.stderr[-3000:]
   assert killed.returncode == -9, killed.stderr[-3000:]
   assert not out.exists()
-  again = _build(encoder, out)
+  again, = _builds(encoder, [(out, None)])
   assert again.returncode == 0, again.stderr[-3000:]
   strip = lambda m: {k: v for k, v in m.items() if k != "created"}
   assert strip(saved.read_manifest(out)) == strip(saved.read_manifest(reference))

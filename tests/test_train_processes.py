@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from conftest import subprocess_env
+from conftest import run_commands, subprocess_env
 from test_train import SHORT, _config, _losses
 from rag_jax.train import loop
 from rag_jax.train import setup
@@ -37,6 +37,14 @@ def _train(workdir, overrides=(), devices=1, wait=True, fault=None):
                             stderr=subprocess.PIPE, text=True)
   return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False,
                         timeout=600)
+
+
+def _train_runs(workdir, faults, overrides=()):
+  """`_train`'s command once per entry of `faults` (its RAG_JAX_FAULT; None: unset), one after
+  another, each a process of its own (conftest.run_commands)."""
+  args = ["--config", CONFIG, "--workdir", str(workdir), *_flags({**SHORT, **dict(overrides)})]
+  return run_commands("rag_jax.train", [args] * len(faults), env=subprocess_env(1),
+                      case_env=[{"RAG_JAX_FAULT": f} if f else {} for f in faults])
 
 
 def _final_params(workdir):
@@ -99,19 +107,30 @@ def test_sigterm_saves_and_exits_0(tmp_path):
 # One flag error and two config errors through the command: exit 2, and no workdir made. The
 # other messages of the same path are test_train.py's test_bad_input_is_a_one_line_error,
 # in-process.
-@pytest.mark.parametrize("args, message", [
-    (["--config.nope=1"], "nope"),
-    (["--config.retrieval.mode=gpu"], "retrieval.mode='gpu'"),
-    (["--config.num_train_steps=-5"], "num_train_steps=-5: expected a positive integer"),
-])
+BAD = [
+    (("--config.nope=1",), "nope"),
+    (("--config.retrieval.mode=gpu",), "retrieval.mode='gpu'"),
+    (("--config.num_train_steps=-5",), "num_train_steps=-5: expected a positive integer"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory):
+  """Every case of BAD through `python -m rag_jax.train`, each its own process and workdir."""
+  base = tmp_path_factory.mktemp("bad")
+  runs = run_commands("rag_jax.train", [("--config", CONFIG, "--workdir", str(base / str(i)),
+                                         *args) for i, (args, _) in enumerate(BAD)],
+                      env=subprocess_env(1))
+  return {args: (run, base / str(i)) for i, ((args, _), run) in enumerate(zip(BAD, runs))}
+
+
+@pytest.mark.parametrize("args, message", BAD)
 @pytest.mark.slow
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-  proc = subprocess.run([sys.executable, "-m", "rag_jax.train", "--config", CONFIG,
-                         "--workdir", str(tmp_path / "w"), *args], env=subprocess_env(1),
-                        cwd=ROOT, capture_output=True, text=True, check=False)
+def test_bad_input_is_one_line_and_exit_2(bad_runs, args, message):
+  proc, workdir = bad_runs[args]
   lines = proc.stderr.strip().splitlines()
   assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr[-2000:]
-  assert not (tmp_path / "w").exists()
+  assert not workdir.exists()
 
 
 @pytest.mark.slow
