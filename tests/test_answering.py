@@ -145,8 +145,13 @@ def test_the_default_job_answers_from_its_passages(tmp_path):
   corpus = tmp_path / "articles.jsonl"
   corpus.write_text("".join(json.dumps(a) + "\n" for a in articles))
   env = dict(os.environ, RAG_JAX_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="3")
-  # The assets come from the real cache (a fresh one would fetch them again).
+  # The assets come from the real cache (a fresh one would fetch them again), and so does
+  # SmolLM2's tokenizer once built from its GGUF (rag_jax.weights.gguf_file): the index is
+  # what this cache builds.
   minilm, smollm2 = assets.fetch("all-MiniLM-L6-v2"), assets.fetch("smollm2-135m-instruct")
+  (tmp_path / "cache").mkdir()
+  (assets.cache_dir() / "tokenizers").mkdir(parents=True, exist_ok=True)
+  (tmp_path / "cache" / "tokenizers").symlink_to(assets.cache_dir() / "tokenizers")
   proc = subprocess.run(
       [sys.executable, "-m", "rag_jax.ask", f"--config.corpus={corpus}",
        f"--config.encoder={minilm}", f"--config.generator={smollm2}", "--k=2",
