@@ -45,7 +45,7 @@ def _model(kind: str, seed: int = 0) -> RagModel:
                              encoder_attention_heads=4, decoder_attention_heads=4,
                              encoder_ffn_dim=37, decoder_ffn_dim=41, max_position_embeddings=64,
                              dropout=0.0, init_std=0.1))
-    params = nn.meta.unbox(jax.jit(module.init)(jax.random.PRNGKey(seed), ids, ids, ids))
+    params = nn.meta.unbox(module.init(jax.random.PRNGKey(seed), ids, ids, ids))
     # Likelier EOS: some beams end early, so candidates of several lengths meet.
     params["params"]["final_logits_bias"] += jnp.zeros((1, V)).at[0, 2].set(1.0)
   else:
@@ -53,7 +53,7 @@ def _model(kind: str, seed: int = 0) -> RagModel:
                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                head_dim=8, rope_theta=500.0, initializer_range=0.2,
                                bos_token_id=1, eos_token_id=2, pad_token_id=0))
-    params = jax.jit(module.init)(jax.random.PRNGKey(seed), ids)
+    params = module.init(jax.random.PRNGKey(seed), ids)
   params = _perturb(nn.meta.unbox(params)["params"], seed + 1, 0.1)
   return RagModel(Rag(None, module, RagConfig(n_docs=Z)), {"generator": params})
 
