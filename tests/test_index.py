@@ -8,7 +8,6 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from conftest import randomize_, subprocess_env

@@ -262,7 +262,6 @@ def _thorough_reference(model, ctx, mask, doc_scores, num_beams, num_return):
   """RAG-Sequence thorough decoding by its definition: the brute-force beams of every
   document, deduplicated per example, every candidate scored under every document by full
   forward passes (HF's BOS rule), the best kept."""
-  gen = model.rag.gen
   b, z = doc_scores.shape
   seqs, _, gen_len = _brute_beam(model, ctx, mask, np.zeros((b * z, 1), np.float32), num_beams)
   out = []

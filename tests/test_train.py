@@ -317,7 +317,7 @@ def test_optimizer_scales_the_query_encoders_rate_clips_globally_and_freezes():
     sched = optax.join_schedules([optax.linear_schedule(0.0, lr, 2),
                                   optax.linear_schedule(lr, 0.0, 4)], [2])
     adam = optax.adamw(sched, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01)
-    state, p, out = adam.init(params[part]), params[part], []
+    state, p = adam.init(params[part]), params[part]
     for g in grads:
       norm = np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(g)))
       clipped = jax.tree.map(lambda x, n=norm: x * min(1.0, 0.5 / n), g[part])
