@@ -100,6 +100,15 @@ def run_commands(module: str, cases: Sequence[Sequence[str]], env: Optional[Dict
                                         read(i, "err")) for i, case in enumerate(cases)]
 
 
+def link_built_tokenizers(cache: pathlib.Path) -> None:
+  """Links the real cache's built tokenizers (SmolLM2's, built once from its GGUF by
+  rag_jax.weights.gguf_file) into a test's own RAG_JAX_CACHE, which builds the rest."""
+  from rag_jax import assets  # pylint: disable=import-outside-toplevel  (jax's settings first)
+  (assets.cache_dir() / "tokenizers").mkdir(parents=True, exist_ok=True)
+  cache.mkdir(parents=True, exist_ok=True)
+  (cache / "tokenizers").symlink_to(assets.cache_dir() / "tokenizers")
+
+
 def randomize_(model: torch.nn.Module, seed: int = 0, scale: float = 0.2) -> torch.nn.Module:
   """Perturbs every parameter and buffer-like float tensor, so that no LayerNorm weight is
   1, no bias is 0 and a mistake in any of them shows in the outputs."""

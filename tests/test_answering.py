@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import transformers
 
-from conftest import randomize_
+from conftest import link_built_tokenizers, randomize_
 from rag_jax import assets
 from rag_jax.ask import answering
 from rag_jax.configs import wiki as wiki_config
@@ -146,12 +146,9 @@ def test_the_default_job_answers_from_its_passages(tmp_path):
   corpus.write_text("".join(json.dumps(a) + "\n" for a in articles))
   env = dict(os.environ, RAG_JAX_CACHE=str(tmp_path / "cache"), TF_CPP_MIN_LOG_LEVEL="3")
   # The assets come from the real cache (a fresh one would fetch them again), and so does
-  # SmolLM2's tokenizer once built from its GGUF (rag_jax.weights.gguf_file): the index is
-  # what this cache builds.
+  # SmolLM2's built tokenizer: the index is what this cache builds.
   minilm, smollm2 = assets.fetch("all-MiniLM-L6-v2"), assets.fetch("smollm2-135m-instruct")
-  (tmp_path / "cache").mkdir()
-  (assets.cache_dir() / "tokenizers").mkdir(parents=True, exist_ok=True)
-  (tmp_path / "cache" / "tokenizers").symlink_to(assets.cache_dir() / "tokenizers")
+  link_built_tokenizers(tmp_path / "cache")
   proc = subprocess.run(
       [sys.executable, "-m", "rag_jax.ask", f"--config.corpus={corpus}",
        f"--config.encoder={minilm}", f"--config.generator={smollm2}", "--k=2",

@@ -16,6 +16,7 @@ import nbclient
 import nbformat
 import pytest
 
+from conftest import link_built_tokenizers
 from rag_jax import assets
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
@@ -28,9 +29,7 @@ def kernel_env(tmp_path_factory):
   cache = tmp_path_factory.mktemp("cache")
   for name in ("all-MiniLM-L6-v2", "smollm2-135m-instruct", "wiki-summaries-en"):
     (cache / name).symlink_to(assets.fetch(name))
-  # SmolLM2's tokenizer as built from its GGUF once (rag_jax.weights.gguf_file).
-  (assets.cache_dir() / "tokenizers").mkdir(parents=True, exist_ok=True)
-  (cache / "tokenizers").symlink_to(assets.cache_dir() / "tokenizers")
+  link_built_tokenizers(cache)
   return {**TINY, "RAG_JAX_CACHE": str(cache),
           "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax-cache"))}
 
