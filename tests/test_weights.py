@@ -128,3 +128,34 @@ def test_tokenizer_loads_from_the_same_directory(tmp_path):
   transformers.BertTokenizerFast(str(tmp_path / "vocab.txt")).save_pretrained(tmp_path)
   tok = weights.load_tokenizer(tmp_path)
   assert tok("hello world")["input_ids"] == [2, 5, 6, 3]
+
+
+@pytest.mark.parametrize("kind", ["bert", "bart", "llama"])
+def test_tiny_params_have_flax_inits_tree_shapes_and_distributions(kind):
+  """weights.tiny draws its params in NumPy: the tree and shapes of the module's own `init`,
+  and its initializers' distributions (normal(0, 0.02) matrices, zero biases, unit scales)."""
+  import flax  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from rag_jax.models import bart, bert, llama  # pylint: disable=import-outside-toplevel
+  from rag_jax.weights import tiny  # pylint: disable=import-outside-toplevel
+  module, base, n_ids = {
+      "bert": (lambda c: bert.BertEncoder(bert.BertConfig.from_hf(c)), tiny.QUESTION_ENCODER, 2),
+      "bart": (lambda c: bart.Bart(bart.BartConfig.from_hf(c)), tiny.GENERATOR, 3),
+      "llama": (lambda c: llama.Llama(llama.LlamaConfig.from_hf(c)), tiny.LLAMA, 2)}[kind]
+  module = module(tiny._shapes(base, {"hidden_size": 64, "d_model": 64}, 500))  # pylint: disable=protected-access
+  ids = [np.ones((1, 4), np.int32)] * n_ids
+  ours = flax.traverse_util.flatten_dict(
+      tiny._random_params(module, 0.02, np.random.default_rng(0), *ids))  # pylint: disable=protected-access
+  flax_init = flax.traverse_util.flatten_dict(
+      flax.linen.meta.unbox(module.init(jax.random.PRNGKey(0), *ids)["params"]))
+  assert ours.keys() == flax_init.keys()
+  for path, ref in flax_init.items():
+    ref, value = np.asarray(ref), ours[path]
+    assert value.shape == ref.shape and value.dtype == ref.dtype == np.float32, path
+    if path[-1] in ("kernel", "embedding"):
+      assert value.mean() == pytest.approx(0, abs=0.003), path
+      assert value.std() == pytest.approx(ref.std(), rel=0.1) and ref.std() == pytest.approx(
+          0.02, rel=0.1), path
+    else:
+      np.testing.assert_array_equal(value, ref, err_msg=str(path))

@@ -70,6 +70,26 @@ def unpermute_rotary(w: np.ndarray, heads: int) -> np.ndarray:
       w.shape)
 
 
+def _plain_reader(gguf):
+  """`gguf.GGUFReader` over a plain ndarray view of its memory map.
+
+  The reader slices its `np.memmap` once per metadata value and per vocabulary token, and a
+  memmap's slice is a memmap, whose finalizer costs more than the slicing; SmolLM2's 49k
+  tokens made the parse take three times as long. The view reads the same mapped bytes.
+  """
+
+  class Reader(gguf.GGUFReader):
+    @property
+    def data(self):
+      return self._plain_data
+
+    @data.setter
+    def data(self, value):
+      self._plain_data = value.view(np.ndarray)
+
+  return Reader
+
+
 class GGUFFile(KeyedState):
   """One GGUF file: its metadata, `config` (the llama.* metadata as an HF `config.json`
   dict), and its tensors under HF names, dequantised on access."""
@@ -84,7 +104,7 @@ class GGUFFile(KeyedState):
                          "(pip install gguf)") from None
     self._gguf, self.path = gguf, path
     try:
-      self._reader = gguf.GGUFReader(str(path))
+      self._reader = _plain_reader(gguf)(str(path))
     except Exception as e:  # pylint: disable=broad-except  (ValueError, struct errors, OSError)
       raise WeightsError(f"{path}: unreadable GGUF file ({first_line(e)})") from None
     self._tensors = {t.name: t for t in self._reader.tensors}

@@ -19,7 +19,6 @@ from typing import Iterable, Optional
 
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
@@ -62,6 +61,28 @@ def _hf_arrays(params, names) -> dict:
       value = value.reshape(-1)
     out[names(path)[0]] = np.ascontiguousarray(value)
   return out
+
+
+def _random_params(module, std: float, rng: np.random.Generator, *args) -> dict:
+  """`module.init`'s params drawn in NumPy: the same distributions as the models' own
+  initializers (`layers.dense_init`: normal(0, std) kernels and embeddings, zero biases, unit
+  scales), from the shapes alone: Flax's init runs the model's forward pass, compiling each
+  of its ops once in every process that writes a fresh `:tiny` workdir; tracing it for the
+  shapes compiles nothing. (A new kind of param is an error here until it is given its init.)
+  """
+  shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), *args)["params"]
+  def draw(path, leaf):
+    name = path[-1].key
+    shape = flax.linen.meta.unbox(leaf).shape
+    if name in ("kernel", "embedding"):
+      return rng.normal(0.0, std, shape).astype(np.float32)
+    if name in ("bias", "final_logits_bias"):
+      return np.zeros(shape, np.float32)
+    if name == "scale":
+      return np.ones(shape, np.float32)
+    raise ValueError(f"no initializer for the param {jax.tree_util.keystr(path)}")
+  return jax.tree_util.tree_map_with_path(
+      draw, shapes, is_leaf=lambda x: isinstance(x, flax.linen.meta.AxisMetadata))
 
 
 def _shapes(base: dict, overrides: Optional[dict], vocab: int) -> dict:
@@ -122,12 +143,12 @@ def write(directory, words: Iterable[str], seed: int = 0, *,
   # A private temporary directory renamed into place: concurrent writers (the processes of a
   # multi-host test) each finish their own, and the first rename wins.
   work = pathlib.Path(tempfile.mkdtemp(prefix=directory.name + ".", dir=directory.parent))
-  kq, kg = jax.random.split(jax.random.PRNGKey(seed))
-  ids = jnp.ones((1, 4), jnp.int32)
+  rng = np.random.default_rng(seed)
+  ids = np.ones((1, 4), np.int32)
 
   q_hf = _shapes(QUESTION_ENCODER, question_encoder, len(BERT_SPECIALS) + len(words))
   q_module = bert_lib.BertEncoder(bert_lib.BertConfig.from_hf(q_hf))
-  q_params = flax.linen.meta.unbox(q_module.init(kq, ids, ids)["params"])
+  q_params = _random_params(q_module, q_hf.get("initializer_range", 0.02), rng, ids, ids)
   q_dir = work / "question_encoder"
   q_dir.mkdir(exist_ok=True)
   (q_dir / "config.json").write_text(json.dumps(q_hf, indent=1))
@@ -142,13 +163,13 @@ def write(directory, words: Iterable[str], seed: int = 0, *,
   if generator_kind == "llama":
     g_hf = _shapes(LLAMA, generator, len(BART_SPECIALS) + len(words))
     g_module = llama_lib.Llama(llama_lib.LlamaConfig.from_hf(g_hf))
-    g_params = flax.linen.meta.unbox(g_module.init(kg, ids, ids)["params"])
+    g_params = _random_params(g_module, g_hf.get("initializer_range", 0.02), rng, ids, ids)
     names = llama_names
     _chat_tokenizer(g_dir, words)
   else:
     g_hf = _shapes(GENERATOR, generator, len(BART_SPECIALS) + len(words))
     g_module = bart_lib.Bart(bart_lib.BartConfig.from_hf(g_hf))
-    g_params = flax.linen.meta.unbox(g_module.init(kg, ids, ids, ids)["params"])
+    g_params = _random_params(g_module, g_hf.get("init_std", 0.02), rng, ids, ids, ids)
     names = bart_names
     _tokenizer(g_dir, BART_SPECIALS, words, cls_token="[CLS]", pad_token="[PAD]",
                sep_token="[SEP]", unk_token="[UNK]", mask_token="[MASK]")
