@@ -40,7 +40,9 @@ def answerer(tmp_path_factory):
   config.update(generator=str(directory / "tiny.gguf"), max_new_tokens=6, doc_temperature=0.05,
                 max_prompt_length=24, questions_per_batch=2)
   encoder = TextEncoder.from_pretrained(assets.fetch("all-MiniLM-L6-v2"))
-  return answering.Answerer.from_config(config, encoder, log=lambda _: None)
+  with pytest.MonkeyPatch.context() as env:  # the GGUF's built tokenizer, not in the user's cache
+    env.setenv("RAG_JAX_CACHE", str(directory / "cache"))
+    return answering.Answerer.from_config(config, encoder, log=lambda _: None)
 
 
 def _direct(answerer, questions, hits, kind):

@@ -256,9 +256,10 @@ GGUF_TINY = dict(hidden_size=64, intermediate_size=96, num_attention_heads=4,
 @pytest.mark.parametrize("qtype, tolerance", [
     (QT.F32, 1e-4), (QT.F16, 1e-3), (QT.Q8_0, 3e-2), (QT.Q4_0, 0.3), (QT.Q4_1, 0.3),
 ], ids=lambda x: x.name if isinstance(x, QT) else f"tol{x}")
-def test_gguf_matches_hf(tmp_path, rng, qtype, tolerance):
+def test_gguf_matches_hf(tmp_path, monkeypatch, rng, qtype, tolerance):
   """Ours from the GGUF == transformers' own GGUF loader (its dequantisation and un-permuting)
   to 1e-4, and == the HF model the file came from within the quantisation's error."""
+  monkeypatch.setenv("RAG_JAX_CACHE", str(tmp_path / "cache"))  # its built tokenizer
   hf = _save(tmp_path / "hf", scale=0.05, tie_word_embeddings=True, **GGUF_TINY)
   _write_gguf(tmp_path / "tiny.gguf", hf, qtype)
   module, params, tokenizer = weights.load_llama(tmp_path / "tiny.gguf")

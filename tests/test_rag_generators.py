@@ -431,9 +431,10 @@ def test_adapt():
     generator_lib.adapt(nn.Dense(3))
 
 
-def test_from_parts_over_a_gguf_llama(tmp_path, rng):
+def test_from_parts_over_a_gguf_llama(tmp_path, monkeypatch, rng):
   """RagModel.from_parts with a Llama GGUF (tokenizer inside): prompts right-padded to the
   longest, a long passage cut so that the question stays, and RAG over them."""
+  monkeypatch.setenv("RAG_JAX_CACHE", str(tmp_path / "cache"))  # its built tokenizer
   import gguf
   import transformers
   from conftest import randomize_
