@@ -26,8 +26,8 @@ def _cmd(workdir, steps, **overrides):
           *flags]
 
 
-def _run(cmd, devices=None, processes=None, log_dir=None):
-  env = subprocess_env(devices)
+def _run(cmd, devices=None, processes=None, log_dir=None, env=None):
+  env = dict(subprocess_env(devices), **(env or {}))
   if processes:
     cmd = ["bash", str(ROOT / "launch" / "local.sh"), "--devices-per-process", "4",
            "--log-dir", str(log_dir), str(processes), *cmd]
@@ -68,27 +68,40 @@ out = {"ids": distributed.to_host(batch["doc_ids"]).tolist(),
        "embeds": distributed.to_host(batch["doc_embeds"]).sum(-1).tolist()}
 if jax.process_index() == 0:
   print("RETRIEVED " + json.dumps(out), flush=True)
-loop.train_and_evaluate(config, workdir, run=run, steps=steps)
+result = loop.train_and_evaluate(config, workdir, run=run, steps=steps)
+print("ENDED " + json.dumps({k: result[k] for k in ("ended", "step", "checkpoint")}), flush=True)
 """
 
 
-def _retrieve_and_train(workdir, steps, devices=None, processes=None, log_dir=None,
+def _retrieve_and_train(workdir, steps, devices=None, processes=None, log_dir=None, env=None,
                         **overrides):
-  """Runs RUN with the flags of `_cmd`; returns what process 0 retrieved."""
+  """Runs RUN with the flags of `_cmd`; returns what process 0 retrieved and how each process's
+  run ended."""
   cmd = [sys.executable, "-c", RUN, *_cmd(workdir, steps, **overrides)[3:]]
-  proc = _run(cmd, devices=devices, processes=processes, log_dir=log_dir)
+  proc = _run(cmd, devices=devices, processes=processes, log_dir=log_dir, env=env)
   line = [l for l in proc.stdout.splitlines() if l.startswith("RETRIEVED ")][-1]
-  return json.loads(line[len("RETRIEVED "):])
+  logs = [proc.stdout] if not processes else [
+      (pathlib.Path(log_dir) / f"process_{i}.log").read_text() for i in range(processes)]
+  ended = [json.loads([l for l in log.splitlines() if l.startswith("ENDED ")][-1][6:])
+           for log in logs]
+  return json.loads(line[len("RETRIEVED "):]), ended
 
 
 @pytest.mark.slow
 def test_two_processes_equal_one_and_their_checkpoint_restores_in_one(tmp_path):
   one, two = tmp_path / "one", tmp_path / "two"
-  retrieved_one = _retrieve_and_train(one, 6, devices=8)
+  retrieved_one, ended = _retrieve_and_train(one, 6, devices=8)
+  assert [e["ended"] for e in ended] == ["finished"]
   # One index for every run (an index embedded on 4 devices differs from one embedded on 8 in
   # the last bits, which reorders the tiny random retriever's near-ties).
   index = {"retrieval.index": str(one / "index")}
-  retrieved_two = _retrieve_and_train(two, 3, processes=2, log_dir=tmp_path / "logs", **index)
+  # A preemption notice (SIGTERM) that reaches process 1 alone, at the end of step 3: both
+  # processes save step 3 together and stop (had process 1 stopped alone, it would wait in
+  # the checkpoint's collective write, process 0 in step 4's).
+  retrieved_two, ended = _retrieve_and_train(
+      two, 6, processes=2, log_dir=tmp_path / "logs",
+      env={"RAG_JAX_FAULT": "train_step@3:SIGTERM", "RAG_JAX_FAULT_PROCESS": "1"}, **index)
+  assert ended == [{"ended": "preempted", "step": 3, "checkpoint": str(two / "checkpoints" / "3")}] * 2
   # The same losses, and the same passages retrieved for every eval claim.
   np.testing.assert_allclose(_losses(two), _losses(one)[:3], rtol=1e-5)
   assert retrieved_two["ids"] == retrieved_one["ids"]

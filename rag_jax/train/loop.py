@@ -7,7 +7,8 @@ run on it fails at once. A run in a workdir that holds checkpoints resumes from 
 by itself (params, optimizer state, RNG and step, which is also the data position), saying
 so; a latest checkpoint that does not restore is moved aside and the one before it used
 (`restore_fallback`). SIGTERM (a preemption notice) and the first Ctrl-C (SIGINT) save a
-checkpoint at the end of the current step and stop the run (`ended`: "preempted",
+checkpoint at the end of the current step (in a multi-process run, of the next step that logs
+or saves, every process the same) and stop the run (`ended`: "preempted",
 "interrupted"); a second Ctrl-C interrupts at once. A NaN or infinite loss (or gradient norm)
 stops the run with a one-line error; no checkpoint is written after it, so the last one is
 good. The workdir gets `metrics.jsonl` (one JSON object per line: train lines `step`,
@@ -26,6 +27,7 @@ import time
 from typing import Any, Dict, Optional, Tuple
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import tensorboardX
 import tqdm
@@ -94,6 +96,21 @@ class _StopSignals:
     self.received = self.received or signum
     if signum == signal.SIGINT:
       signal.signal(signal.SIGINT, signal.default_int_handler)
+
+  def agreed(self, host_sync: bool) -> Optional[int]:
+    """The signal every process stops for, or None: each process's own in a single-process
+    run; in a multi-process one, the lowest signal number any of them received (SIGINT
+    before SIGTERM), gathered from all of them, so that all save the same step and stop
+    together even when a signal reached one host only. Gathering waits for the step, so it
+    is done only where the loop waits anyway (`host_sync`: a log or checkpoint step, the same
+    on every process); elsewhere None, a signal then stops the run at the next one."""
+    if jax.process_count() == 1:
+      return self.received
+    if not host_sync:
+      return None
+    received = np.asarray(multihost_utils.process_allgather(np.int32(self.received or 0)))
+    received = received[received > 0]
+    return int(received.min()) if received.size else None
 
   def restore(self):
     for signum, previous in self._previous.items():
@@ -184,9 +201,10 @@ def _train(config, workdir: pathlib.Path, run: Optional[setup.Run],
       pending.append(metrics["loss"])
       norms.append(metrics["grad_norm"])
       progress.update(1)
-      stopping = stop.received is not None
-      save = (step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
-              or stopping)
+      due = step % config.checkpoint_every_steps == 0 or step == config.num_train_steps
+      signum = stop.agreed(host_sync=due or step % config.log_every_steps == 0)
+      stopping = signum is not None
+      save = due or stopping
       if step % config.log_every_steps == 0 or save:
         loss, grad_norm = _check_finite(pending, norms, step, last_saved)
         now = time.perf_counter()
@@ -208,7 +226,7 @@ def _train(config, workdir: pathlib.Path, run: Optional[setup.Run],
       if evaluating(step):
         tick = time.perf_counter()  # steps/s counts the training loop, not the eval
       if stopping:
-        ended = _StopSignals.ENDED[stop.received]
+        ended = _StopSignals.ENDED[signum]
         break
     manager.wait()
   finally:
