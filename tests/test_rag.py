@@ -155,7 +155,8 @@ def test_gradients_match_torch_autograd(tmp_path, rng, kind):
     scores = model.rag.doc_scores(params, q_ids, q_mask, docs)
     return model.rag.loss(params, ctx, ctx_mask, scores, labels, kind=kind).sum()
 
-  value, (grads, doc_grads) = jax.value_and_grad(total, argnums=(0, 1))(model.params, doc_embeds)
+  value, (grads, doc_grads) = jax.jit(jax.value_and_grad(total, argnums=(0, 1)))(model.params,
+                                                                                doc_embeds)
   np.testing.assert_allclose(value, loss.item(), rtol=1e-5)
   assert not np.any(np.asarray(doc_grads))  # the documents are frozen
   # The question encoder's gradient, mapped into our layout with the loader's own mapping.
@@ -197,8 +198,8 @@ def test_missing_documents_stay_finite(tmp_path, rng):
   for kind in ("token", "sequence", "soft"):
     for eps in (0.0, 0.1):
       fn = lambda p, s: model.rag.loss(p, ctx, ctx_mask, s, labels, kind=kind, epsilon=eps).sum()
-      value, (g_params, g_scores) = jax.value_and_grad(fn, argnums=(0, 1))(model.params,
-                                                                          doc_scores)
+      value, (g_params, g_scores) = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(
+          model.params, doc_scores)
       assert np.isfinite(value), (kind, eps)
       assert all(np.isfinite(x).all() for x in jax.tree.leaves(g_params)), (kind, eps)
       assert np.isfinite(g_scores).all(), (kind, eps)
@@ -216,7 +217,7 @@ def test_soft_retrieval_gradient_reaches_doc_scores(tmp_path, rng):
   model = RagModel.from_pretrained(tmp_path)
   ctx, ctx_mask, doc_scores, labels = _batch(rng, 3)
   fn = lambda s: model.rag.loss(model.params, ctx, ctx_mask, s, labels, kind="soft").sum()
-  g = jax.grad(fn)(doc_scores)
+  g = jax.jit(jax.grad(fn))(doc_scores)
   assert np.abs(g).max() > 1e-4
   # One document (all others missing) reduces soft retrieval to that document's NLL.
   one = doc_scores.copy()

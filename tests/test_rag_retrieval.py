@@ -82,9 +82,9 @@ def test_rag_model_retrieves_scores_and_follows_a_swapped_index(tmp_path):
   loss = model.loss(batch["context_input_ids"], batch["context_attention_mask"],
                     batch["doc_scores"], labels)
   assert np.isfinite(loss).all()
-  grads = jax.grad(lambda p: model.rag.loss(
+  grads = jax.jit(jax.grad(lambda p: model.rag.loss(
       p, batch["context_input_ids"], batch["context_attention_mask"],
-      model.rag.doc_scores(p, q_ids, q_mask, batch["doc_embeds"]), labels).sum())(model.params)
+      model.rag.doc_scores(p, q_ids, q_mask, batch["doc_embeds"]), labels).sum()))(model.params)
   assert any(np.abs(g).max() > 0 for g in jax.tree.leaves(grads["question_encoder"]))
 
   retriever.swap(indexes[1])  # new knowledge, same model
