@@ -40,7 +40,8 @@ def answerer(tmp_path_factory):
   config.update(generator=str(directory / "tiny.gguf"), max_new_tokens=6, doc_temperature=0.05,
                 max_prompt_length=24, questions_per_batch=2)
   encoder = TextEncoder.from_pretrained(assets.fetch("all-MiniLM-L6-v2"))
-  with pytest.MonkeyPatch.context() as env:  # the GGUF's built tokenizer, not in the user's cache
+  # The GGUF's built tokenizer goes to a cache of its own, not the user's.
+  with pytest.MonkeyPatch.context() as env:
     env.setenv("RAG_JAX_CACHE", str(directory / "cache"))
     return answering.Answerer.from_config(config, encoder, log=lambda _: None)
 

@@ -101,7 +101,8 @@ def test_two_processes_equal_one_and_their_checkpoint_restores_in_one(tmp_path):
   retrieved_two, ended = _retrieve_and_train(
       two, 6, processes=2, log_dir=tmp_path / "logs",
       env={"RAG_JAX_FAULT": "train_step@3:SIGTERM", "RAG_JAX_FAULT_PROCESS": "1"}, **index)
-  assert ended == [{"ended": "preempted", "step": 3, "checkpoint": str(two / "checkpoints" / "3")}] * 2
+  saved = str(two / "checkpoints" / "3")
+  assert ended == [{"ended": "preempted", "step": 3, "checkpoint": saved}] * 2
   # The same losses, and the same passages retrieved for every eval claim.
   np.testing.assert_allclose(_losses(two), _losses(one)[:3], rtol=1e-5)
   assert retrieved_two["ids"] == retrieved_one["ids"]

@@ -143,10 +143,11 @@ def test_tiny_params_have_flax_inits_tree_shapes_and_distributions(kind):
       "bert": (lambda c: bert.BertEncoder(bert.BertConfig.from_hf(c)), tiny.QUESTION_ENCODER, 2),
       "bart": (lambda c: bart.Bart(bart.BartConfig.from_hf(c)), tiny.GENERATOR, 3),
       "llama": (lambda c: llama.Llama(llama.LlamaConfig.from_hf(c)), tiny.LLAMA, 2)}[kind]
-  module = module(tiny._shapes(base, {"hidden_size": 64, "d_model": 64}, 500))  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  module = module(tiny._shapes(base, {"hidden_size": 64, "d_model": 64}, 500))
   ids = [np.ones((1, 4), np.int32)] * n_ids
   ours = flax.traverse_util.flatten_dict(
-      tiny._random_params(module, 0.02, np.random.default_rng(0), *ids))  # pylint: disable=protected-access
+      tiny._random_params(module, 0.02, np.random.default_rng(0), *ids))
   flax_init = flax.traverse_util.flatten_dict(
       flax.linen.meta.unbox(module.init(jax.random.PRNGKey(0), *ids)["params"]))
   assert ours.keys() == flax_init.keys()
