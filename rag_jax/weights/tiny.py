@@ -148,7 +148,7 @@ def write(directory, words: Iterable[str], seed: int = 0, *,
 
   q_hf = _shapes(QUESTION_ENCODER, question_encoder, len(BERT_SPECIALS) + len(words))
   q_module = bert_lib.BertEncoder(bert_lib.BertConfig.from_hf(q_hf))
-  q_params = _random_params(q_module, q_hf.get("initializer_range", 0.02), rng, ids, ids)
+  q_params = _random_params(q_module, q_module.config.initializer_range, rng, ids, ids)
   q_dir = work / "question_encoder"
   q_dir.mkdir(exist_ok=True)
   (q_dir / "config.json").write_text(json.dumps(q_hf, indent=1))
@@ -163,13 +163,13 @@ def write(directory, words: Iterable[str], seed: int = 0, *,
   if generator_kind == "llama":
     g_hf = _shapes(LLAMA, generator, len(BART_SPECIALS) + len(words))
     g_module = llama_lib.Llama(llama_lib.LlamaConfig.from_hf(g_hf))
-    g_params = _random_params(g_module, g_hf.get("initializer_range", 0.02), rng, ids, ids)
+    g_params = _random_params(g_module, g_module.config.initializer_range, rng, ids, ids)
     names = llama_names
     _chat_tokenizer(g_dir, words)
   else:
     g_hf = _shapes(GENERATOR, generator, len(BART_SPECIALS) + len(words))
     g_module = bart_lib.Bart(bart_lib.BartConfig.from_hf(g_hf))
-    g_params = _random_params(g_module, g_hf.get("init_std", 0.02), rng, ids, ids, ids)
+    g_params = _random_params(g_module, g_module.config.init_std, rng, ids, ids, ids)
     names = bart_names
     _tokenizer(g_dir, BART_SPECIALS, words, cls_token="[CLS]", pad_token="[PAD]",
                sep_token="[SEP]", unk_token="[UNK]", mask_token="[MASK]")
